@@ -1,0 +1,190 @@
+"""``tickvault`` command line: migrate | collect | emulate | status | localdb.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (the message names the
+``TICKVAULT_*`` variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from collector_daemon.settings import SettingsError, load_settings
+
+log = logging.getLogger("tickvault")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("websockets", "httpx", "yoyo"):  # per-request / per-step chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _top_n(value: str) -> int | str:
+    if value.lower() == "all":
+        return "all"
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("--top-n must be >= 1 or 'all'")
+    return n
+
+
+def _speed(value: str) -> float | str:
+    return "max" if value == "max" else float(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from collector_daemon.emulator import server as emulator
+    from collector_daemon.storage import localdb
+
+    parser = argparse.ArgumentParser(prog="tickvault", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply the schema (TICKVAULT_DATABASE_URL)")
+
+    collect = sub.add_parser("collect", help="stream market data into the database")
+    collect.add_argument("--currency", help="currencies, comma-separated (default ETH; TICKVAULT_CURRENCY)")
+    collect.add_argument("--kind", help="instrument kinds, comma-separated (default option; TICKVAULT_KIND)")
+    collect.add_argument("--shard", help="k/n: collect shard k of n of the universe (TICKVAULT_SHARD)")
+    collect.add_argument("--top-n", type=_top_n,
+                         help="instruments by open interest to subscribe, or 'all' (default 50)")
+    collect.add_argument("--replay", type=Path, metavar="CAPTURE",
+                         help="replay a capture through the built-in emulator instead of going live")
+    collect.add_argument("--trades", type=Path, metavar="FILE",
+                         help="with --replay: a trade source merged into the replay")
+    collect.add_argument("--speed", type=_speed, default="max",
+                         help="with --replay: 1 = real time, N = N times faster, max (default)")
+    collect.add_argument("--loop", type=int, default=1, help="with --replay: play the capture K times")
+    collect.add_argument("--fanout", type=int, default=1,
+                         help="with --replay: re-key each option into F instruments (volume)")
+
+    emulate = sub.add_parser("emulate", help="run the exchange emulator (replays a capture)")
+    emulator.add_arguments(emulate)
+
+    status = sub.add_parser("status", help="per-instrument row counts and freshness")
+    status.add_argument("--hours", type=float, default=24.0, help="look-back window (default 24 h)")
+
+    local = sub.add_parser("localdb", help="project-local PostgreSQL under ./.data")
+    localdb.add_arguments(local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tickvault`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        if args.command == "migrate":
+            return _migrate()
+        if args.command == "collect":
+            return asyncio.run(_collect(args))
+        if args.command == "emulate":
+            from collector_daemon.emulator import server as emulator
+            return asyncio.run(emulator.main(args))
+        if args.command == "status":
+            return _status(args)
+        if args.command == "localdb":
+            from collector_daemon.storage import localdb
+            return localdb.main(args)
+    except SettingsError as exc:
+        print(f"tickvault: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _migrate() -> int:
+    from collector_daemon.storage.migrate import migrate
+    settings = load_settings()
+    report = migrate(settings.database_url.get_secret_value())
+    print(f"applied {len(report.applied)} migration(s)"
+          + (f"; TimescaleDB {report.timescaledb_version} ({report.timescaledb_license}), "
+             f"hypertables: {', '.join(report.hypertables)}" if report.timescaledb_version
+             else "; plain PostgreSQL"))
+    return 0
+
+
+async def _collect(args: argparse.Namespace) -> int:
+    from collector_daemon.daemon import Collector
+    settings = load_settings(currency=args.currency, kind=args.kind, shard=args.shard, top_n=args.top_n)
+    logging.getLogger().setLevel(settings.log_level)
+    if args.replay is None:
+        if args.trades is not None:
+            raise SettingsError("--trades needs --replay")
+        import httpx
+
+        from collector_daemon.venues.deribit.rest import DeribitRestError
+        try:
+            summary = await Collector(settings).run()
+        except (httpx.HTTPError, DeribitRestError) as exc:
+            print(f"tickvault: cannot load the instrument universe from {settings.deribit_rest_url} "
+                  f"({type(exc).__name__}: {exc}); without internet, replay a capture: "
+                  "tickvault collect --replay CAPTURE", file=sys.stderr)
+            return 1
+    else:
+        from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
+        server = EmulatorServer(EmulatorConfig(capture=args.replay, trades=args.trades,
+                                               speed=args.speed, loop=args.loop,
+                                               fanout=args.fanout, close_when_done=True))
+        await server.start(host="127.0.0.1", port=0)
+        try:
+            summary = await Collector(settings, ws_url=server.ws_url, rest_url=server.rest_url,
+                                      stop_on_replay_end=True).run()
+        finally:
+            await server.stop()
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    import psycopg
+
+    from collector_daemon.storage.queries import (
+        STATUS_COLLECTORS_SQL, STATUS_INSTRUMENTS_SQL, STATUS_STREAMS_SQL,
+    )
+    settings = load_settings()
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        collectors = conn.execute(STATUS_COLLECTORS_SQL).fetchall()
+        streams = conn.execute(STATUS_STREAMS_SQL).fetchall()
+        rows = conn.execute(STATUS_INSTRUMENTS_SQL, {"hours": args.hours}).fetchall()
+    print("collectors:")
+    for cid, venue, host, pid, started, age, stats in collectors:
+        print(f"  {cid} ({venue}) heartbeat {age.total_seconds():.0f} s ago, started {started:%Y-%m-%d %H:%M:%S}Z, "
+              f"messages {stats.get('messages')}, rejected {stats.get('rejected')}, "
+              f"reconnects {stats.get('reconnects')}")
+    if not collectors:
+        print("  (none)")
+    print("streams (gaps: count / total duration):")
+    print(f"  {'venue':8} {'stream':7} {'last message':>13} {'rows today':>11}  {'open':>16} {'backfilled':>16} {'unrecoverable':>16}")
+    for venue, stream, age, today, on, od, bn, bd, un, ud in streams:
+        age_s = f"{age.total_seconds():.0f} s ago" if age is not None else "-"
+        print(f"  {venue:8} {stream:7} {age_s:>13} {today:>11}  {_gaps(on, od):>16} {_gaps(bn, bd):>16} "
+              f"{_gaps(un, ud):>16}")
+    if not streams:
+        print("  (none)")
+    print(f"instruments, last {args.hours:g} h of data:")
+    print(f"  {'venue':8} {'instrument':28} {'quotes':>9} {'trades':>7}  {'newest exchange_ts (UTC)':26} {'received':>10}")
+    for venue, name, nq, nt, last, age in rows:
+        age_s = f"{age.total_seconds():.0f} s ago" if age is not None else "-"
+        last_s = last.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if last else "-"
+        print(f"  {venue:8} {name:28} {nq:9d} {nt:7d}  {last_s:26} {age_s:>10}")
+    if not rows:
+        print("  (none)")
+    return 0
+
+
+def _gaps(n: int, duration) -> str:
+    return f"{n} / {duration.total_seconds():.1f} s" if n else "0"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

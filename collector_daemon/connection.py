@@ -1,0 +1,441 @@
+"""Venue-agnostic WebSocket connection lifecycle.
+
+One :class:`Connection` owns a set of channels on one socket and keeps them subscribed:
+
+connect -> venue open requests (heartbeat setup) -> subscribe in frames of at most
+``venue.max_channels_per_subscribe`` channels, paced by a shared rate limiter -> diff every ack
+against the request (refused channels are recorded and retried on the next reconcile) -> read
+frames until the socket closes -> record the disconnect -> capped exponential backoff with jitter
+-> reconnect and resubscribe.
+
+Every connect, subscribe ack and disconnect becomes a ``connection_events`` row. The first ack
+after a reconnect carries the lost window: ``window_start`` = last frame received before the
+disconnect, ``window_end`` = when the resubscription was confirmed.
+
+The reader never blocks on the database: rows go to the :class:`~collector_daemon.pipeline.Pipeline`,
+which applies backpressure by making the reader wait when the writer queue is full. A frame that
+fails to decode is counted and stored in ``rejected_messages``; it never ends the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import websockets
+from aiolimiter import AsyncLimiter
+from websockets.asyncio.client import ClientConnection, connect
+
+from collector_daemon.metrics import Stats
+from collector_daemon.pipeline import Pipeline
+from collector_daemon.rows import CONNECTION_EVENTS, REJECTED_MESSAGES, REJECTED_RAW_CAP, TABLES
+from collector_daemon.venues import (
+    Data, IdSource, RejectedFrame, Request, Response, VenueProtocol,
+)
+
+log = logging.getLogger(__name__)
+
+_TS_INDEX = {t.name: t.columns.index("exchange_ts") for t in TABLES.values()
+             if "exchange_ts" in t.columns}
+
+#: Transport limit: larger frames close the socket (websockets error 1009), so keep it generous
+#: and reject oversized frames ourselves (``max_frame_chars``) without losing the connection.
+TRANSPORT_MAX_SIZE = 64 * 2**20
+
+
+class ReplayFinished(Exception):
+    """The server closed the socket normally with reason 'replay finished' (the emulator)."""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Connection:
+    """Keeps ``desired`` channels subscribed on one WebSocket and feeds decoded rows to the pipeline.
+
+    Args:
+        venue: the venue's protocol.
+        url: WebSocket URL.
+        connection_id: stable name of this connection (stored in events and rejected rows).
+        pipeline: where rows go.
+        stats: shared counters.
+        subscribe_limiter: paces subscribe frames across the venue's connections.
+        backoff_min_s / backoff_max_s: reconnect delay starts at min, doubles, capped at max,
+            with full jitter in [delay/2, delay].
+        request_timeout_s: how long to wait for a subscribe/heartbeat acknowledgement.
+        refused_retry_s: channels the exchange refused are requested again after this long.
+        max_frame_chars: frames longer than this are rejected (kept, capped) without decoding.
+        stop_on_replay_end: return from :meth:`run` when the server closes with code 1000 and
+            reason 'replay finished' (``tickvault collect --replay``).
+        watchdog: staleness limits (:class:`Watchdog`); None = no watchdog.
+        observers: table name -> callback given the rows of every frame for that table (the
+            trade_seq gap detector watches ``trades``).
+        on_lost_window: called ``(connection_id, start_us, end_us, tables)`` with the window a
+            reconnect lost **in exchange time** (µs): from the newest exchange timestamp received
+            before the disconnect to the exchange timestamp of the first data frame after the
+            resubscription (``end_us`` None when the connection stopped before one arrived).
+    """
+
+    def __init__(self, venue: VenueProtocol, url: str, connection_id: str, pipeline: Pipeline,
+                 stats: Stats, subscribe_limiter: AsyncLimiter, *, backoff_min_s: float = 1.0,
+                 backoff_max_s: float = 60.0, request_timeout_s: float = 10.0,
+                 max_frame_chars: int = 2**20, stop_on_replay_end: bool = False,
+                 refused_retry_s: float = 10.0,
+                 watchdog: "Watchdog | None" = None,
+                 observers: dict[str, Callable[[list[tuple]], None]] | None = None,
+                 on_lost_window: Callable[[str, int, int | None, tuple[str, ...]], None] | None = None) -> None:
+        self.venue = venue
+        self.url = url
+        self.connection_id = connection_id
+        self.pipeline = pipeline
+        self.stats = stats
+        self.subscribe_limiter = subscribe_limiter
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.request_timeout_s = request_timeout_s
+        self.max_frame_chars = max_frame_chars
+        self.stop_on_replay_end = stop_on_replay_end
+        self.refused_retry_s = refused_retry_s
+        self.watchdog = watchdog
+        self.observers = observers or {}
+        self.on_lost_window = on_lost_window
+        self._last_by_table: dict[str, int] = {}
+        self.watchdog_reconnects = 0
+        self.desired: list[str] = []
+        self.subscribed: set[str] = set()
+        self.refused: set[str] = set()
+        # channels whose data is accepted: requested on this socket and not unsubscribed since
+        # (data may arrive right behind the subscribe ack, before the ack is processed)
+        self._accepting: set[str] = set()
+        self._ws: ClientConnection | None = None
+        self._ids = IdSource()
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._reconcile_lock = asyncio.Lock()
+        self._retry_task: asyncio.Task | None = None
+        self._disconnect_reason: str | None = None
+        self._last_frame_us = 0
+        self._lost_since_us: int | None = None
+        self._max_exchange_us = 0                      # newest exchange timestamp received
+        self._lost_exchange_from: int | None = None    # set at a disconnect ...
+        self._window_open = False                      # ... reported at the first frame after it
+        self._stopping = False
+        self.connects = 0
+        #: monotonic time since when the socket is down (None while connected)
+        self.down_since: float | None = time.monotonic()
+
+    # ----------------------------------------------------------------- public API
+    async def set_channels(self, channels: list[str]) -> None:
+        """Replace the desired channel set; when connected, (un)subscribe only the difference."""
+        self.desired = list(dict.fromkeys(channels))
+        if self._ws is not None:
+            await self.reconcile()
+
+    async def run(self) -> None:
+        """Connect and keep the channels subscribed until :meth:`stop` (or the replay ends)."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                async with connect(self.url, max_size=TRANSPORT_MAX_SIZE, compression=None,
+                                   open_timeout=10, close_timeout=2) as ws:
+                    self._ws = ws
+                    self.down_since = None
+                    self.connects += 1
+                    self.stats.connected += 1
+                    await self._event("connect")
+                    try:
+                        reader = asyncio.create_task(self._read(ws), name=f"read-{self.connection_id}")
+                        watch = (asyncio.create_task(self._watch(ws), name=f"watch-{self.connection_id}")
+                                 if self.watchdog is not None else None)
+                        await self._open(ws)
+                        attempt = 0
+                        await reader
+                    finally:
+                        self.stats.connected -= 1
+                        self._ws = None
+                        self.down_since = time.monotonic()
+                        self._fail_pending()
+                        reader.cancel()
+                        if watch is not None:
+                            watch.cancel()
+            except ReplayFinished:
+                await self._event("disconnect", reason="replay finished")
+                return
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                if self.stop_on_replay_end and _is_replay_end(exc):
+                    await self._event("disconnect", reason="replay finished")
+                    return
+                reason = self._disconnect_reason or _describe(exc)
+                self._disconnect_reason = None
+                if self._stopping:
+                    await self._event("disconnect", reason="shutdown")
+                    return
+                self._mark_lost()
+                await self._event("disconnect", reason=reason,
+                                  window_start=self._last_frame_us or None)
+                self.stats.reconnects += 1
+                delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** attempt)
+                delay = random.uniform(delay / 2, delay)
+                attempt += 1
+                log.warning("%s: disconnected (%s); reconnecting in %.1f s",
+                            self.connection_id, reason, delay)
+                await asyncio.sleep(delay)
+        await self._event("disconnect", reason="shutdown")
+
+    async def stop(self) -> None:
+        """Stop reading: close the socket. Rows already received stay in the pipeline."""
+        self._stopping = True
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        if self._ws is not None:
+            await self._ws.close(1000, "collector shutdown")
+
+    async def reconcile(self) -> None:
+        """Subscribe desired channels that are not subscribed (including ones refused before),
+        unsubscribe subscribed ones no longer desired."""
+        ws = self._ws
+        if ws is None:
+            return
+        async with self._reconcile_lock:
+            desired = set(self.desired)
+            missing = [c for c in self.desired if c not in self.subscribed]
+            extra = [c for c in self.subscribed if c not in desired]
+            step = self.venue.max_channels_per_subscribe
+            for i in range(0, len(extra), step):
+                chunk = extra[i:i + step]
+                response = await self._request(ws, self.venue.unsubscribe_request(chunk, self._ids))
+                gone = set(self.venue.acknowledged_channels(response)) if response.error is None else set()
+                self.subscribed -= gone
+                self._accepting -= gone
+                await self._event("unsubscribed", channels=sorted(gone))
+            for i in range(0, len(missing), step):
+                chunk = missing[i:i + step]
+                async with self.subscribe_limiter:
+                    self._accepting.update(chunk)
+                    response = await self._request(ws, self.venue.subscribe_request(chunk, self._ids))
+                acked = set(self.venue.acknowledged_channels(response)) if response.error is None else set()
+                refused = [c for c in chunk if c not in acked]
+                self.subscribed |= acked
+                self.refused = (self.refused - acked) | set(refused)
+                if refused:
+                    self.stats.refused_channels += len(refused)
+                    log.warning("%s: exchange refused %d of %d channels (%s)%s", self.connection_id,
+                                len(refused), len(chunk), ", ".join(refused[:3]),
+                                f"; error {response.error}" if response.error else "")
+                window_start = window_end = None
+                if self._lost_since_us is not None and acked:
+                    window_start, window_end = self._lost_since_us, _now_us()
+                    self._lost_since_us = None
+                    self._window_open = self._lost_exchange_from is not None
+                await self._event("subscribed", channels=sorted(acked), refused_channels=refused,
+                                  reason=None if response.error is None else str(response.error),
+                                  window_start=window_start, window_end=window_end)
+            if self.refused and (self._retry_task is None or self._retry_task.done()):
+                self._retry_task = asyncio.create_task(self._retry_refused(),
+                                                       name=f"retry-{self.connection_id}")
+
+    # ----------------------------------------------------------------- internals
+    async def _retry_refused(self) -> None:
+        """Subscribe the channels the exchange refused again after ``refused_retry_s``."""
+        await asyncio.sleep(self.refused_retry_s)
+        if self.refused and self._ws is not None:
+            log.info("%s: retrying %d refused channel(s)", self.connection_id, len(self.refused))
+            try:
+                await self.reconcile()
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                log.warning("%s: retry of refused channels failed: %s", self.connection_id, exc)
+
+    async def _open(self, ws: ClientConnection) -> None:
+        for request in self.venue.open_requests(self._ids):
+            response = await self._request(ws, request)
+            if response.error is not None:
+                log.error("%s: setup request failed: %s", self.connection_id, response.error)
+        self.subscribed.clear()
+        self._accepting.clear()
+        now = _now_us()
+        # in place: the reader task (already running) holds a reference to this dict
+        self._last_by_table.clear()
+        self._last_by_table.update(
+            {t: now for c in self.desired if (t := self.venue.table_of(c)) is not None})
+        await self.reconcile()
+
+    async def _request(self, ws: ClientConnection, request: Request) -> Response:
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        try:
+            await ws.send(request.frame)
+            return await asyncio.wait_for(future, self.request_timeout_s)
+        finally:
+            self._pending.pop(request.request_id, None)
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("connection closed"))
+        self._pending.clear()
+
+    def _mark_lost(self) -> None:
+        if self._lost_since_us is None:
+            self._lost_since_us = self._last_frame_us or _now_us()
+        if self._lost_exchange_from is None and self._max_exchange_us:
+            self._lost_exchange_from = self._max_exchange_us
+
+    def _report_window(self, end_us: int | None) -> None:
+        """Hand the exchange-time window lost by the last reconnect to ``on_lost_window``."""
+        start, self._lost_exchange_from, self._window_open = self._lost_exchange_from, None, False
+        if start is not None and self.on_lost_window is not None:
+            tables = tuple(sorted({t for c in self.desired if (t := self.venue.table_of(c)) is not None}))
+            self.on_lost_window(self.connection_id, start, end_us, tables)
+
+    @property
+    def exchange_clock_us(self) -> int:
+        """Newest exchange timestamp received on this connection (µs; 0 before any data)."""
+        return self._max_exchange_us
+
+    def close_pending_window(self) -> None:
+        """At shutdown: report a lost window that no data frame closed (end unknown)."""
+        if self._lost_exchange_from is not None:
+            self._report_window(None)
+
+    async def _read(self, ws: ClientConnection) -> None:
+        decode = self.venue.decode
+        pipeline = self.pipeline
+        stats = self.stats
+        max_chars = self.max_frame_chars
+        rows_received = stats.rows_received
+        accepting = self._accepting
+        observers = self.observers
+        last_by_table = self._last_by_table
+        ts_index = _TS_INDEX
+        try:
+            async for frame in ws:
+                receive_us = time.time_ns() // 1000
+                self._last_frame_us = stats.last_frame_us = receive_us
+                if isinstance(frame, bytes):
+                    await self._reject(frame.decode("utf-8", "backslashreplace"), "binary frame", receive_us)
+                    continue
+                if len(frame) > max_chars:
+                    await self._reject(frame, f"oversized frame: {len(frame)} characters", receive_us)
+                    continue
+                try:
+                    item = decode(frame, receive_us)
+                except RejectedFrame as exc:
+                    await self._reject(frame, str(exc), receive_us)
+                    continue
+                if type(item) is Data:
+                    if item.channel not in accepting:
+                        await self._reject(frame, f"data on a channel not subscribed: {item.channel[:200]}",
+                                           receive_us)
+                        continue
+                    stats.messages += 1
+                    table = item.table
+                    rows_received[table.name] = rows_received.get(table.name, 0) + len(item.rows)
+                    last_by_table[table.name] = receive_us
+                    exchange_us = item.rows[-1][ts_index[table.name]]
+                    if exchange_us > self._max_exchange_us:
+                        self._max_exchange_us = exchange_us
+                    if self._window_open:
+                        self._report_window(exchange_us)
+                    observer = observers.get(table.name)
+                    if observer is not None:
+                        observer(item.rows)
+                    if pipeline.add(table, item.rows):
+                        await pipeline.seal(table)
+                elif type(item) is Response:
+                    future = self._pending.get(item.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(item)
+                elif item.reply is not None:
+                    await ws.send(item.reply)
+        except websockets.exceptions.ConnectionClosed as exc:
+            if self.stop_on_replay_end and _is_replay_end(exc):
+                raise ReplayFinished() from None
+            raise
+        if self._stopping:
+            return
+        rcvd = ws.close_code
+        if self.stop_on_replay_end and rcvd == 1000 and ws.close_reason == "replay finished":
+            raise ReplayFinished()
+        raise ConnectionError(f"closed by server: code {rcvd} {ws.close_reason or ''}".strip())
+
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Staleness watchdog: warn when a stream is quiet past its warn limit; reconnect when the
+        socket is silent (not even heartbeats) or a stream is quiet past its reconnect limit."""
+        dog = self.watchdog
+        warned: set[str] = set()
+        while True:
+            await asyncio.sleep(dog.check_interval_s)
+            now = _now_us()
+            silent_s = (now - self._last_frame_us) / 1e6 if self._last_frame_us else 0.0
+            reason = None
+            if silent_s > dog.silence_reconnect_s:
+                reason = f"no frame for {silent_s:.1f} s"
+            for table, last in self._last_by_table.items():
+                quiet_s = (now - last) / 1e6
+                warn_s, reconnect_s = dog.limits.get(table, (None, None))
+                if reconnect_s is not None and quiet_s > reconnect_s:
+                    reason = reason or f"no {table} data for {quiet_s:.0f} s"
+                elif warn_s is not None and quiet_s > warn_s and table not in warned:
+                    warned.add(table)
+                    log.warning("%s: no %s data for %.0f s", self.connection_id, table, quiet_s)
+                elif warn_s is not None and quiet_s <= warn_s:
+                    warned.discard(table)
+            if reason is not None:
+                self.watchdog_reconnects += 1
+                self._disconnect_reason = f"watchdog: {reason}"
+                log.error("%s: watchdog: %s; reconnecting", self.connection_id, reason)
+                ws.transport.abort()
+                return
+
+    async def _reject(self, frame: str, reason: str, receive_us: int) -> None:
+        self.stats.rejected += 1
+        if self.stats.rejected <= 10 or self.stats.rejected % 1000 == 0:
+            log.warning("%s: rejected frame #%d: %s", self.connection_id, self.stats.rejected, reason)
+        raw = frame[:REJECTED_RAW_CAP].replace("\x00", "\\x00")
+        if self.pipeline.add(REJECTED_MESSAGES, [(receive_us, self.venue.name, self.connection_id,
+                                                  reason[:1000], raw, len(frame))]):
+            await self.pipeline.seal(REJECTED_MESSAGES)
+
+    async def _event(self, event: str, *, channels: list[str] | None = None,
+                     refused_channels: list[str] | None = None, reason: str | None = None,
+                     window_start: int | None = None, window_end: int | None = None) -> None:
+        row = (self.venue.name, self.connection_id, event, _now_us(), channels,
+               refused_channels or None, reason, window_start, window_end)
+        if self.pipeline.add(CONNECTION_EVENTS, [row]):
+            await self.pipeline.seal(CONNECTION_EVENTS)
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """Staleness limits of one connection (seconds).
+
+    Attributes:
+        silence_reconnect_s: reconnect when no frame at all (data or heartbeat) arrived for this long.
+        limits: table -> (warn after, reconnect after or None). A quiet option ticker can be
+            silent for a minute, the trade channel for much longer at night, so trades only warn.
+        check_interval_s: how often the limits are checked.
+    """
+
+    silence_reconnect_s: float = 30.0
+    limits: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: {
+        "quotes": (60.0, 600.0), "trades": (3600.0, None)})
+    check_interval_s: float = 1.0
+
+
+def _is_replay_end(exc: BaseException) -> bool:
+    """The server closed normally with reason 'replay finished' (the emulator's end of replay)."""
+    return (isinstance(exc, websockets.exceptions.ConnectionClosed) and exc.rcvd is not None
+            and exc.rcvd.code == 1000 and exc.rcvd.reason == "replay finished")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, websockets.exceptions.ConnectionClosed):
+        frame = exc.rcvd or exc.sent
+        if frame is None:
+            return "connection lost (no close frame, 1006)"
+        return f"closed: code {frame.code} {frame.reason}".strip()
+    return f"{type(exc).__name__}: {exc}"

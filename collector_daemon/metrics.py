@@ -1,0 +1,180 @@
+"""Counters of a running collector, exported to Prometheus and summarised in the stats log line.
+
+The hot path only increments plain integers on :class:`Stats`; a custom Prometheus collector
+reads them at scrape time, so metrics cost nothing per message. ``/metrics`` and ``/healthz`` are
+served on a loopback port (``TICKVAULT_METRICS_PORT``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+
+class LatencySample:
+    """A bounded uniform sample of latencies (ms) for percentiles over one stats interval."""
+
+    def __init__(self, capacity: int = 20_000, seed: int | None = None) -> None:
+        self.capacity = capacity
+        self.values: list[float] = []
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add_many(self, values: list[float]) -> None:
+        """Reservoir-sample ``values`` (Vitter's algorithm R)."""
+        for v in values:
+            self.seen += 1
+            if len(self.values) < self.capacity:
+                self.values.append(v)
+            else:
+                j = self._rng.randrange(self.seen)
+                if j < self.capacity:
+                    self.values[j] = v
+
+    def percentile(self, q: float) -> float | None:
+        """The q-quantile (0..1) of the sample, or None when empty."""
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]  # nearest-rank
+
+    def reset(self) -> None:
+        self.values.clear()
+        self.seen = 0
+
+
+@dataclass
+class Stats:
+    """Live counters of one collector process (all monotonic except the gauges)."""
+
+    venue: str
+    started_at: float = field(default_factory=time.time)
+    messages: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+    refused_channels: int = 0
+    rows_received: dict[str, int] = field(default_factory=dict)
+    rows_written: dict[str, int] = field(default_factory=dict)
+    rows_duplicate: dict[str, int] = field(default_factory=dict)
+    db_retries: int = 0
+    connected: int = 0
+    subscribed_channels: Callable[[], int] = lambda: 0
+    queue_depth: Callable[[], int] = lambda: 0
+    last_write_at: float = 0.0
+    last_frame_us: int = 0
+    exchange_latency: LatencySample = field(default_factory=LatencySample)
+    commit_latency: LatencySample = field(default_factory=LatencySample)
+
+    def snapshot(self) -> dict:
+        """JSON-able summary (used by the stats log line and collector_status.stats)."""
+        def pct(sample: LatencySample, q: float) -> float | None:
+            v = sample.percentile(q)
+            return None if v is None else round(v, 1)
+        return {
+            "messages": self.messages, "rejected": self.rejected, "reconnects": self.reconnects,
+            "refused_channels": self.refused_channels,
+            "rows_received": dict(self.rows_received), "rows_written": dict(self.rows_written),
+            "rows_duplicate": dict(self.rows_duplicate), "db_retries": self.db_retries,
+            "queue_depth": self.queue_depth(), "connected": self.connected,
+            "subscribed_channels": self.subscribed_channels(),
+            "exchange_to_receive_ms_p50": pct(self.exchange_latency, 0.5),
+            "exchange_to_receive_ms_p99": pct(self.exchange_latency, 0.99),
+            "receive_to_commit_ms_p50": pct(self.commit_latency, 0.5),
+            "receive_to_commit_ms_p99": pct(self.commit_latency, 0.99),
+        }
+
+
+class _StatsCollector:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats
+        labels = ["venue"]
+        yield _counter("tickvault_messages", "Market-data notifications received", labels, [([s.venue], s.messages)])
+        yield _counter("tickvault_rejected_messages", "Frames rejected (kept in rejected_messages)", labels, [([s.venue], s.rejected)])
+        yield _counter("tickvault_reconnects", "WebSocket reconnects", labels, [([s.venue], s.reconnects)])
+        yield _counter("tickvault_refused_channels", "Channels the exchange refused to subscribe", labels, [([s.venue], s.refused_channels)])
+        yield _counter("tickvault_db_retries", "Transient database errors retried", labels, [([s.venue], s.db_retries)])
+        for name, help_, values in (
+            ("tickvault_rows_received", "Rows decoded per table", s.rows_received),
+            ("tickvault_rows_written", "Rows inserted per table", s.rows_written),
+            ("tickvault_rows_duplicate", "Rows already stored (insert-if-absent skipped them)", s.rows_duplicate),
+        ):
+            yield _counter(name, help_, ["venue", "table"], [([s.venue, t], v) for t, v in values.items()])
+        g = GaugeMetricFamily("tickvault_queue_depth", "Sealed batches waiting for the writer", labels=labels)
+        g.add_metric([s.venue], s.queue_depth())
+        yield g
+        g = GaugeMetricFamily("tickvault_connected", "Open WebSocket connections", labels=labels)
+        g.add_metric([s.venue], s.connected)
+        yield g
+        g = GaugeMetricFamily("tickvault_subscribed_channels", "Channels confirmed by the exchange", labels=labels)
+        g.add_metric([s.venue], s.subscribed_channels())
+        yield g
+        g = GaugeMetricFamily("tickvault_last_message_age_seconds", "Seconds since the last frame", labels=labels)
+        g.add_metric([s.venue], time.time() - s.last_frame_us / 1e6 if s.last_frame_us else float("nan"))
+        yield g
+        for name, sample in (("tickvault_exchange_to_receive_ms", s.exchange_latency),
+                             ("tickvault_receive_to_commit_ms", s.commit_latency)):
+            m = SummaryMetricFamily(name, "Latency sample of the current stats interval (ms)", labels=labels)
+            m.add_metric([s.venue], count_value=len(sample.values), sum_value=sum(sample.values))
+            yield m
+
+
+def _counter(name: str, help_: str, labels: list[str], values) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, help_, labels=labels)
+    for label_values, value in values:
+        c.add_metric(label_values, value)
+    return c
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` on ``host:port`` in a daemon thread.
+
+    Args:
+        stats: the collector's counters.
+        healthy: returns ``(ok, detail)``; ``/healthz`` answers 200 or 503 with the detail as JSON.
+    """
+
+    def __init__(self, stats: Stats, healthy: Callable[[], tuple[bool, dict]],
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        registry = CollectorRegistry()
+        registry.register(_StatsCollector(stats))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                if self.path == "/metrics":
+                    body, code, ctype = generate_latest(registry), 200, "text/plain; version=0.0.4"
+                elif self.path == "/healthz":
+                    ok, detail = healthy()
+                    body, code, ctype = json.dumps(detail).encode(), (200 if ok else 503), "application/json"
+                else:
+                    body, code, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,1 @@
+"""Storage concerns: schema migration, the batch writer, the project-local PostgreSQL."""

@@ -1,0 +1,208 @@
+"""Batch writer: rows to PostgreSQL/TimescaleDB by binary COPY, exactly once.
+
+Keyed tables (quotes, trades) are written insert-if-absent:
+
+* fast path: ``COPY`` straight into the table inside a transaction. A batch that cannot conflict
+  (the normal case for a single live collector) costs one COPY (~300k rows/s into a hypertable,
+  ../shared/reference/ingest-measurements.md section 3);
+* when that COPY hits the natural key (a replay, a REST backfill overlapping the stream, a
+  redundant collector, a restart), the transaction is rolled back and the batch goes through
+  ``COPY`` into a temporary staging table + ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``
+  (~175k rows/s). After a conflict the table stays on the staging path for ``conflict_cooldown_s``
+  so a stream of overlapping batches does not pay for two writes each.
+
+Append-only tables (connection_events, rejected_messages, data_gaps) take a plain COPY.
+
+Transient database errors (connection lost, server shutting down, out of resources) are retried
+with capped exponential backoff, holding the batch. A row the database refuses as data (bad
+value, check violation) is isolated by bisecting the batch and stored in ``rejected_messages``;
+the rest of the batch is written.
+
+Timestamps in rows are integers (µs since the Unix epoch, UTC); the connections encode them
+with a tuple-format ``timestamptz`` codec, so no ``datetime`` is built per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+
+from collector_daemon.rows import REJECTED_MESSAGES, REJECTED_RAW_CAP, TABLES, TableSpec
+
+log = logging.getLogger(__name__)
+
+#: µs between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
+PG_EPOCH_US = 946_684_800_000_000
+
+
+def _encode_ts(us: int) -> tuple[int]:
+    return (us - PG_EPOCH_US,)
+
+
+def _decode_ts(value: tuple[int]) -> int:
+    return value[0] + PG_EPOCH_US
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Make ``timestamptz`` travel as µs-since-epoch integers on this connection."""
+    await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=_encode_ts,
+                              decoder=_decode_ts, format="tuple")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: lost connections, shutdowns, resource exhaustion."""
+    if isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError,
+                        asyncpg.exceptions.ConnectionDoesNotExistError,
+                        asyncpg.exceptions.InterfaceError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        code = exc.sqlstate or ""
+        return code[:2] in {"08", "53", "57", "58", "40", "55"} or code == "XX000"
+    return False
+
+
+def _is_bad_data(exc: BaseException) -> bool:
+    """The database refuses a value in the batch (SQLSTATE 22xxx data, 23xxx except unique)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        code = exc.sqlstate or ""
+        return code.startswith("22") or (code.startswith("23") and code != "23505")
+    return False
+
+
+class BatchWriter:
+    """Writes batches of row tuples; one instance per collector, on its own asyncpg pool.
+
+    Args:
+        dsn: PostgreSQL URL.
+        venue: stored in rejected_messages rows created for rows the database refuses.
+        pool_size: connections (one per concurrent write; the pipeline uses one writer).
+        conflict_cooldown_s: seconds a table stays on the staging path after a conflict.
+        on_retry: called with the exception on every transient failure (metrics, logs).
+    """
+
+    def __init__(self, dsn: str, *, venue: str = "", pool_size: int = 2,
+                 conflict_cooldown_s: float = 30.0,
+                 on_retry: Callable[[BaseException], None] | None = None) -> None:
+        self._dsn = dsn
+        self._venue = venue
+        self._pool_size = pool_size
+        self._cooldown = conflict_cooldown_s
+        self._staging_until: dict[str, float] = {}
+        self._on_retry = on_retry
+        self.pool: asyncpg.Pool | None = None
+        self.rows_written: dict[str, int] = {}
+        self.rows_duplicate: dict[str, int] = {}
+        self.rows_refused = 0
+
+    async def open(self) -> None:
+        """Connect, retrying transient errors forever (the database may still be starting)."""
+        async for attempt in self._retrying():
+            with attempt:
+                self.pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=self._pool_size, init=self._init_connection,
+                    command_timeout=120)
+
+    @staticmethod
+    async def _init_connection(conn: asyncpg.Connection) -> None:
+        """Timestamp codec, plus one session-private staging table per keyed table."""
+        await init_connection(conn)
+        for table in TABLES.values():
+            if table.keyed:
+                await conn.execute(f"CREATE TEMP TABLE _stage_{table.name} "
+                                   f"(LIKE {table.name}) ON COMMIT DELETE ROWS")
+
+    async def close(self) -> None:
+        """Close the pool. Call only after the pipeline has flushed every batch."""
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    def _retrying(self) -> AsyncRetrying:
+        def before_sleep(state) -> None:
+            exc = state.outcome.exception()
+            log.warning("database unavailable (%s: %s); retrying", type(exc).__name__, exc)
+            if self._on_retry is not None:
+                self._on_retry(exc)
+        return AsyncRetrying(retry=retry_if_exception(is_transient),
+                             wait=wait_random_exponential(multiplier=0.2, max=10),
+                             before_sleep=before_sleep, reraise=True)
+
+    async def write(self, table: TableSpec, rows: Sequence[tuple], *, retry: bool = True) -> int:
+        """Write one batch; returns the rows actually inserted (duplicates are not counted).
+
+        With ``retry`` transient errors are retried until they pass; without it they are raised
+        at once (the pipeline then spools the batch). Rows the database refuses as data are moved
+        to ``rejected_messages`` (``rows_refused`` counts them); the rest is written.
+
+        Raises:
+            Exception: a transient error when ``retry`` is False (see :func:`is_transient`), or
+                any non-transient error that is not about a row's data (e.g. a missing table).
+        """
+        if retry:
+            async for attempt in self._retrying():
+                with attempt:
+                    inserted = await self._write_isolating(table, rows)
+        else:
+            inserted = await self._write_isolating(table, rows)
+        self.rows_written[table.name] = self.rows_written.get(table.name, 0) + inserted
+        if table.keyed:
+            self.rows_duplicate[table.name] = (
+                self.rows_duplicate.get(table.name, 0) + len(rows) - inserted)
+        return inserted
+
+    async def _write_isolating(self, table: TableSpec, rows: Sequence[tuple]) -> int:
+        try:
+            return await self._write_once(table, rows)
+        except asyncpg.PostgresError as exc:
+            if not _is_bad_data(exc):
+                raise
+            if len(rows) == 1:
+                await self._refuse(table, rows[0], exc)
+                return 0
+            mid = len(rows) // 2
+            return (await self._write_isolating(table, rows[:mid])
+                    + await self._write_isolating(table, rows[mid:]))
+
+    async def _refuse(self, table: TableSpec, row: tuple, exc: BaseException) -> None:
+        raw = repr(dict(zip(table.columns, row)))
+        log.error("database refused a %s row: %s", table.name, exc)
+        self.rows_refused += 1
+        await self._write_once(REJECTED_MESSAGES, [(
+            time.time_ns() // 1000, self._venue, "writer",
+            f"database refused {table.name} row: {type(exc).__name__}: {exc}"[:1000],
+            raw[:REJECTED_RAW_CAP].replace("\x00", "\\x00"), len(raw))])
+
+    async def _write_once(self, table: TableSpec, rows: Sequence[tuple]) -> int:
+        assert self.pool is not None, "BatchWriter.open() was not called"
+        async with self.pool.acquire(timeout=10) as conn:
+            if not table.keyed:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(table.name, records=rows,
+                                                     columns=table.columns)
+                return len(rows)
+            if self._staging_until.get(table.name, 0.0) < time.monotonic():
+                try:
+                    async with conn.transaction():
+                        await conn.copy_records_to_table(table.name, records=rows,
+                                                         columns=table.columns)
+                    return len(rows)
+                except asyncpg.UniqueViolationError:
+                    self._staging_until[table.name] = time.monotonic() + self._cooldown
+            return await self._write_staged(conn, table, rows)
+
+    @staticmethod
+    async def _write_staged(conn: asyncpg.Connection, table: TableSpec,
+                            rows: Sequence[tuple]) -> int:
+        stage = f"_stage_{table.name}"
+        cols = ", ".join(table.columns)
+        async with conn.transaction():
+            await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
+            status = await conn.execute(
+                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} "
+                f"ON CONFLICT DO NOTHING")
+        return int(status.rsplit(" ", 1)[1])

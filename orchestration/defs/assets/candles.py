@@ -1,0 +1,38 @@
+"""OHLCV candles per instrument, from trades."""
+
+import dagster as dg
+
+from orchestration.defs.assets.gaps import ONE_DAY_PER_RUN
+from orchestration.defs.assets.stream import trades
+from orchestration.lib.candles import INTERVALS, build_candles
+from orchestration.partitions import daily
+from orchestration.resources import DatabaseResource
+
+CANDLES_GROUP = "candles"
+
+
+@dg.asset(
+    partitions_def=daily,
+    backfill_policy=ONE_DAY_PER_RUN,
+    deps=[trades, "trades_backfill"],
+    group_name=CANDLES_GROUP,
+    kinds={"sql", "timescaledb"},
+    owners=["team:tickvault"],
+    metadata={"table": "candles", "intervals": ", ".join(INTERVALS)},
+)
+def candles(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.MaterializeResult:
+    """1m OHLCV, trade count and VWAP per instrument from trades, rolled up to 5m, 15m, 1h and 1d."""
+    with database.connect() as conn:
+        report = build_candles(conn, context.partition_key)
+    context.log.info(f"candles {report.day}: {report.rows} from {report.trades} trades of "
+                     f"{report.instruments} instrument(s) ({report.bucket_function}), "
+                     f"{report.deleted} stale deleted")
+    return dg.MaterializeResult(metadata={
+        "day": str(report.day),
+        "trades": report.trades,
+        "instruments": report.instruments,
+        **{f"rows_{k}": v for k, v in report.rows.items()},
+        "deleted_stale": report.deleted,
+        "bucket_function": report.bucket_function,
+        "seconds": round(report.seconds, 3),
+    })

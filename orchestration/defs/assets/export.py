@@ -1,0 +1,120 @@
+"""Nightly Parquet export of the tick tables to object storage (Backblaze B2, AWS S3, MinIO, or a
+local directory when no bucket is configured), with its checks and schedule.
+
+Partitions: date (UTC day, ``orchestration.partitions.daily``) x table (static, the tables in
+``orchestration.lib.export.EXPORT_TABLES``). A run exports one table for one day; venues are the
+``venue=`` level of the object layout, not a partition dimension. A table that does not exist in
+the database yields no materialization (the run succeeds, says so, and its checks pass as
+skipped).
+
+The four checks run inside the asset, right after the upload, against what the store and the
+database hold; their outcome is also stored in ``export_manifest.verified_at``, which retention
+trusts.
+"""
+
+from datetime import date, timedelta
+
+import dagster as dg
+from pydantic import Field
+
+from orchestration.lib.export import (
+    CHECKS,
+    EXPORT_TABLES,
+    ExportSettings,
+    export_table_day,
+    make_store,
+    verify_export,
+)
+from orchestration.partitions import daily
+from orchestration.resources import DatabaseResource, ObjectStorageResource
+
+export_partitions = dg.MultiPartitionsDefinition(
+    {"date": daily, "table": dg.StaticPartitionsDefinition(list(EXPORT_TABLES))})
+
+
+class ExportConfig(dg.Config):
+    """Tuning of one export run (defaults suit a day of ~15M quotes in < 1 GiB of memory)."""
+
+    chunk_rows: int = Field(500_000, description="Rows sorted in memory at once = row group size.")
+    rows_per_file: int = Field(20_000_000, description="Most rows in one part-<n>.parquet.")
+    zstd_level: int = Field(3, description="zstd level of the Parquet pages.")
+    part_mib: int = Field(64, description="Multipart upload part size, MiB (>= 5 for S3/B2).")
+    deep_verify: bool = Field(True, description="Download every object to check its sha256.")
+    sample_rows: int = Field(200, description="Rows per venue compared with the database.")
+
+
+@dg.asset(
+    partitions_def=export_partitions,
+    group_name="export",
+    kinds={"parquet", "s3", "timescaledb"},
+    owners=["team:tickvault"],
+    deps=["quotes", "trades", "candles"],
+    output_required=False,
+    check_specs=[dg.AssetCheckSpec(name, asset="parquet_export", description=description,
+                                   partitions_def=export_partitions)
+                 for name, description in CHECKS.items()],
+)
+def parquet_export(context: dg.AssetExecutionContext, config: ExportConfig,
+                   database: DatabaseResource, object_storage: ObjectStorageResource):
+    """One UTC day of one tick table as sorted zstd Parquet in object storage, per venue, verified against the database."""
+    keys = context.partition_key.keys_by_dimension
+    day, table = date.fromisoformat(keys["date"]), keys["table"]
+    store = make_store(object_storage.bucket, object_storage.client, object_storage.local_dir)
+    settings = ExportSettings(chunk_rows=config.chunk_rows, rows_per_file=config.rows_per_file,
+                              zstd_level=config.zstd_level, part_bytes=config.part_mib * 2**20)
+    exports = export_table_day(database.url, store, object_storage.prefix, table, day, settings)
+    if exports is None:
+        context.log.info(f"table {table} does not exist in the database: nothing to export")
+        for name in CHECKS:  # nothing to check either; the checks' outputs are not optional
+            yield dg.AssetCheckResult(check_name=name, passed=True,
+                                      metadata={"skipped": f"table {table} does not exist"})
+        return
+    outcomes = verify_export(database.url, store, table, day, deep=config.deep_verify,
+                             sample_rows=config.sample_rows)
+    rows = sum(e.rows for e in exports)
+    size = sum(e.bytes for e in exports)
+    yield dg.MaterializeResult(
+        metadata={
+            "rows": rows,
+            "bytes": size,
+            "bytes_per_million_rows": round(size * 1e6 / rows) if rows else 0,
+            "venues": [e.venue for e in exports],
+            "objects": [f.key for e in exports for f in e.files],
+            "manifests": [e.manifest_key for e in exports],
+            "storage_url": store.url,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=name, passed=outcome.passed,
+                metadata={**outcome.metadata, "failures": "\n".join(outcome.failures) or "none"})
+            for name, outcome in outcomes.items()],
+    )
+
+
+nightly_export_job = dg.define_asset_job(
+    "nightly_export_job", selection=dg.AssetSelection.assets(parquet_export),
+    description="Export one (day, table) partition to Parquet, with its checks.")
+
+
+@dg.schedule(job=nightly_export_job, cron_schedule="30 0 * * *", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.RUNNING,
+             description="At 00:30 UTC: export yesterday, one run per table.")
+def nightly_export_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+    return [dg.RunRequest(run_key=f"parquet_export:{day}:{table}",
+                          partition_key=dg.MultiPartitionKey({"date": day, "table": table}))
+            for table in EXPORT_TABLES]
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("candles"), job=nightly_export_job,
+                 default_status=dg.DefaultSensorStatus.RUNNING,
+                 description="When a day's candles are built (the nightly job runs them after the "
+                             "REST backfill), export that day again, every table: the archive then "
+                             "holds the backfilled trades and the candles. Exports are idempotent.")
+def export_after_candles(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    day = asset_event.dagster_event.partition if asset_event.dagster_event else None
+    if not day:
+        return
+    for table in EXPORT_TABLES:
+        yield dg.RunRequest(run_key=f"parquet_export:{day}:{table}:after-candles:{asset_event.run_id}",
+                            partition_key=dg.MultiPartitionKey({"date": day, "table": table}))

@@ -1,0 +1,564 @@
+"""The daily gap audit: what the live capture of one venue missed on one UTC day.
+
+:func:`audit_day` finds, for ``[day 00:00, min(day end, now))``:
+
+* ``trade_seq`` holes per instrument: consecutive trades (by trade_seq) whose numbers skip.
+  The hole belongs to the day of the trade *after* it; the trade before it may be up to
+  ``SilenceRule.trade_lookback_s`` earlier. ``seq_from``/``seq_to`` are the missing numbers
+  (inclusive); ``gap_start``/``gap_end`` the exchange times of the trades around the hole.
+* disconnect windows from ``connection_events``: a ``subscribed`` event with
+  ``window_start``/``window_end`` (data lost by a reconnect), clipped to the day; and a
+  ``disconnect`` not followed by any ``subscribed`` event before the end of the day (window from
+  the disconnect to the end of the day, or to now for the current day). Instrument ``*``; the
+  stream(s) follow the channels of the event (no channels: both streams).
+* quote silences: an instrument with no quote for longer than ``max(floor_s, factor x its median
+  inter-quote interval that day)``, between two quotes, and from its last quote to the end of the
+  day (or its expiry, or the unsubscription of its ticker channel). A silence that began in the
+  hour before the day starts at midnight when the previous day reported its part, else at the
+  previous quote. A silence is not repeated per instrument when
+  what remains of it outside the disconnect windows is below the threshold.
+* instruments of the subscription set that day (``universe_versions``) that were alive that
+  day but have no quote and no trade at all (stream ``quotes``).
+* a day with no live capture at all (no quote, no ``ws`` trade, no connection event): one
+  ``*`` gap per stream covering the day; the other rules are then moot.
+
+:func:`write_findings` replaces the day's *open* audit findings in ``data_gaps``
+(``detected_by = 'audit'``, ``audit_day = day``) and skips a finding identical to one already
+resolved (backfilled / unrecoverable), so resolutions survive re-audits and a gap that cannot be
+recovered is not re-opened forever. Gaps detected by the collector are never touched.
+
+:func:`plan_recovery` says how the REST backfill can recover a gap (or why it cannot).
+
+All functions take a psycopg (v3) connection; times are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+import psycopg
+
+from orchestration.lib.days import day_window, utcnow
+
+#: How channel names map to streams, per venue (prefix -> stream), and how to get the
+#: instrument out of a per-instrument channel.
+CHANNEL_STREAMS: dict[str, dict[str, str]] = {
+    "deribit": {"trades.": "trades", "ticker.": "quotes"},
+}
+
+
+def channel_instrument(venue: str, channel: str) -> str | None:
+    """The instrument of a per-instrument ticker channel (Deribit ``ticker.{name}.{interval}``)."""
+    if venue == "deribit" and channel.startswith("ticker."):
+        parts = channel.split(".")
+        return parts[1] if len(parts) >= 3 else None
+    return None
+
+
+@dataclass(frozen=True)
+class SilenceRule:
+    """Thresholds of the audit.
+
+    Attributes:
+        factor: a silence is a gap when longer than ``factor`` x the instrument's median
+            inter-quote interval of the day ...
+        floor_s: ... and longer than ``floor_s`` seconds.
+        quote_lookback_s: how far before the day start the previous quote is looked up (s).
+        trade_lookback_s: how far before the day start the previous trade of an instrument is
+            looked up for a hole spanning midnight (s).
+    """
+
+    factor: float = 10.0
+    floor_s: float = 60.0
+    quote_lookback_s: float = 3600.0
+    trade_lookback_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class GapFinding:
+    """One gap found by the audit (a future ``data_gaps`` row).
+
+    Attributes:
+        stream: ``trades`` or ``quotes``.
+        instrument_name: the instrument, or ``*`` for every instrument of the stream.
+        gap_start, gap_end: the window (aware UTC).
+        seq_from, seq_to: missing trade_seq numbers, inclusive (trade_seq holes only).
+        kind: ``trade_seq``, ``disconnect``, ``unresolved_disconnect``, ``quote_silence``,
+            ``no_rows`` or ``no_capture``.
+        reason: human-readable, starts with the kind.
+    """
+
+    venue: str
+    stream: str
+    instrument_name: str
+    gap_start: datetime
+    gap_end: datetime
+    seq_from: int | None
+    seq_to: int | None
+    kind: str
+    reason: str
+
+    def key(self) -> tuple:
+        """Identity used to recognise an already-resolved finding."""
+        return (self.stream, self.instrument_name, self.gap_start, self.gap_end,
+                self.seq_from, self.seq_to)
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Findings of one venue and day, plus what the audit looked at.
+
+    Attributes:
+        window_end: end of the audited window (day end, or now for the current day).
+        expected_basis: where the expected instrument set came from (``universe_versions`` or
+            ``unknown``: the no-rows rule was skipped).
+        instruments_quoted, trades_seen, quotes_seen: coverage of the day's data.
+    """
+
+    venue: str
+    day: date
+    window_start: datetime
+    window_end: datetime
+    findings: list[GapFinding]
+    expected_basis: str
+    instruments_quoted: int
+    quotes_seen: int
+    trades_seen: int
+
+    def counts(self) -> dict[str, int]:
+        """Findings per kind."""
+        return dict(Counter(f.kind for f in self.findings))
+
+
+def expected_instruments(conn: psycopg.Connection, venue: str, start: datetime,
+                         end: datetime, *, all_day: bool = False) -> set[str] | None:
+    """Instruments the subscription set held during ``[start, end)``, from ``universe_versions``:
+    the versions in force then (the last one written at or before ``start`` and every one written
+    before ``end``), across currencies. ``all_day=False``: names in any of them (union);
+    ``all_day=True``: names in all of them (intersection = subscribed the whole window).
+    None when no version was in force (no subscription history)."""
+    rows = conn.execute(
+        """
+        WITH v AS (
+            SELECT currency, created_at, subscribed,
+                   row_number() OVER (PARTITION BY currency ORDER BY created_at DESC, version DESC) AS rn
+            FROM universe_versions WHERE venue = %(venue)s AND created_at <= %(start)s
+        )
+        SELECT currency, subscribed FROM v WHERE rn = 1
+        UNION ALL
+        SELECT currency, subscribed FROM universe_versions
+        WHERE venue = %(venue)s AND created_at > %(start)s AND created_at < %(end)s
+        """, {"venue": venue, "start": start, "end": end}).fetchall()
+    if not rows:
+        return None
+    if not all_day:
+        return {name for _, names in rows for name in names}
+    by_currency: dict[str, set[str] | None] = {}
+    for currency, names in rows:
+        prev = by_currency.get(currency)
+        by_currency[currency] = set(names) if prev is None else prev & set(names)
+    has_start = {r[0] for r in conn.execute(
+        "SELECT DISTINCT currency FROM universe_versions WHERE venue = %s AND created_at <= %s",
+        (venue, start))}
+    # A currency whose first version came after `start` had no set for part of the window.
+    return {n for cur, names in by_currency.items() if cur in has_start for n in (names or ())}
+
+
+def _trade_seq_holes(conn, venue, start, end, rule) -> list[GapFinding]:
+    rows = conn.execute(
+        """
+        WITH day AS (
+            SELECT instrument_name, trade_seq, exchange_ts,
+                   lag(trade_seq) OVER w AS prev_seq, lag(exchange_ts) OVER w AS prev_ts,
+                   row_number() OVER w AS rn
+            FROM trades
+            WHERE venue = %(venue)s AND trade_seq IS NOT NULL
+              AND exchange_ts >= %(start)s AND exchange_ts < %(end)s
+            WINDOW w AS (PARTITION BY instrument_name ORDER BY trade_seq)
+        ), firsts AS (
+            SELECT d.instrument_name, d.trade_seq, d.exchange_ts, p.trade_seq AS prev_seq,
+                   p.exchange_ts AS prev_ts
+            FROM day d CROSS JOIN LATERAL (
+                SELECT t.trade_seq, t.exchange_ts FROM trades t
+                WHERE t.venue = %(venue)s AND t.instrument_name = d.instrument_name
+                  AND t.trade_seq < d.trade_seq
+                  AND t.exchange_ts >= %(lookback)s AND t.exchange_ts < %(start)s
+                ORDER BY t.trade_seq DESC LIMIT 1) p
+            WHERE d.rn = 1
+        )
+        SELECT instrument_name, prev_seq + 1, trade_seq - 1, prev_ts, exchange_ts
+        FROM day WHERE rn > 1 AND trade_seq > prev_seq + 1
+        UNION ALL
+        SELECT instrument_name, prev_seq + 1, trade_seq - 1, prev_ts, exchange_ts
+        FROM firsts WHERE trade_seq > prev_seq + 1
+        ORDER BY 1, 2
+        """,
+        {"venue": venue, "start": start, "end": end,
+         "lookback": start - timedelta(seconds=rule.trade_lookback_s)}).fetchall()
+    out = []
+    for name, seq_from, seq_to, prev_ts, next_ts in rows:
+        n = seq_to - seq_from + 1
+        out.append(GapFinding(venue, "trades", name, min(prev_ts, next_ts), max(prev_ts, next_ts),
+                              seq_from, seq_to, "trade_seq",
+                              f"trade_seq hole: {n} trade(s) missing ({seq_from}..{seq_to})"))
+    return out
+
+
+def _streams_of(venue: str, channels: list[str] | None) -> list[str]:
+    mapping = CHANNEL_STREAMS.get(venue, {})
+    if not channels:
+        return ["trades", "quotes"]
+    streams = {s for ch in channels for prefix, s in mapping.items() if ch.startswith(prefix)}
+    return sorted(streams) or ["trades", "quotes"]
+
+
+def _disconnects(conn, venue, start, end) -> list[GapFinding]:
+    out: list[GapFinding] = []
+    windows = conn.execute(
+        """
+        SELECT connection_id, channels, greatest(window_start, %(start)s), least(window_end, %(end)s)
+        FROM connection_events
+        WHERE venue = %(venue)s AND event = 'subscribed'
+          AND window_start IS NOT NULL AND window_end IS NOT NULL
+          AND window_start < %(end)s AND window_end > %(start)s
+        ORDER BY window_start, connection_id
+        """, {"venue": venue, "start": start, "end": end}).fetchall()
+    for conn_id, channels, ws, we in windows:
+        if we <= ws:
+            continue
+        for stream in _streams_of(venue, channels):
+            out.append(GapFinding(venue, stream, "*", ws, we, None, None, "disconnect",
+                                  f"disconnect: window lost by the reconnect of connection {conn_id}"))
+    unresolved = conn.execute(
+        """
+        SELECT d.connection_id, d.event_ts, d.reason
+        FROM connection_events d
+        WHERE d.venue = %(venue)s AND d.event = 'disconnect'
+          AND d.event_ts >= %(start)s AND d.event_ts < %(end)s
+          AND NOT EXISTS (
+              SELECT 1 FROM connection_events s
+              WHERE s.venue = %(venue)s AND s.event = 'subscribed'
+                AND s.event_ts > d.event_ts AND s.event_ts < %(end)s)
+          AND NOT EXISTS (
+              SELECT 1 FROM connection_events s
+              WHERE s.venue = %(venue)s AND s.event = 'subscribed'
+                AND s.window_start <= d.event_ts AND s.window_end >= d.event_ts)
+        ORDER BY d.event_ts
+        """, {"venue": venue, "start": start, "end": end}).fetchall()
+    for conn_id, ts, reason in unresolved:
+        if ts >= end:
+            continue
+        why = f" ({reason})" if reason else ""
+        for stream in ("quotes", "trades"):
+            out.append(GapFinding(
+                venue, stream, "*", ts, end, None, None, "unresolved_disconnect",
+                f"unresolved_disconnect: connection {conn_id} disconnected{why} and nothing was "
+                f"resubscribed before the end of the audited window"))
+    return out
+
+
+def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[GapFinding], int, int]:
+    params = {"venue": venue, "start": start, "end": end, "floor": rule.floor_s,
+              "lookback": start - timedelta(seconds=rule.quote_lookback_s)}
+    # One pass over the day's quotes: per instrument its edges, median interval and the
+    # intervals longer than the floor (no threshold can be lower than the floor).
+    stats = conn.execute(
+        """
+        WITH q AS (
+            SELECT instrument_name, exchange_ts,
+                   lag(exchange_ts) OVER (PARTITION BY instrument_name ORDER BY exchange_ts) AS prev_ts
+            FROM quotes
+            WHERE venue = %(venue)s AND exchange_ts >= %(lookback)s AND exchange_ts < %(end)s
+        ), d AS (
+            SELECT instrument_name, exchange_ts, prev_ts,
+                   extract(epoch FROM exchange_ts - prev_ts)::float8 AS dt_s
+            FROM q WHERE exchange_ts >= %(start)s
+        )
+        SELECT d.instrument_name, min(d.exchange_ts), max(d.exchange_ts), count(*),
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY d.dt_s),
+               min(i.expiration_timestamp),
+               array_agg(d.prev_ts ORDER BY d.exchange_ts) FILTER (WHERE d.dt_s > %(floor)s),
+               array_agg(d.exchange_ts ORDER BY d.exchange_ts) FILTER (WHERE d.dt_s > %(floor)s)
+        FROM d LEFT JOIN instruments i ON i.venue = %(venue)s AND i.instrument_name = d.instrument_name
+        GROUP BY d.instrument_name
+        ORDER BY 1
+        """, params).fetchall()
+    long_ivs = [(r[0], p, t) for r in stats if r[6] for p, t in zip(r[6], r[7])]
+    unsubscribed: dict[str, list[datetime]] = {}
+    for ts, channels in conn.execute(
+            "SELECT event_ts, channels FROM connection_events WHERE venue = %s "
+            "AND event = 'unsubscribed' AND event_ts >= %s AND event_ts < %s ORDER BY event_ts",
+            (venue, start, end)):
+        for ch in channels or ():
+            name = channel_instrument(venue, ch)
+            if name:
+                unsubscribed.setdefault(name, []).append(ts)
+
+    def threshold(median_s: float | None) -> float:
+        return max(rule.floor_s, rule.factor * (median_s or 0.0))
+
+    def uncovered_s(ws: datetime, we: datetime) -> float:
+        """Seconds of [ws, we] outside every disconnect window of the stream."""
+        total, cursor = 0.0, ws
+        for s, e in sorted(star_windows):
+            if e <= cursor or s >= we:
+                continue
+            if s > cursor:
+                total += (s - cursor).total_seconds()
+            cursor = max(cursor, e)
+        if we > cursor:
+            total += (we - cursor).total_seconds()
+        return total
+
+    info = {r[0]: r for r in stats}
+    out: list[GapFinding] = []
+    for name, prev_ts, ts in long_ivs:
+        median_s = info[name][4] if name in info else None
+        limit = threshold(median_s)
+        if (ts - prev_ts).total_seconds() <= limit:
+            continue
+        if uncovered_s(prev_ts, ts) <= limit:
+            continue
+        # Straddling midnight: the previous day reported its part when that part alone was
+        # over its threshold; otherwise this day reports the whole silence.
+        ws = start if prev_ts < start and (start - prev_ts).total_seconds() > limit else prev_ts
+        out.append(GapFinding(venue, "quotes", name, ws, ts, None, None, "quote_silence",
+                              _silence_reason(ws, ts, median_s, limit)))
+    for name, _first, last_ts, _n, median_s, expiry, _p, _t in stats:
+        stop = end
+        if expiry is not None:
+            stop = min(stop, expiry)
+        later = [t for t in unsubscribed.get(name, ()) if t >= last_ts]
+        if later:
+            stop = min(stop, later[0])
+        limit = threshold(median_s)
+        if (stop - last_ts).total_seconds() > limit and uncovered_s(last_ts, stop) > limit:
+            out.append(GapFinding(venue, "quotes", name, last_ts, stop, None, None, "quote_silence",
+                                  _silence_reason(last_ts, stop, median_s, limit)))
+    quotes_seen = sum(r[3] for r in stats)
+    return out, len(stats), quotes_seen
+
+
+def _silence_reason(ws: datetime, we: datetime, median_s: float | None, limit: float) -> str:
+    cadence = "unknown" if median_s is None else f"{median_s:.3g} s"
+    return (f"quote_silence: no quote for {(we - ws).total_seconds():.0f} s "
+            f"(usual cadence {cadence}, threshold {limit:.0f} s)")
+
+
+def _no_rows(conn, venue, start, end, expected: set[str]) -> list[GapFinding]:
+    if not expected:
+        return []
+    rows = conn.execute(
+        """
+        WITH e AS (SELECT unnest(%(names)s::text[]) AS instrument_name)
+        SELECT e.instrument_name,
+               greatest(%(start)s, coalesce(i.creation_timestamp, %(start)s)),
+               least(%(end)s, coalesce(i.expiration_timestamp, %(end)s))
+        FROM e LEFT JOIN instruments i
+          ON i.venue = %(venue)s AND i.instrument_name = e.instrument_name
+        WHERE coalesce(i.creation_timestamp, %(start)s) < %(end)s
+          AND coalesce(i.expiration_timestamp, %(end)s) > %(start)s
+          AND NOT EXISTS (SELECT 1 FROM quotes q WHERE q.venue = %(venue)s
+                          AND q.instrument_name = e.instrument_name
+                          AND q.exchange_ts >= %(start)s AND q.exchange_ts < %(end)s)
+          AND NOT EXISTS (SELECT 1 FROM trades t WHERE t.venue = %(venue)s
+                          AND t.instrument_name = e.instrument_name
+                          AND t.exchange_ts >= %(start)s AND t.exchange_ts < %(end)s)
+        ORDER BY 1
+        """, {"venue": venue, "start": start, "end": end, "names": sorted(expected)}).fetchall()
+    return [GapFinding(venue, "quotes", name, ws, we, None, None, "no_rows",
+                       "no_rows: instrument of the subscription set has no quote and no trade")
+            for name, ws, we in rows if we > ws]
+
+
+def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
+              now: datetime | None = None, rule: SilenceRule = SilenceRule()) -> AuditReport:
+    """Find the gaps of ``venue`` on the UTC ``day`` (see the module docstring).
+
+    ``now`` (default: the wall clock) caps the window for the current day; a day that has not
+    started yet yields no findings. Read-only.
+    """
+    start, day_end = day_window(day)
+    now = now or utcnow()
+    end = min(day_end, now)
+    d = start.date()
+    if end <= start:
+        return AuditReport(venue, d, start, end, [], "unknown", 0, 0, 0)
+    live = conn.execute(
+        """
+        SELECT EXISTS (SELECT 1 FROM quotes WHERE venue = %(v)s AND exchange_ts >= %(s)s AND exchange_ts < %(e)s),
+               (SELECT count(*) FROM trades WHERE venue = %(v)s AND exchange_ts >= %(s)s AND exchange_ts < %(e)s),
+               EXISTS (SELECT 1 FROM trades WHERE venue = %(v)s AND source = 'ws'
+                       AND exchange_ts >= %(s)s AND exchange_ts < %(e)s),
+               EXISTS (SELECT 1 FROM connection_events WHERE venue = %(v)s
+                       AND event_ts >= %(s)s AND event_ts < %(e)s)
+        """, {"v": venue, "s": start, "e": end}).fetchone()
+    any_quote, trades_n, ws_trades, events = live
+    expected = expected_instruments(conn, venue, start, end)
+    basis = "universe_versions" if expected is not None else "unknown"
+    if not any_quote and not ws_trades and not events:
+        findings = [GapFinding(venue, s, "*", start, end, None, None, "no_capture",
+                               "no_capture: no quote, no live trade and no connection event")
+                    for s in ("trades", "quotes")]
+        findings += _trade_seq_holes(conn, venue, start, end, rule)  # REST-filled days too
+        return AuditReport(venue, d, start, end, findings, basis, 0, 0, trades_n)
+    findings = _trade_seq_holes(conn, venue, start, end, rule)
+    findings += _disconnects(conn, venue, start, end)
+    star = [(f.gap_start, f.gap_end) for f in findings
+            if f.stream == "quotes" and f.instrument_name == "*"]
+    silences, quoted, quotes_seen = _quote_silences(conn, venue, start, end, rule, star)
+    findings += silences
+    if expected is not None:
+        findings += _no_rows(conn, venue, start, end, expected)
+    return AuditReport(venue, d, start, end, findings, basis, quoted, quotes_seen, trades_n)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What :func:`write_findings` changed: open findings deleted, rows inserted, findings
+    skipped because an identical one is already resolved."""
+
+    deleted: int
+    inserted: int
+    already_resolved: int
+
+
+def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult:
+    """Replace the open audit findings of ``report.venue``/``report.day`` in ``data_gaps`` (one
+    transaction; concurrent audits of the same day are serialised by an advisory lock)."""
+    venue, day = report.venue, report.day
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickvault_audit:' || %s || ':' || %s))",
+                     (venue, day.isoformat()))
+        deleted = conn.execute(
+            "DELETE FROM data_gaps WHERE venue = %s AND detected_by = 'audit' "
+            "AND audit_day = %s AND status = 'open'", (venue, day)).rowcount
+        resolved = {tuple(r) for r in conn.execute(
+            "SELECT stream, instrument_name, gap_start, gap_end, seq_from, seq_to FROM data_gaps "
+            "WHERE venue = %s AND detected_by = 'audit' AND audit_day = %s AND status <> 'open'",
+            (venue, day))}
+        fresh = [f for f in report.findings if f.key() not in resolved]
+        if fresh:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, "
+                    "seq_from, seq_to, detected_by, status, reason, audit_day) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, 'audit', 'open', %s, %s)",
+                    [(f.venue, f.stream, f.instrument_name, f.gap_start, f.gap_end, f.seq_from,
+                      f.seq_to, f.reason, day) for f in fresh])
+    return WriteResult(deleted, len(fresh), len(report.findings) - len(fresh))
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+#: Deribit's get_last_trades_by_currency_and_time serves only the last 24 h.
+RECENT_TRADES_HORIZON = timedelta(hours=24)
+#: Margin kept from that horizon (a backfill takes time; the request must still be in it).
+HORIZON_MARGIN = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class OpenGap:
+    """An open ``data_gaps`` row a backfill may close."""
+
+    gap_id: int
+    venue: str
+    stream: str
+    instrument_name: str
+    gap_start: datetime
+    gap_end: datetime
+    seq_from: int | None
+    seq_to: int | None
+    detected_by: str
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """How a gap can be recovered over REST.
+
+    Attributes:
+        method: ``seq`` (get_last_trades_by_instrument by trade_seq range), ``time``
+            (get_last_trades_by_currency_and_time over the window) or ``none``.
+        host: ``main`` or ``history`` (the archive host, when configured); None for ``none``.
+        reason: why not, for ``none``.
+    """
+
+    method: Literal["seq", "time", "none"]
+    host: Literal["main", "history"] | None = None
+    reason: str | None = None
+
+    @property
+    def recoverable(self) -> bool:
+        """True unless ``method`` is ``none``."""
+        return self.method != "none"
+
+
+def plan_recovery(gap: OpenGap, *, now: datetime, history_available: bool,
+                  horizon: timedelta = RECENT_TRADES_HORIZON) -> RecoveryPlan:
+    """Choose how to recover ``gap`` (see :class:`RecoveryPlan`).
+
+    Quote gaps cannot be recovered (Deribit serves no ticker history). A trade gap with a known
+    trade_seq range is fetched by sequence (no 24 h limit documented; the result is verified by
+    counting, and older ranges go to the history host when one is configured). A time window is
+    fetched by currency and time only while it is younger than 24 h (minus a margin) on the
+    main host, or from the history host; otherwise it is unrecoverable.
+    """
+    recent = gap.gap_start >= now - horizon + HORIZON_MARGIN
+    if gap.stream != "trades":
+        return RecoveryPlan("none", reason="quotes cannot be recovered: Deribit serves no REST "
+                                           "history of ticker data")
+    if gap.instrument_name != "*" and gap.seq_from is not None and gap.seq_to is not None:
+        return RecoveryPlan("seq", "main" if recent or not history_available else "history")
+    if recent:
+        return RecoveryPlan("time", "main")
+    if history_available:
+        return RecoveryPlan("time", "history")
+    return RecoveryPlan("none", reason=(
+        "window older than 24 h: get_last_trades_by_currency_and_time serves only the last 24 h "
+        "and no history host is configured"))
+
+
+def open_gaps(conn: psycopg.Connection, venue: str, day: str | date) -> list[OpenGap]:
+    """Open gaps of ``venue`` a backfill of ``day`` handles: the day's audit findings and the
+    collector's own findings overlapping the day."""
+    start, end = day_window(day)
+    rows = conn.execute(
+        """
+        SELECT gap_id, venue, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, detected_by
+        FROM data_gaps
+        WHERE venue = %(venue)s AND status = 'open'
+          AND (audit_day = %(day)s
+               OR (audit_day IS NULL AND gap_start < %(end)s AND gap_end >= %(start)s))
+        ORDER BY stream, instrument_name, gap_start, gap_id
+        """, {"venue": venue, "day": start.date(), "start": start, "end": end}).fetchall()
+    return [OpenGap(*r) for r in rows]
+
+
+def open_gaps_by_id(conn: psycopg.Connection, gap_ids: list[int]) -> list[OpenGap]:
+    """The gaps among ``gap_ids`` that are still open."""
+    rows = conn.execute(
+        "SELECT gap_id, venue, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, detected_by "
+        "FROM data_gaps WHERE gap_id = ANY(%s) AND status = 'open' ORDER BY gap_start, gap_id",
+        (gap_ids,)).fetchall()
+    return [OpenGap(*r) for r in rows]
+
+
+@dataclass
+class RecoverableSummary:
+    """Open gaps of a day split by recoverability (for metadata and the backfill sensor)."""
+
+    recoverable: list[OpenGap] = field(default_factory=list)
+    unrecoverable: list[OpenGap] = field(default_factory=list)
+
+
+def summarize_open(conn: psycopg.Connection, venue: str, day: str | date, *, now: datetime,
+                   history_available: bool) -> RecoverableSummary:
+    """Split the open gaps of the day (:func:`open_gaps`) by :func:`plan_recovery`."""
+    out = RecoverableSummary()
+    for g in open_gaps(conn, venue, day):
+        plan = plan_recovery(g, now=now, history_available=history_available)
+        (out.recoverable if plan.recoverable else out.unrecoverable).append(g)
+    return out

@@ -1,0 +1,316 @@
+"""Data-quality checks over one UTC day, run straight against the database.
+
+Every function returns a :class:`CheckOutcome` (pass/fail, numbers, a few sample rows); the
+Dagster asset checks only wrap them. ``venue`` None means every venue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from orchestration.lib.days import day_window, utcnow
+from orchestration.lib.gaps import SilenceRule, _trade_seq_holes, expected_instruments
+
+
+@dataclass
+class CheckOutcome:
+    """Result of one check: ``passed`` and JSON-able ``metadata`` (counts, samples)."""
+
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _rows(cur_rows, cols: list[str]) -> list[dict]:
+    return [{c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(cols, r)}
+            for r in cur_rows]
+
+
+def _window(day: str | date, now: datetime | None) -> tuple[datetime, datetime]:
+    start, end = day_window(day)
+    return start, min(end, now or utcnow())
+
+
+# --- duplicates -------------------------------------------------------------------------------
+
+def trade_duplicates(conn: psycopg.Connection, day: str | date, *, samples: int = 10) -> CheckOutcome:
+    """Trades of the day sharing (venue, instrument_name, trade_id) — the natural identity of a
+    trade whatever its timestamp — or (venue, instrument_name, trade_seq) with different ids.
+    Passes when both are 0."""
+    start, end = day_window(day)
+    p = {"s": start, "e": end, "n": samples}
+    by_id = conn.execute(
+        "SELECT venue, instrument_name, trade_id, count(*) FROM trades "
+        "WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s "
+        "GROUP BY 1, 2, 3 HAVING count(*) > 1 ORDER BY 4 DESC, 1, 2, 3", p).fetchall()
+    by_seq = conn.execute(
+        "SELECT venue, instrument_name, trade_seq, count(DISTINCT trade_id) FROM trades "
+        "WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s AND trade_seq IS NOT NULL "
+        "GROUP BY 1, 2, 3 HAVING count(DISTINCT trade_id) > 1 ORDER BY 4 DESC, 1, 2, 3", p).fetchall()
+    total = conn.execute("SELECT count(*) FROM trades WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s",
+                         p).fetchone()[0]
+    return CheckOutcome(not by_id and not by_seq, {
+        "trades": total,
+        "duplicate_trade_ids": len(by_id),
+        "duplicate_trade_seqs": len(by_seq),
+        "samples": _rows(by_id[:samples], ["venue", "instrument_name", "trade_id", "copies"])
+        + _rows(by_seq[:samples], ["venue", "instrument_name", "trade_seq", "trade_ids"]),
+    })
+
+
+def quote_duplicates(conn: psycopg.Connection, day: str | date, *, samples: int = 10) -> CheckOutcome:
+    """Quotes of the day sharing the natural key (exchange_ts, instrument_name, venue). Passes
+    when 0 (the unique constraint should make it so; this verifies it on the data)."""
+    start, end = day_window(day)
+    dup = conn.execute(
+        "SELECT venue, instrument_name, exchange_ts, count(*) FROM quotes "
+        "WHERE exchange_ts >= %s AND exchange_ts < %s GROUP BY 1, 2, 3 HAVING count(*) > 1 "
+        "ORDER BY 4 DESC LIMIT 1000", (start, end)).fetchall()
+    total = conn.execute("SELECT count(*) FROM quotes WHERE exchange_ts >= %s AND exchange_ts < %s",
+                         (start, end)).fetchone()[0]
+    return CheckOutcome(not dup, {"quotes": total, "duplicate_keys": len(dup),
+                                  "samples": _rows(dup[:samples], ["venue", "instrument_name",
+                                                                   "exchange_ts", "copies"])})
+
+
+# --- continuity -------------------------------------------------------------------------------
+
+def trade_seq_continuity(conn: psycopg.Connection, venue: str, day: str | date, *,
+                         now: datetime | None = None, rule: SilenceRule = SilenceRule(),
+                         samples: int = 20) -> CheckOutcome:
+    """trade_seq holes still present in ``trades`` for the day (same rule as the audit), each with
+    the status of its ``data_gaps`` row. Passes when there is no hole."""
+    start, end = _window(day, now)
+    holes = _trade_seq_holes(conn, venue, start, end, rule) if end > start else []
+    status = {(r[0], r[1], r[2]): (r[3], r[4]) for r in conn.execute(
+        "SELECT instrument_name, seq_from, seq_to, status, reason FROM data_gaps "
+        "WHERE venue = %s AND stream = 'trades' AND seq_from IS NOT NULL "
+        "AND gap_end >= %s AND gap_start < %s ORDER BY gap_id", (venue, start - timedelta(days=7), end))}
+    listed = [{"instrument_name": h.instrument_name, "seq_from": h.seq_from, "seq_to": h.seq_to,
+               "gap_start": h.gap_start.isoformat(), "gap_end": h.gap_end.isoformat(),
+               "status": status.get((h.instrument_name, h.seq_from, h.seq_to), ("not recorded",))[0]}
+              for h in holes]
+    open_rows = conn.execute(
+        "SELECT instrument_name, seq_from, seq_to, gap_start, gap_end, detected_by FROM data_gaps "
+        "WHERE venue = %s AND stream = 'trades' AND status = 'open' "
+        "AND (audit_day = %s OR (audit_day IS NULL AND gap_start < %s AND gap_end >= %s)) "
+        "ORDER BY gap_start", (venue, start.date(), end, start)).fetchall()
+    return CheckOutcome(not holes, {
+        "holes": len(holes),
+        "missing_trades": sum(h.seq_to - h.seq_from + 1 for h in holes),
+        "unrecoverable_holes": sum(1 for x in listed if x["status"] == "unrecoverable"),
+        "open_trade_gaps": len(open_rows),
+        "holes_list": listed[:samples],
+        "open_gaps_list": _rows(open_rows[:samples], ["instrument_name", "seq_from", "seq_to",
+                                                      "gap_start", "gap_end", "detected_by"]),
+    })
+
+
+# --- quotes -----------------------------------------------------------------------------------
+
+def quote_freshness(conn: psycopg.Connection, venue: str, day: str | date, *,
+                    now: datetime | None = None, max_age_s: float = 120.0,
+                    instrument_max_age_s: float = 900.0, samples: int = 20) -> CheckOutcome:
+    """How recent the newest quote of the day is, relative to now for the current day or to the
+    day's end for a past day. Passes when that age <= ``max_age_s``. Instruments quoted that day
+    whose last quote is older than ``instrument_max_age_s`` are listed (not failing)."""
+    now = now or utcnow()
+    start, end = day_window(day)
+    ref = min(now, end)
+    if ref <= start:
+        return CheckOutcome(True, {"evaluated": False, "note": "the day has not started"})
+    rows = conn.execute(
+        "SELECT instrument_name, max(exchange_ts), max(receive_ts) FROM quotes "
+        "WHERE venue = %s AND exchange_ts >= %s AND exchange_ts < %s GROUP BY 1 ORDER BY 2",
+        (venue, start, ref)).fetchall()
+    if not rows:
+        return CheckOutcome(False, {"reference_time": ref.isoformat(), "instruments": 0,
+                                    "note": "no quote at all in the window"})
+    newest = max(r[1] for r in rows)
+    age = (ref - newest).total_seconds()
+    stale = [r for r in rows if (ref - r[1]).total_seconds() > instrument_max_age_s]
+    return CheckOutcome(age <= max_age_s, {
+        "reference_time": ref.isoformat(),
+        "current_day": now < end,
+        "newest_quote": newest.isoformat(),
+        "age_s": round(age, 3),
+        "max_age_s": max_age_s,
+        "instruments": len(rows),
+        "stale_instruments": len(stale),
+        "stale_list": [{"instrument_name": r[0], "last_quote": r[1].isoformat(),
+                        "age_s": round((ref - r[1]).total_seconds(), 1)} for r in stale[:samples]],
+    })
+
+
+def quote_coverage(conn: psycopg.Connection, venue: str, day: str | date, *,
+                   now: datetime | None = None, threshold: float = 0.98,
+                   samples: int = 50) -> CheckOutcome:
+    """Per instrument subscribed for the whole (elapsed) day: the share of its minutes that hold
+    at least one quote. Passes when every such instrument reaches ``threshold``.
+
+    "Subscribed all day" = in every ``universe_versions`` set in force during the window and
+    alive (created before, expiring after) the whole window; without subscription history,
+    instruments quoted in both the first and the last hour of the window.
+    """
+    start, end = _window(day, now)
+    if end <= start:
+        return CheckOutcome(True, {"evaluated": False, "note": "the day has not started"})
+    minutes = max(1, int((end - start).total_seconds() // 60))
+    expected = expected_instruments(conn, venue, start, end, all_day=True)
+    if expected is not None:
+        basis = "universe_versions"
+        names = sorted(n for n, in conn.execute(
+            """
+            SELECT e.n FROM unnest(%(names)s::text[]) AS e(n)
+            LEFT JOIN instruments i ON i.venue = %(v)s AND i.instrument_name = e.n
+            WHERE coalesce(i.creation_timestamp, %(s)s) <= %(s)s
+              AND coalesce(i.expiration_timestamp, %(e)s) >= %(e)s
+            """, {"names": sorted(expected), "v": venue, "s": start, "e": end}))
+    else:
+        basis = "quoted in the first and last hour"
+        hour = timedelta(hours=1)
+        names = [n for n, in conn.execute(
+            "SELECT instrument_name FROM quotes WHERE venue = %(v)s AND exchange_ts >= %(s)s "
+            "AND exchange_ts < %(s1)s INTERSECT SELECT instrument_name FROM quotes "
+            "WHERE venue = %(v)s AND exchange_ts >= %(e1)s AND exchange_ts < %(e)s ORDER BY 1",
+            {"v": venue, "s": start, "s1": min(end, start + hour), "e1": max(start, end - hour),
+             "e": end})]
+    covered = dict(conn.execute(
+        "SELECT instrument_name, count(DISTINCT date_trunc('minute', exchange_ts)) FROM quotes "
+        "WHERE venue = %s AND exchange_ts >= %s AND exchange_ts < %s "
+        "AND instrument_name = ANY(%s) GROUP BY 1", (venue, start, end, names)).fetchall()) if names else {}
+    per = sorted(((n, covered.get(n, 0) / minutes) for n in names), key=lambda x: (x[1], x[0]))
+    below = [(n, c) for n, c in per if c < threshold]
+    return CheckOutcome(not below, {
+        "basis": basis,
+        "minutes": minutes,
+        "threshold": threshold,
+        "instruments": len(per),
+        "below_threshold": len(below),
+        "min_coverage": round(per[0][1], 6) if per else None,
+        "coverage": {n: round(c, 6) for n, c in (below or per)[:samples]},
+    })
+
+
+def crossed_quotes(conn: psycopg.Connection, day: str | date, *, samples: int = 10) -> CheckOutcome:
+    """Quotes with best_bid_price > best_ask_price where both sides are present (Deribit sends
+    price 0 / amount 0 for an empty side; those are not crossed). Passes when none."""
+    start, end = day_window(day)
+    where = ("exchange_ts >= %(s)s AND exchange_ts < %(e)s AND best_bid_price > best_ask_price "
+             "AND best_ask_price > 0 AND best_bid_amount > 0 AND best_ask_amount > 0")
+    p = {"s": start, "e": end, "n": samples}
+    per = conn.execute(f"SELECT venue, instrument_name, count(*) FROM quotes WHERE {where} "
+                       "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2", p).fetchall()
+    sample = conn.execute(f"SELECT venue, instrument_name, exchange_ts, best_bid_price, best_ask_price "
+                          f"FROM quotes WHERE {where} ORDER BY exchange_ts LIMIT %(n)s", p).fetchall()
+    return CheckOutcome(not per, {
+        "crossed": sum(r[2] for r in per),
+        "instruments": len(per),
+        "per_instrument": {f"{v}:{n}": c for v, n, c in per[:samples]},
+        "samples": _rows(sample, ["venue", "instrument_name", "exchange_ts", "best_bid_price",
+                                  "best_ask_price"]),
+    })
+
+
+#: Sane ranges, inclusive: (column, low, high). Prices and amounts as Deribit sends them
+#: (options: base coin; futures: USD); IVs in percent.
+TRADE_RANGES: list[tuple[str, float, float]] = [
+    ("price", 1e-12, 1e7), ("amount", 1e-12, 1e9), ("iv", 0.0, 1000.0),
+    ("index_price", 1e-12, 1e8), ("mark_price", 0.0, 1e7),
+]
+QUOTE_RANGES: list[tuple[str, float, float]] = [
+    ("best_bid_price", 0.0, 1e7), ("best_ask_price", 0.0, 1e7), ("mark_price", 0.0, 1e7),
+    ("best_bid_amount", 0.0, 1e9), ("best_ask_amount", 0.0, 1e9), ("open_interest", 0.0, 1e12),
+    ("mark_iv", 0.0, 1000.0), ("bid_iv", 0.0, 1000.0), ("ask_iv", 0.0, 1000.0),
+]
+
+
+def value_ranges(conn: psycopg.Connection, table: str, day: str | date, *,
+                 samples: int = 10) -> CheckOutcome:
+    """Rows of ``trades`` or ``quotes`` of the day with a value outside :data:`TRADE_RANGES` /
+    :data:`QUOTE_RANGES` (NaN and infinities included). NULLs are allowed. Passes when none."""
+    ranges = {"trades": TRADE_RANGES, "quotes": QUOTE_RANGES}[table]
+    start, end = day_window(day)
+    counts = {}
+    bad_any = " OR ".join(f"NOT ({c} BETWEEN {lo!r} AND {hi!r})" for c, lo, hi in ranges)
+    sel = ", ".join(f"count(*) FILTER (WHERE NOT ({c} BETWEEN {lo!r} AND {hi!r}))" for c, lo, hi in ranges)
+    row = conn.execute(f"SELECT count(*), {sel} FROM {table} WHERE exchange_ts >= %s AND exchange_ts < %s",
+                       (start, end)).fetchone()
+    total = row[0]
+    for (c, lo, hi), n in zip(ranges, row[1:]):
+        if n:
+            counts[f"{c} outside [{lo:g}, {hi:g}]"] = n
+    cols = ["venue", "instrument_name", "exchange_ts"] + [c for c, _, _ in ranges]
+    sample = conn.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE exchange_ts >= %s "
+                          f"AND exchange_ts < %s AND ({bad_any}) ORDER BY exchange_ts LIMIT %s",
+                          (start, end, samples)).fetchall() if counts else []
+    return CheckOutcome(not counts, {"rows": total, "violations": counts,
+                                     "samples": _rows(sample, cols)})
+
+
+def latest_open_interest(conn: psycopg.Connection, venue: str, since: datetime,
+                         until: datetime) -> dict[str, float]:
+    """instrument_name -> open_interest of its latest quote in ``[since, until)``."""
+    return dict(conn.execute(
+        "SELECT DISTINCT ON (instrument_name) instrument_name, open_interest FROM quotes "
+        "WHERE venue = %s AND exchange_ts >= %s AND exchange_ts < %s AND open_interest IS NOT NULL "
+        "ORDER BY instrument_name, exchange_ts DESC", (venue, since, until)).fetchall())
+
+
+def open_interest_vs_rest(quoted: dict[str, float], rest: dict[str, float], *,
+                          tolerance: float = 0.05, samples: int = 20) -> CheckOutcome:
+    """Compare the sum of open interest over the instruments present in both ``quoted`` (latest
+    quotes) and ``rest`` (book summary). Passes when ``|quotes - rest| <= tolerance * rest``.
+    Instruments present on one side only are counted and listed, not summed."""
+    common = sorted(set(quoted) & set(rest))
+    q = sum(quoted[n] for n in common)
+    r = sum(rest[n] for n in common)
+    rel = abs(q - r) / r if r else (0.0 if q == 0 else float("inf"))
+    diffs = sorted(((n, quoted[n], rest[n]) for n in common if quoted[n] != rest[n]),
+                   key=lambda x: -abs(x[1] - x[2]))
+    return CheckOutcome(bool(common) and rel <= tolerance, {
+        "instruments_compared": len(common),
+        "quotes_sum": q,
+        "rest_sum": r,
+        "relative_difference": rel if rel != float("inf") else None,
+        "tolerance": tolerance,
+        "only_in_quotes": sorted(set(quoted) - set(rest))[:samples],
+        "only_in_rest": len(set(rest) - set(quoted)),
+        "largest_differences": [{"instrument_name": n, "quotes": a, "rest": b}
+                                for n, a, b in diffs[:samples]],
+    })
+
+
+# --- candles ----------------------------------------------------------------------------------
+
+def candles_match_trades(conn: psycopg.Connection, day: str | date, *, rel_tol: float = 1e-9,
+                         samples: int = 10) -> CheckOutcome:
+    """For every instrument traded that day and every interval: candle trade counts sum to the
+    trade count and candle volumes to the traded amount. Passes when all match."""
+    start, end = day_window(day)
+    rows = conn.execute(
+        """
+        WITH t AS (
+            SELECT venue, instrument_name, count(*) AS n, sum(amount) AS vol FROM trades
+            WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s GROUP BY 1, 2
+        ), c AS (
+            SELECT venue, instrument_name, interval, sum(trade_count) AS n, sum(volume) AS vol
+            FROM candles WHERE bucket_start >= %(s)s AND bucket_start < %(e)s GROUP BY 1, 2, 3
+        ), i AS (SELECT unnest(ARRAY['1m', '5m', '15m', '1h', '1d']) AS interval)
+        SELECT t.venue, t.instrument_name, i.interval, t.n, coalesce(c.n, 0), t.vol, coalesce(c.vol, 0)
+        FROM t CROSS JOIN i LEFT JOIN c
+          ON c.venue = t.venue AND c.instrument_name = t.instrument_name AND c.interval = i.interval
+        UNION ALL
+        SELECT c.venue, c.instrument_name, c.interval, 0, c.n, 0, c.vol FROM c
+        WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.venue = c.venue AND t.instrument_name = c.instrument_name)
+        """, {"s": start, "e": end}).fetchall()
+    bad = [r for r in rows if r[3] != r[4] or abs(r[5] - r[6]) > rel_tol * max(abs(r[5]), 1e-12)]
+    return CheckOutcome(not bad, {
+        "instruments": len({(r[0], r[1]) for r in rows}),
+        "mismatches": len(bad),
+        "samples": _rows(bad[:samples], ["venue", "instrument_name", "interval", "trades",
+                                         "candle_trades", "volume", "candle_volume"]),
+    })

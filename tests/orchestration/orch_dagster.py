@@ -1,0 +1,65 @@
+"""Dagster glue for the orchestration tests: resources and in-process materialisation."""
+
+from __future__ import annotations
+
+import dagster as dg
+import psycopg
+
+from orchestration.defs import checks
+from orchestration.defs.assets.backfill import trades_backfill
+from orchestration.defs.assets.candles import candles
+from orchestration.defs.assets.gaps import trade_gaps
+from orchestration.defs.assets.universe import instrument_universe
+from orchestration.resources import DatabaseResource, DeribitApiResource
+
+#: A REST URL nothing listens on (for assets that must not call REST).
+NO_REST = "http://127.0.0.1:9/api/v2"
+
+ALL_CHECKS = [v for v in vars(checks).values() if isinstance(v, dg.AssetChecksDefinition)]
+
+
+def resources(dsn: str, rest_url: str = NO_REST, **deribit) -> dict:
+    """Resources as in production, pointed at the test database and REST endpoint."""
+    return {"database": DatabaseResource(url=dsn),
+            "deribit": DeribitApiResource(base_url=rest_url, **deribit)}
+
+
+def checks_of(asset_key: str) -> list[dg.AssetChecksDefinition]:
+    """The asset check definitions targeting ``asset_key``."""
+    return [c for c in ALL_CHECKS
+            if any(k.asset_key.to_user_string() == asset_key for k in c.check_keys)]
+
+
+def materialize(assets: list, partition: str | None, res: dict, *, with_checks: bool = False,
+                instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    """Materialise ``assets`` (and optionally their checks) for one partition, in process."""
+    selection = list(assets)
+    if with_checks:
+        for a in assets:
+            selection += checks_of(a.key.to_user_string())
+    return dg.materialize(selection, partition_key=partition, resources=res,
+                          instance=instance or dg.DagsterInstance.ephemeral())
+
+
+def mat_metadata(result: dg.ExecuteInProcessResult, asset_key: str) -> dict:
+    """Metadata values of the asset's materialisation in ``result``."""
+    [mat] = result.asset_materializations_for_node(asset_key)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    """Check name -> evaluation."""
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def gaps(dsn: str, *where: str, params: tuple = ()) -> list[dict]:
+    """data_gaps rows (as dicts) ordered by stream, instrument, start."""
+    sql = "SELECT * FROM data_gaps" + (" WHERE " + " AND ".join(where) if where else "")
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(sql + " ORDER BY stream, instrument_name, gap_start, gap_id", params)
+        cols = [c.name for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+__all__ = ["NO_REST", "candles", "check_results", "checks_of", "gaps", "instrument_universe",
+           "mat_metadata", "materialize", "resources", "trade_gaps", "trades_backfill"]

@@ -1,0 +1,179 @@
+"""Every Deribit ticker and trade notification and every REST result of the kinds we consume in
+../shared/data/real/deribit decodes, and each stored value equals its source field (nulls stay null)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from collector_daemon.rows import QUOTES, TRADES
+from collector_daemon.venues import Control, Data, RejectedFrame, Response
+from collector_daemon.venues.deribit import messages as m
+from collector_daemon.venues.deribit.protocol import DeribitProtocol
+
+pytestmark = pytest.mark.realdata
+
+RECEIVE_US = 1_700_000_000_123_456
+GREEKS = ("delta", "gamma", "vega", "theta", "rho")
+
+
+def _frames(real: Path):
+    """(source name, parsed JSON) of every WebSocket frame and REST body in the Deribit folder."""
+    d = real / "deribit"
+    for name in ("crypto-msg-parser_test-embedded_deribit_ws+rest_messages.jsonl",
+                 "tardis-node_test-embedded_deribit_ws_messages.jsonl"):
+        for i, line in enumerate((d / name).read_text().splitlines()):
+            if line.strip():
+                yield f"{name}:{i}", json.loads(line)
+    for name in sorted(d.glob("cryptofeed_*.jsonl.gz")):
+        with gzip.open(name, "rt") as fh:
+            for i, line in enumerate(fh):
+                rec = json.loads(line)
+                if rec["dir"] in ("recv", "http_response") and rec["raw"]:
+                    yield f"{name.name}:{i}", json.loads(rec["raw"])
+    for name in sorted((d / "nautilus_test_data").glob("*.json")) + sorted(
+            (d / "openbb_test_data").glob("*.json")) + sorted((d / "misc_rest_samples").glob("*.json")):
+        yield name.name, json.loads(name.read_text())
+
+
+def _check_quote(row: tuple, src: dict) -> None:
+    got = dict(zip(QUOTES.columns, row))
+    assert got["venue"] == "deribit"
+    assert got["instrument_name"] == src["instrument_name"]
+    assert got["exchange_ts"] == src["timestamp"] * 1000
+    assert got["receive_ts"] == RECEIVE_US
+    for col in ("best_bid_price", "best_bid_amount", "best_ask_price", "best_ask_amount",
+                "mark_price", "mark_iv", "bid_iv", "ask_iv", "underlying_price", "underlying_index",
+                "index_price", "open_interest", "last_price", "interest_rate", "state"):
+        assert got[col] == src.get(col), col
+        assert type(got[col]) is type(src.get(col)) or isinstance(src.get(col), int), col
+    greeks = src.get("greeks") or {}
+    for col in GREEKS:
+        assert got[col] == greeks.get(col), col
+
+
+def _check_trade(row: tuple, src: dict, source: str = "ws") -> None:
+    got = dict(zip(TRADES.columns, row))
+    assert got["exchange_ts"] == src["timestamp"] * 1000
+    assert got["source"] == source
+    for col in ("instrument_name", "trade_id", "trade_seq", "price", "amount", "direction", "iv",
+                "mark_price", "index_price", "tick_direction", "liquidation", "block_trade_id"):
+        assert got[col] == src.get(col), col
+
+
+def test_every_ticker_and_trade_notification_decodes_exactly(real_data_dir: Path) -> None:
+    proto = DeribitProtocol("ETH")
+    tickers = trades = 0
+    for source, msg in _frames(real_data_dir):
+        if not isinstance(msg, dict) or msg.get("method") != "subscription":
+            continue
+        channel = msg["params"]["channel"]
+        if not channel.startswith(("ticker.", "trades.")):
+            with pytest.raises(RejectedFrame, match="unknown channel"):
+                proto.decode(json.dumps(msg), RECEIVE_US)
+            continue
+        item = proto.decode(json.dumps(msg), RECEIVE_US)
+        assert isinstance(item, Data), source
+        data = msg["params"]["data"]
+        if channel.startswith("ticker."):
+            assert item.table is QUOTES
+            _check_quote(item.rows[0], data)
+            tickers += 1
+        else:
+            assert item.table is TRADES and len(item.rows) == len(data)
+            for row, src in zip(item.rows, data):
+                _check_trade(row, src)
+                trades += 1
+    # 273 + 89 ticker frames in the two cryptofeed captures, plus the embedded samples
+    assert tickers >= 273 + 89 + 10
+    assert trades >= 10
+
+
+def test_rest_results_decode_exactly(real_data_dir: Path) -> None:
+    counts = {"ticker": 0, "trades": 0, "instruments": 0, "book_summary": 0}
+    for source, body in _frames(real_data_dir):
+        result = body.get("result", body) if isinstance(body, dict) else body
+        if isinstance(body, dict) and body.get("method"):
+            continue
+        if isinstance(result, dict) and "trades" in result:
+            page = m.trades_page_decoder.decode(json.dumps(result))
+            for trade, src in zip(page.trades, result["trades"], strict=True):
+                _check_trade(trade.to_row(RECEIVE_US, "rest"), src, "rest")
+                counts["trades"] += 1
+        elif isinstance(result, list) and result and "trade_seq" in result[0]:
+            for trade, src in zip(m.trades_decoder.decode(json.dumps(result)), result, strict=True):
+                _check_trade(trade.to_row(RECEIVE_US, "rest"), src, "rest")
+                counts["trades"] += 1
+        elif isinstance(result, dict) and "best_bid_price" in result and "timestamp" in result:
+            _check_quote(m.ticker_decoder.decode(json.dumps(result)).to_row(RECEIVE_US), result)
+            counts["ticker"] += 1
+        elif isinstance(result, list) and result and "expiration_timestamp" in result[0]:
+            for inst, src in zip(m.instruments_decoder.decode(json.dumps(result)), result, strict=True):
+                row = m.instrument_row(inst, None)
+                assert row[1] == src["instrument_name"] and row[2] == src["kind"]
+                assert row[7] == src.get("strike") and row[6] == src.get("option_type")
+                exp = src.get("expiration_timestamp")
+                assert row[8] == (None if exp is None else exp * 1000)
+                counts["instruments"] += 1
+        elif isinstance(result, list) and result and "open_interest" in result[0]:
+            for summary, src in zip(m.book_summary_decoder.decode(json.dumps(result)), result, strict=True):
+                assert summary.open_interest == src["open_interest"]
+                assert summary.mark_price == src.get("mark_price")
+                counts["book_summary"] += 1
+    assert counts["trades"] >= 5 + 5 + 10 + 20
+    assert counts["ticker"] >= 4          # public/ticker and get_order_book results
+    assert counts["instruments"] >= 418 + 390 + 4
+    assert counts["book_summary"] >= 4
+
+
+def test_heartbeat_response_and_rejections() -> None:
+    proto = DeribitProtocol("ETH")
+    item = proto.decode('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}', 1)
+    assert isinstance(item, Control) and json.loads(item.reply)["method"] == "public/test"
+    assert proto.decode('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}', 1) == Control(None)
+    resp = proto.decode('{"jsonrpc":"2.0","id":7,"result":["ticker.X.100ms"],"usIn":1,"usOut":2}', 1)
+    assert resp == Response(7, ["ticker.X.100ms"], None)
+    assert proto.acknowledged_channels(resp) == ["ticker.X.100ms"]
+    err = proto.decode('{"jsonrpc":"2.0","id":8,"error":{"code":10028,"message":"too_many_requests"}}', 1)
+    assert err.error == {"code": 10028, "message": "too_many_requests"}
+    base = {"instrument_name": "ETH-1", "timestamp": 1617644856302, "price": 1.0, "amount": 1.0,
+            "direction": "buy", "trade_id": "ETH-1"}
+    bad = [
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"instrument_name":"X"',
+        "not json",
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"instrument_name":"X","timestamp":"abc"}}}',
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"timestamp":1617644856302}}}',
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"instrument_name":"X","timestamp":1617644856302,"mark_price":NaN}}}',
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"instrument_name":"X","timestamp":1617644856302,"mark_price":1e999}}}',
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.option.ETH.100ms","data":[' + json.dumps({**base, "direction": "up"}) + "]}}",
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.option.ETH.100ms","data":[' + json.dumps({**base, "price": "1.0"}) + "]}}",
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"nope.X","data":{}}}',
+        '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"instrument_name":"X","timestamp":16176448}}}',
+        "[1,2,3]",
+    ]
+    for frame in bad:
+        with pytest.raises(RejectedFrame):
+            proto.decode(frame, 1)
+
+
+def test_subscribe_frames_stay_under_the_32kB_limit() -> None:
+    proto = DeribitProtocol("ETH")
+    names = [f"ETH-27DEC30-{10000 + i}-C" for i in range(1000)]
+    channels = proto.channels_for(names)
+    assert channels[0] == "trades.option.ETH.100ms" and channels[1] == f"ticker.{names[0]}.100ms"
+    from collector_daemon.venues import IdSource
+    ids = IdSource()
+    for i in range(0, len(channels), proto.max_channels_per_subscribe):
+        req = proto.subscribe_request(channels[i:i + proto.max_channels_per_subscribe], ids)
+        assert len(req.frame.encode()) < 32_000
+        assert json.loads(req.frame)["params"]["channels"] == list(req.channels)
+
+
+def test_decode_accepts_bytes_as_text() -> None:
+    frame = ('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.ETH-1.100ms",'
+             '"data":{"instrument_name":"ETH-1","timestamp":1617644856302,"mark_price":0.08}}}')
+    proto = DeribitProtocol("ETH")
+    assert proto.decode(frame.encode(), 1) == proto.decode(frame, 1)

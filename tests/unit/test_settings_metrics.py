@@ -1,0 +1,64 @@
+"""Configuration errors name the variable; /metrics and /healthz answer over HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from collector_daemon.metrics import LatencySample, MetricsServer, Stats
+from collector_daemon.settings import SettingsError, load_settings
+
+
+def test_missing_database_url_fails_at_start_with_its_name(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)           # no .env here
+    monkeypatch.delenv("TICKVAULT_DATABASE_URL", raising=False)
+    with pytest.raises(SettingsError, match="TICKVAULT_DATABASE_URL"):
+        load_settings()
+    proc = subprocess.run([sys.executable, "-m", "collector_daemon.cli", "collect"], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2 and "TICKVAULT_DATABASE_URL" in proc.stderr
+
+
+def test_bad_values_name_their_variable(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", "mysql://x")
+    monkeypatch.setenv("TICKVAULT_HEARTBEAT_S", "3")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "TICKVAULT_DATABASE_URL" in str(err.value) and "TICKVAULT_HEARTBEAT_S" in str(err.value)
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", "postgresql://u:secret@h/db")
+    monkeypatch.setenv("TICKVAULT_HEARTBEAT_S", "10")
+    monkeypatch.setenv("TICKVAULT_TOP_N", "all")
+    s = load_settings()
+    assert s.top_n is None and "secret" not in repr(s)      # the password never reaches logs
+
+
+def test_latency_sample_percentiles() -> None:
+    sample = LatencySample(capacity=1000, seed=1)
+    sample.add_many([float(i) for i in range(1, 101)])
+    assert sample.percentile(0.5) == 50.0 and sample.percentile(0.99) == 99.0
+    sample.add_many([1.0] * 100_000)
+    assert len(sample.values) == 1000 and sample.seen == 100_100
+
+
+def test_metrics_and_healthz_over_http() -> None:
+    stats = Stats(venue="deribit", messages=42, rejected=3)
+    stats.rows_written["quotes"] = 40
+    healthy = {"ok": True}
+    server = MetricsServer(stats, lambda: (healthy["ok"], {"connected": 1}), port=0)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        text = httpx.get(f"{base}/metrics").text
+        assert 'tickvault_messages_total{venue="deribit"} 42.0' in text
+        assert 'tickvault_rejected_messages_total{venue="deribit"} 3.0' in text
+        assert 'tickvault_rows_written_total{table="quotes",venue="deribit"} 40.0' in text
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        healthy["ok"] = False
+        r = httpx.get(f"{base}/healthz")
+        assert r.status_code == 503 and r.json() == {"connected": 1}
+    finally:
+        server.stop()
