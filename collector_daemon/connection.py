@@ -121,8 +121,9 @@ class Connection:
         self._last_frame_us = 0
         self._lost_since_us: int | None = None
         self._max_exchange_us = 0                      # newest exchange timestamp received
-        self._lost_exchange_from: int | None = None    # set at a disconnect ...
-        self._window_open = False                      # ... reported at the first frame after it
+        # set at a disconnect, reported at the first data frame of the next connection (data
+        # passes the ``_accepting`` check only once a channel is being resubscribed)
+        self._lost_exchange_from: int | None = None
         self._stopping = False
         self.connects = 0
         #: monotonic time since when the socket is down (None while connected)
@@ -230,7 +231,6 @@ class Connection:
                 if self._lost_since_us is not None and acked:
                     window_start, window_end = self._lost_since_us, _now_us()
                     self._lost_since_us = None
-                    self._window_open = self._lost_exchange_from is not None
                 await self._event("subscribed", channels=sorted(acked), refused_channels=refused,
                                   reason=None if response.error is None else str(response.error),
                                   window_start=window_start, window_end=window_end)
@@ -286,7 +286,7 @@ class Connection:
 
     def _report_window(self, end_us: int | None) -> None:
         """Hand the exchange-time window lost by the last reconnect to ``on_lost_window``."""
-        start, self._lost_exchange_from, self._window_open = self._lost_exchange_from, None, False
+        start, self._lost_exchange_from = self._lost_exchange_from, None
         if start is not None and self.on_lost_window is not None:
             tables = tuple(sorted({t for c in self.desired if (t := self.venue.table_of(c)) is not None}))
             self.on_lost_window(self.connection_id, start, end_us, tables)
@@ -338,7 +338,7 @@ class Connection:
                     exchange_us = item.rows[-1][ts_index[table.name]]
                     if exchange_us > self._max_exchange_us:
                         self._max_exchange_us = exchange_us
-                    if self._window_open:
+                    if self._lost_exchange_from is not None:
                         self._report_window(exchange_us)
                     observer = observers.get(table.name)
                     if observer is not None:
