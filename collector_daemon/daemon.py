@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -104,6 +105,7 @@ class Collector:
             QUOTES.name: (settings.quotes_stale_warn_s, settings.quotes_stale_reconnect_s),
             TRADES.name: (settings.trades_stale_warn_s, None)})
         self.gaps: GapKeeper | None = None    # needs the pool: created in run()
+        self._give_up = threading.Event()     # set when shutdown_recovery_s has passed
         self.connections: list[Connection] = []
         self._conn_tasks: list[asyncio.Task] = []
         self._running = False
@@ -146,7 +148,7 @@ class Collector:
                 self._conn_tasks.append(asyncio.create_task(conn.run(), name=conn.connection_id))
             side_tasks = [asyncio.create_task(self._universe_loop(rest), name="universe"),
                           asyncio.create_task(self._supervise(), name="supervise"),
-                          asyncio.create_task(self.gaps.run(), name="gaps"),
+                          gaps_task := self.gaps.start(),
                           asyncio.create_task(self._stats_loop(), name="stats"),
                           asyncio.create_task(self._status_loop(), name="status")]
             stop_task = asyncio.create_task(self._stop.wait(), name="stop")
@@ -161,18 +163,26 @@ class Collector:
             for conn in self.connections:
                 await conn.stop()
             await asyncio.gather(*self._conn_tasks, return_exceptions=True)
-            for task in (*side_tasks, stop_task, ended_task):
+            # the gap keeper is not cancelled: a recovery in flight is finished below
+            others = [t for t in (*side_tasks, stop_task, ended_task) if t is not gaps_task]
+            for task in others:
                 task.cancel()
-            await asyncio.gather(*side_tasks, stop_task, ended_task, return_exceptions=True)
+            await asyncio.gather(*others, return_exceptions=True)
         if writer_task.done() and writer_task.exception():
             raise writer_task.exception()
         await self.pipeline.close()
         for conn in self.connections:
             conn.close_pending_window()
-        try:       # record (and, within a time limit, recover) gaps found at the very end
-            await asyncio.wait_for(self.gaps.flush(), self.settings.shutdown_recovery_s)
+        # record the gaps found at the very end and recover what REST can in shutdown_recovery_s;
+        # then the recovery gives up (within ~0.2 s) and leaves the rest open for Dagster
+        give_up = asyncio.get_running_loop().call_later(self.settings.shutdown_recovery_s,
+                                                        self._give_up.set)
+        try:
+            await self.gaps.close()
         except Exception as exc:  # noqa: BLE001 - open gaps are left to the Dagster backfill
             log.error("gaps at shutdown not fully recorded/recovered: %r", exc)
+        finally:
+            give_up.cancel()
         await self._heartbeat()
         await self.writer.close()
         if self._metrics is not None:
@@ -376,7 +386,7 @@ class Collector:
         venue_now_us = max((c.exchange_clock_us for c in self.connections), default=0) or time.time_ns() // 1000
         report = await asyncio.to_thread(
             backfill_gaps, self.settings.database_url.get_secret_value(), self.protocol.name, gap_ids,
-            rest, now=datetime.fromtimestamp(venue_now_us / 1e6, timezone.utc))
+            rest, now=datetime.fromtimestamp(venue_now_us / 1e6, timezone.utc), give_up=self._give_up)
         log.info("recovery: %d gap(s): %d backfilled, %d unrecoverable, %d open; %d trades fetched, "
                  "%d new", len(gap_ids), report.count("backfilled"), report.count("unrecoverable"),
                  report.count("open"), report.trades_fetched, report.trades_inserted)

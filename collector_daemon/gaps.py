@@ -75,6 +75,8 @@ class GapKeeper:
         self.last: dict[str, tuple[int, int]] = {}     # instrument -> (trade_seq, exchange µs)
         self._pending: list[PendingGap] = []
         self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
         self.gaps_recorded = 0
         self.seq_gaps = 0
 
@@ -125,12 +127,26 @@ class GapKeeper:
         self._pending.append(gap)
         self._wake.set()
 
-    async def run(self) -> None:
-        """Store pending gaps and recover the open ones; runs until cancelled."""
-        while True:
+    def start(self) -> asyncio.Task:
+        """Store pending gaps and recover the open ones in a background task, until :meth:`close`."""
+        self._task = asyncio.create_task(self._run(), name="gaps")
+        return self._task
+
+    async def _run(self) -> None:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             await self.flush()
+
+    async def close(self) -> None:
+        """At shutdown: let the recovery in flight finish (it is never abandoned half-way: the
+        caller bounds it through the recover function's own give-up signal), then store and
+        recover the gaps still pending."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
 
     async def flush(self, recover: bool = True) -> list[int]:
         """Store every pending gap now and (with ``recover``) recover the open ones; returns

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,18 +174,25 @@ def backfill_day(dsn: str, venue: str, day: str | date, rest: RestConfig, *,
 
 
 def backfill_gaps(dsn: str, venue: str, gap_ids: list[int], rest: RestConfig, *,
-                  now: datetime | None = None) -> BackfillReport:
+                  now: datetime | None = None,
+                  give_up: threading.Event | None = None) -> BackfillReport:
     """Fill and resolve the given open gaps (the collector calls this right after it detects
     them: a trade_seq jump or a reconnect window). Gaps no longer open are skipped. Same
-    rules, errors and report as :func:`backfill_day`; ``report.day`` is today (UTC)."""
+    rules, errors and report as :func:`backfill_day`; ``report.day`` is today (UTC).
+
+    ``give_up`` (set from another thread, e.g. when the collector's shutdown time is up) stops
+    the requests still running within ~0.2 s; their gaps stay ``open`` with the reason in
+    ``report.errors``, and the trades already fetched stay stored."""
     with psycopg.connect(dsn) as conn:
         gaps = open_gaps_by_id(conn, gap_ids)
-    return _backfill(dsn, venue, gaps, rest, BackfillReport(venue, utcnow().date()), now=now)
+    return _backfill(dsn, venue, gaps, rest, BackfillReport(venue, utcnow().date()), now=now,
+                     give_up=give_up)
 
 
 def _backfill(dsn: str, venue: str, gaps: list[OpenGap], rest: RestConfig, report: BackfillReport,
               *, now: datetime | None,
-              progress: Callable[[int, int, GapOutcome], None] | None = None) -> BackfillReport:
+              progress: Callable[[int, int, GapOutcome], None] | None = None,
+              give_up: threading.Event | None = None) -> BackfillReport:
     started = time.monotonic()
     now = now or utcnow()
     specific = sorted({g.instrument_name for g in gaps if g.instrument_name != "*"})
@@ -199,7 +207,7 @@ def _backfill(dsn: str, venue: str, gaps: list[OpenGap], rest: RestConfig, repor
     errors: dict[int, str] = {}
     if any(p.recoverable for _, p in plans):
         fetched, errors, calls, retries = asyncio.run(
-            _fetch(dsn, venue, plans, rest, inst_kind))
+            _fetch(dsn, venue, plans, rest, inst_kind, give_up))
         report.rest_calls, report.rest_retries = calls, retries
     done = 0
     with psycopg.connect(dsn) as conn:
@@ -215,7 +223,7 @@ def _backfill(dsn: str, venue: str, gaps: list[OpenGap], rest: RestConfig, repor
 
 
 async def _fetch(dsn: str, venue: str, plans: list[tuple[OpenGap, RecoveryPlan]], rest: RestConfig,
-                 inst_kind: dict[str, tuple[str, str]]):
+                 inst_kind: dict[str, tuple[str, str]], give_up: threading.Event | None = None):
     fetched: dict[int, tuple[int, int]] = {}
     errors: dict[int, str] = {}
     writer = BatchWriter(dsn, venue=venue, pool_size=2, conflict_cooldown_s=3600)
@@ -253,8 +261,18 @@ async def _fetch(dsn: str, venue: str, plans: list[tuple[OpenGap, RecoveryPlan]]
                 log.warning("backfill of gap %s failed: %s", gap.gap_id, exc)
                 errors[gap.gap_id] = f"REST failed: {type(exc).__name__}: {exc}"
 
+    tasks = {asyncio.create_task(one(g, p)): g.gap_id for g, p in plans if p.recoverable}
     try:
-        await asyncio.gather(*(one(g, p) for g, p in plans if p.recoverable))
+        pending = set(tasks)
+        while pending and not (give_up is not None and give_up.is_set()):
+            done, pending = await asyncio.wait(pending, timeout=0.2 if give_up else None,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()                         # a database error ends the backfill
+        for task in pending:
+            task.cancel()
+            errors[tasks[task]] = "recovery stopped before it finished (collector shutting down)"
+        await asyncio.gather(*pending, return_exceptions=True)
     finally:
         calls = main.calls + (history.calls if history else 0)
         retries = main.retries + (history.retries if history else 0)

@@ -125,3 +125,37 @@ def test_plan_recovery_uses_main_host_within_24h():
     assert plan_recovery(seq, now=late, history_available=False).host == "main"
     assert not plan_recovery(window, now=late, history_available=False).recoverable
     assert plan_recovery(window, now=late, history_available=True).host == "history"
+
+
+def test_backfill_gives_up_when_asked(migrated_db_url):
+    """The collector's shutdown bound: with REST unreachable (every call retried with backoff for
+    minutes), setting ``give_up`` ends backfill_gaps within ~0.2 s; the gap stays open with the
+    reason, nothing is marked recovered."""
+    import socket
+    import threading
+    import time
+    from datetime import datetime, timezone
+
+    from orchestration.lib.backfill import RestConfig, backfill_gaps
+
+    with socket.socket() as s:                       # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}/api/v2"
+    now = datetime.now(timezone.utc)
+    with psycopg.connect(migrated_db_url) as conn:
+        gap_id, = conn.execute(
+            "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, detected_by, "
+            "status, reason) VALUES ('deribit', 'trades', '*', %s, %s, 'disconnect', 'open', 'test') "
+            "RETURNING gap_id", (now - timedelta(minutes=5), now - timedelta(minutes=4))).fetchone()
+    give_up = threading.Event()
+    threading.Timer(1.0, give_up.set).start()
+    t0 = time.monotonic()
+    report = backfill_gaps(migrated_db_url, "deribit", [gap_id], RestConfig(dead_url, currency="BTC"),
+                           give_up=give_up)
+    elapsed = time.monotonic() - t0
+    assert 1.0 <= elapsed < 3.0, elapsed
+    assert report.count("open") == 1 and report.count("backfilled") == 0
+    assert ["collector shutting down" in o.note for o in report.errors] == [True]
+    with psycopg.connect(migrated_db_url) as conn:
+        assert conn.execute("SELECT status, resolved_at FROM data_gaps WHERE gap_id = %s",
+                            (gap_id,)).fetchone() == ("open", None)
