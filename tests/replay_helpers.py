@@ -48,14 +48,18 @@ def settings_for(dsn: str, tmp_path: Path, **over) -> Settings:
 
 async def replay(dsn: str, tmp_path: Path, real: Path, *, trades: Path | None = None,
                  faults: Faults | None = None, speed: float | str = "max", loop: int = 1,
-                 align_trades: bool = False, **settings) -> tuple[Summary, dict]:
+                 align_trades: bool = False, history_host: bool = False,
+                 **settings) -> tuple[Summary, dict]:
     """Replay the 2021-04-05 capture (and ``trades``) through the emulator into ``dsn``; returns
-    the collector's summary and the emulator's stats (with trade ids)."""
+    the collector's summary and the emulator's stats (with trade ids). ``history_host``: the
+    emulator's REST also stands in for history.deribit.com (windows older than 24 h)."""
     server = EmulatorServer(EmulatorConfig(capture=real / CAPTURE, trades=trades, speed=speed,
                                            loop=loop, align_trades=align_trades,
                                            close_when_done=True, faults=faults or Faults()))
     await server.start(host="127.0.0.1", port=0)
     try:
+        if history_host:
+            settings["deribit_history_url"] = server.rest_url
         collector = Collector(settings_for(dsn, tmp_path, **settings), ws_url=server.ws_url,
                               rest_url=server.rest_url, stop_on_replay_end=True)
         summary = await asyncio.wait_for(collector.run(), 120)
