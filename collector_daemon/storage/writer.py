@@ -180,20 +180,29 @@ class BatchWriter:
     async def _write_once(self, table: TableSpec, rows: Sequence[tuple]) -> int:
         assert self.pool is not None, "BatchWriter.open() was not called"
         async with self.pool.acquire(timeout=10) as conn:
-            if not table.keyed:
+            try:
+                return await self._write_on(conn, table, rows)
+            except asyncpg.exceptions.InternalClientError as exc:
+                # the connection's protocol state broke (seen when the server went away in the
+                # middle of a COPY): drop it so the pool opens a fresh one, and retry/spool
+                conn.terminate()
+                raise ConnectionError(f"database connection unusable: {exc}") from exc
+
+    async def _write_on(self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
+        if not table.keyed:
+            async with conn.transaction():
+                await conn.copy_records_to_table(table.name, records=rows,
+                                                 columns=table.columns)
+            return len(rows)
+        if self._staging_until.get(table.name, 0.0) < time.monotonic():
+            try:
                 async with conn.transaction():
                     await conn.copy_records_to_table(table.name, records=rows,
                                                      columns=table.columns)
                 return len(rows)
-            if self._staging_until.get(table.name, 0.0) < time.monotonic():
-                try:
-                    async with conn.transaction():
-                        await conn.copy_records_to_table(table.name, records=rows,
-                                                         columns=table.columns)
-                    return len(rows)
-                except asyncpg.UniqueViolationError:
-                    self._staging_until[table.name] = time.monotonic() + self._cooldown
-            return await self._write_staged(conn, table, rows)
+            except asyncpg.UniqueViolationError:
+                self._staging_until[table.name] = time.monotonic() + self._cooldown
+        return await self._write_staged(conn, table, rows)
 
     @staticmethod
     async def _write_staged(conn: asyncpg.Connection, table: TableSpec,

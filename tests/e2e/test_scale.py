@@ -34,7 +34,8 @@ def test_channels_spread_over_connections_and_one_lost_connection_disturbs_no_ot
         await asyncio.sleep(3)
         victim = collector.connections[1]
         victim.url = "ws://127.0.0.1:9/nothing-listens-here"       # it cannot come back ...
-        victim._ws.transport.abort()                               # ... after losing its socket
+        port = victim._ws.local_address[1]                         # ... after losing its socket
+        next(c for c in server.replayer.clients if c.ws.remote_address[1] == port).transport.abort()
         for _ in range(100):                                       # failover_s = 1 s
             moved = set().union(*(c.subscribed for i, c in enumerate(collector.connections) if i != 1))
             if before[1] <= moved:
