@@ -706,7 +706,7 @@ BUCKETS = [
     ("trade gap detector (gaps.py)", ("gaps.py:",)),
     ("pipeline add/seal/queue (pipeline.py)", ("pipeline.py:",)),
     ("collector read loop (connection.py _read)", ("connection.py:_read", "collector_daemon/connection.py:")),
-    ("websockets: frame parsing, assembler, recv", ("websockets/",)),
+    ("WebSocket client (picows): frame parsing, recv", ("websockets/", "picows")),
     ("asyncio event loop, sockets, selectors", ("asyncio/", "selectors.py", "_asynciomodule", "socket",
                                                 "uvloop", "recv (libc", "epoll")),
     ("logging", ("logging/",)),
@@ -781,7 +781,7 @@ def environment(pg: LocalPostgres, src: Path) -> dict[str, Any]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     versions = {}
-    for pkg in ("asyncpg", "websockets", "msgspec", "psycopg", "uvloop", "psutil", "py-spy"):
+    for pkg in ("asyncpg", "picows", "websockets", "msgspec", "psycopg", "psutil", "py-spy"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
     with psycopg.connect(pg.dsn(), autocommit=True) as c:

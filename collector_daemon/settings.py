@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(10, ge=10, description="Deribit public/set_heartbeat interval (s, >= 10).")
     batch_rows: int = Field(10_000, ge=1, description="Rows per COPY batch.")
     flush_interval_s: float = Field(1.0, gt=0, description="A partial batch is flushed at least this often (s).")
-    queue_batches: int = Field(32, ge=1, description="Sealed batches the writer queue holds before the reader waits.")
+    queue_batches: int = Field(4, ge=1, description="Sealed batches the writer queue holds before the reader waits.")
     backoff_min_s: float = Field(1.0, gt=0, description="First reconnect delay (s); doubles with jitter.")
     backoff_max_s: float = Field(60.0, gt=0, description="Reconnect delay cap (s).")
     refused_retry_s: float = Field(10.0, gt=0, description="Channels the exchange refused are requested again after this long (s).")
