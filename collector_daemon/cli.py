@@ -135,7 +135,7 @@ async def _collect(args: argparse.Namespace) -> int:
         await server.start(host="127.0.0.1", port=0)
         try:
             summary = await Collector(settings, ws_url=server.ws_url, rest_url=server.rest_url,
-                                      stop_on_replay_end=True).run()
+                                      stop_on_replay_end=True, fresh_universe=True).run()
         finally:
             await server.stop()
     for line in summary.lines():

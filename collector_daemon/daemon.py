@@ -76,15 +76,18 @@ class Collector:
         settings: configuration (database URL, universe, sharding, batching, backoff, metrics).
         ws_url / rest_url: override the venue endpoints (the emulator in replay mode).
         stop_on_replay_end: finish when the server ends the replay (``collect --replay``).
+        fresh_universe: take the first universe from REST and write it to the table even when
+            the table holds one (``collect --replay``: the emulator is another world).
     """
 
     def __init__(self, settings: Settings, *, ws_url: str | None = None, rest_url: str | None = None,
-                 stop_on_replay_end: bool = False) -> None:
+                 stop_on_replay_end: bool = False, fresh_universe: bool = False) -> None:
         self.settings = settings
         self.protocol = DeribitProtocol(settings.currencies, settings.kinds, heartbeat_s=settings.heartbeat_s)
         self.ws_url = ws_url or settings.deribit_ws_url
         self.rest_url = rest_url or settings.deribit_rest_url
         self.stop_on_replay_end = stop_on_replay_end
+        self.fresh_universe = fresh_universe
         k, n = settings.shard_index
         self.tag = "-".join([self.protocol.name, *(c.lower() for c in settings.currencies)]
                             + ([f"shard{k}of{n}"] if n > 1 else []))
@@ -112,6 +115,7 @@ class Collector:
         self.stats.subscribed_channels = lambda: sum(len(c.subscribed) for c in self.connections)
         #: the subscription set per currency, highest open interest first (before sharding)
         self.universe: dict[str, list[str]] = {}
+        self._unserved_warned: set[str] = set()  # currencies warned about a set not serving us
         self.selected: list[str] = []        # this shard's instruments
         self.channels: list[str] = []        # this shard's channels
         self._alive: tuple[int, ...] = ()
@@ -259,12 +263,18 @@ class Collector:
         over the connections.
 
         The ``universe_versions`` table is authoritative (the Dagster ``instrument_universe``
-        asset writes it hourly, announcing changes by NOTIFY). The collector refreshes it from
-        REST itself, through the same function, only when the table has no set for a venue and
-        currency or nobody refreshed it within ``universe_refresh_s`` (no Dagster running).
+        asset writes it hourly, announcing changes by NOTIFY). REST is the fallback:
+
+        * no set for the venue and currency yet, nobody refreshed the table for
+          ``universe_stale_s`` (no Dagster running), or the first refresh with
+          ``fresh_universe``: fetch, and write the table as the asset
+          would (same function);
+        * a set that does not serve this collector's kinds or top N
+          (:meth:`~orchestration.lib.universe.UniverseVersion.serves`): fetch and subscribe
+          without writing, so the collector and Dagster do not overwrite each other's set.
         """
         from orchestration.lib.universe import apply_universe, read_universe
-        venue = self.protocol.name
+        venue, kinds, top_n = self.protocol.name, self.protocol.trade_kinds, self.settings.top_n
         universe: dict[str, list[str]] = {}
         for currency in self.settings.currencies:
             async with self.writer.pool.acquire() as conn:
@@ -272,17 +282,31 @@ class Collector:
                 last_refresh_us = await conn.fetchval(
                     "SELECT max(updated_at) FROM instruments WHERE venue = $1 AND base_currency = $2",
                     venue, currency)
-            stale = last_refresh_us is None or (
-                time.time_ns() // 1000 - last_refresh_us > self.settings.universe_refresh_s * 1e6)
-            if current is None or stale:
-                fetched = await fetch_universe(rest, currency, self.protocol.trade_kinds,
-                                               top_n=self.settings.top_n)
+            age_s = (time.time_ns() // 1000 - last_refresh_us) / 1e6 if last_refresh_us else None
+            served = current.serves(kinds, top_n) if current is not None else None
+            if current is None or age_s is None or age_s > self.settings.universe_stale_s or (
+                    self.fresh_universe and not self.universe):
+                if current is not None and age_s is not None and age_s > self.settings.universe_stale_s:
+                    log.warning("universe %s: table last refreshed %.0f s ago (is Dagster's "
+                                "instrument_universe schedule running?); refreshing it from REST",
+                                currency, age_s)
+                fetched = await fetch_universe(rest, currency, kinds, top_n=top_n)
                 async with self.writer.pool.acquire() as conn:
                     refresh = await apply_universe(conn, fetched, venue=venue, currency=currency,
-                                                   top_n=self.settings.top_n)
+                                                   top_n=top_n, kinds=kinds)
                 universe[currency], source = refresh.selected, f"REST, version {refresh.version}"
+            elif served is None:
+                if currency not in self._unserved_warned:
+                    self._unserved_warned.add(currency)
+                    log.warning("universe %s: universe_versions %d (kinds %s, top_n %s) does not serve "
+                                "kinds %s, top_n %s; subscribing from REST without writing it (give "
+                                "Dagster the same TICKVAULT_KIND and TICKVAULT_TOP_N)", currency,
+                                current.version, ",".join(current.kinds or ["option"]),
+                                current.top_n or "all", ",".join(kinds), top_n or "all")
+                fetched = await fetch_universe(rest, currency, kinds, top_n=top_n)
+                universe[currency], source = list(fetched.selected), "REST, not written"
             else:
-                universe[currency], source = current.subscribed, f"universe_versions {current.version}"
+                universe[currency], source = served, f"universe_versions {current.version}"
             if universe[currency] != self.universe.get(currency):
                 log.info("universe %s (%s): %d instruments", currency, source, len(universe[currency]))
         self.universe = universe

@@ -10,8 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+#: Deribit: WebSockets and HTTP requests together, per IP (docs: connection management).
+DERIBIT_CONNECTIONS_PER_IP = 32
 
 
 class SettingsError(RuntimeError):
@@ -37,12 +41,17 @@ class Settings(BaseSettings):
         "Channels per WebSocket connection; the subscription set is spread over "
         "ceil(channels / this) connections (at most max_connections)."))
     max_connections: int = Field(16, ge=1, le=28, description=(
-        "Most WebSocket connections per daemon (Deribit allows 32 per IP, REST included)."))
+        "Most WebSocket connections per daemon (Deribit allows 32 per IP, REST included: this + "
+        "2 x TICKVAULT_REST_MAX_CONCURRENCY must stay within 32, checked at start)."))
     failover_s: float = Field(30.0, gt=0, description=(
         "A connection down this long hands its channels to the other connections (s)."))
     top_n: int | None = Field(
         50, description="Keep the top N instruments by open interest; empty or 'all' = the whole chain.")
-    universe_refresh_s: float = Field(300.0, gt=0, description="Seconds between universe refreshes.")
+    universe_refresh_s: float = Field(300.0, gt=0, description=(
+        "Seconds between re-reads of the universe table (a NOTIFY from Dagster is acted on at once)."))
+    universe_stale_s: float = Field(5400.0, gt=0, description=(
+        "Refresh the universe from REST itself when nobody (Dagster's hourly instrument_universe) "
+        "refreshed the table for this long (s); REST is otherwise used only while the table is empty."))
     heartbeat_s: int = Field(10, ge=10, description="Deribit public/set_heartbeat interval (s, >= 10).")
     batch_rows: int = Field(10_000, ge=1, description="Rows per COPY batch.")
     flush_interval_s: float = Field(1.0, gt=0, description="A partial batch is flushed at least this often (s).")
@@ -57,7 +66,8 @@ class Settings(BaseSettings):
     trades_stale_warn_s: float = Field(3600.0, gt=0, description=(
         "Warn when no trade arrived for this long (s); trades never force a reconnect (quiet nights)."))
     rest_max_concurrency: int = Field(4, ge=1, le=16, description=(
-        "Concurrent REST requests (each counts toward Deribit's 32 connections per IP)."))
+        "Concurrent REST requests per client (the universe refresh and a gap recovery may run at "
+        "once; each request counts toward Deribit's 32 connections per IP)."))
     deribit_history_url: str | None = Field(None, description=(
         "Archive REST host for trade windows older than 24 h (e.g. https://history.deribit.com/api/v2); "
         "empty = such windows are left to the Dagster backfill."))
@@ -73,6 +83,17 @@ class Settings(BaseSettings):
         "Durable spool for batches the database cannot take; each collector uses "
         "<dir>/<venue>-<currency> and locks it."))
     spool_max_bytes: int = Field(2 * 2**30, gt=0, description="Spool size cap in bytes (default 2 GiB).")
+
+    @model_validator(mode="after")
+    def _connection_budget(self) -> "Settings":
+        # Deribit counts WebSockets and HTTP requests together, at most 32 per IP (reference A.4).
+        # REST runs in two clients at once: the universe refresh and a gap recovery.
+        used = self.max_connections + 2 * self.rest_max_concurrency
+        if used > DERIBIT_CONNECTIONS_PER_IP:
+            raise ValueError(
+                f"TICKVAULT_MAX_CONNECTIONS + 2 x TICKVAULT_REST_MAX_CONCURRENCY = {used} exceeds "
+                f"Deribit's {DERIBIT_CONNECTIONS_PER_IP} connections per IP")
+        return self
 
     @field_validator("top_n", mode="before")
     @classmethod
@@ -140,6 +161,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = "TICKVAULT_" + str(err["loc"][0]).upper() if err["loc"] else "TICKVAULT_?"
-            problems.append(f"{name}: {err['msg']}")
+            if err["loc"]:
+                problems.append(f"TICKVAULT_{str(err['loc'][0]).upper()}: {err['msg']}")
+            else:  # a check across variables names them in its message
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

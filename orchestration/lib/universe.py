@@ -35,8 +35,11 @@ What the collector does (see :func:`read_universe`; asyncpg, any codec)::
     # when the listening connection drops: reconnect, add_listener again, read_universe again
     #   and diff (catches changes made while it was down).
 
-REST is the fallback only while the table holds no version for that venue and currency (a
-fresh database before the first ``instrument_universe`` run).
+REST is the collector's fallback only while the table holds no version for that venue and
+currency (a fresh database before the first ``instrument_universe`` run), or none that serves
+its kinds and top N (:meth:`UniverseVersion.serves`: then it subscribes from REST without
+writing, and warns), or nobody refreshed the table for ``TICKVAULT_UNIVERSE_STALE_S`` (no
+Dagster running: then it refreshes the table itself, as the asset would).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class UniverseVersion:
         top_n: N of "top N by open interest"; None = every live instrument.
         instruments: live instruments the venue listed at that refresh.
         subscribed: instrument names to subscribe, highest open interest first.
+        kinds: instrument kinds the set was chosen from (``["option"]``, ``["option", "future"]``);
+            None for rows written before the column existed (options only then).
     """
 
     version: int
@@ -76,6 +81,19 @@ class UniverseVersion:
     top_n: int | None
     instruments: int
     subscribed: list[str]
+    kinds: list[str] | None = None
+
+    def serves(self, kinds: tuple[str, ...], top_n: int | None) -> list[str] | None:
+        """The names a collector of ``kinds`` and ``top_n`` (None = all) subscribes from this
+        set, or None when the set cannot serve it: chosen from other kinds, or from fewer
+        instruments than it wants. The set is ranked, so a larger set serves a smaller top N."""
+        if set(self.kinds or ("option",)) != set(kinds):
+            return None
+        if self.top_n is None:
+            return self.subscribed if top_n is None else self.subscribed[:top_n]
+        if top_n is None or top_n > self.top_n:
+            return None
+        return self.subscribed[:top_n]
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,7 @@ class UniverseRefresh:
 
 _READ_SQL = """
 SELECT version, venue, currency, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us,
-       top_n, instruments, subscribed
+       top_n, instruments, subscribed, kinds
 FROM universe_versions
 WHERE venue = $1 AND currency = $2
 ORDER BY version DESC
@@ -120,7 +138,8 @@ async def read_universe(conn: asyncpg.Connection, venue: str, currency: str) -> 
     if row is None:
         return None
     return UniverseVersion(row["version"], row["venue"], row["currency"], row["created_us"],
-                           row["top_n"], row["instruments"], list(row["subscribed"]))
+                           row["top_n"], row["instruments"], list(row["subscribed"]),
+                           list(row["kinds"]) if row["kinds"] is not None else None)
 
 
 def parse_notification(payload: str) -> tuple[str, str, int]:
@@ -137,8 +156,11 @@ def parse_notification(payload: str) -> tuple[str, str, int]:
 
 
 async def apply_universe(conn: asyncpg.Connection, universe: Universe, *, venue: str,
-                         currency: str, top_n: int | None) -> UniverseRefresh:
+                         currency: str, top_n: int | None,
+                         kinds: tuple[str, ...] = ("option",)) -> UniverseRefresh:
     """Write one fetched universe in a single transaction (steps 2-4 of the module docstring).
+    ``kinds`` and ``top_n`` are what the universe was fetched with; a new version is written
+    when the set of names, the kinds or the top N changed.
 
     ``conn`` must be set up with ``collector_daemon.storage.writer.init_connection`` (what
     ``upsert_instruments`` expects).
@@ -165,13 +187,14 @@ async def apply_universe(conn: asyncpg.Connection, universe: Universe, *, venue:
             "AND i.subscription_rank IS DISTINCT FROM s.rank", venue, selected)
         previous = await read_universe(conn, venue, currency)
         prev_set = set(previous.subscribed) if previous else None
-        if prev_set is not None and prev_set == set(selected):
+        if (previous is not None and prev_set == set(selected) and previous.top_n == top_n
+                and set(previous.kinds or ("option",)) == set(kinds)):
             return UniverseRefresh(len(rows), len(universe.open_interest), was_active, selected,
                                    previous.version, False)
         version = await conn.fetchval(
-            "INSERT INTO universe_versions (venue, currency, top_n, instruments, subscribed) "
-            "VALUES ($1, $2, $3, $4, $5) RETURNING version",
-            venue, currency, top_n, len(rows), selected)
+            "INSERT INTO universe_versions (venue, currency, top_n, instruments, subscribed, kinds) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING version",
+            venue, currency, top_n, len(rows), selected, list(kinds))
     prev_set = prev_set or set()
     return UniverseRefresh(len(rows), len(universe.open_interest), was_active, selected, version,
                            True, sorted(set(selected) - prev_set), sorted(prev_set - set(selected)))
@@ -191,6 +214,7 @@ async def refresh_universe(dsn: str, rest: DeribitRest, *, currency: str,
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
-        return await apply_universe(conn, universe, venue=venue, currency=currency, top_n=top_n)
+        return await apply_universe(conn, universe, venue=venue, currency=currency, top_n=top_n,
+                                    kinds=kinds)
     finally:
         await conn.close()

@@ -152,8 +152,9 @@ def test_running_collector_follows_universe_changes_without_restart(migrated_db_
         full = list(collector.selected)
         keep = full[:4]
         with pg.connect(migrated_db_url, autocommit=True) as conn:
-            conn.execute("INSERT INTO universe_versions (venue, currency, top_n, instruments, subscribed) "
-                         "VALUES ('deribit', 'ETH', 4, 7, %s)", (keep,))
+            # the whole chain is now these 4 (top_n NULL = all, what this collector asks for)
+            conn.execute("INSERT INTO universe_versions (venue, currency, top_n, instruments, subscribed, kinds) "
+                         "VALUES ('deribit', 'ETH', NULL, 4, %s, '{option}')", (keep,))
         for _ in range(50):
             if collector.selected == keep:
                 break

@@ -100,7 +100,8 @@ def test_subscriptions_follow_universe_churn(migrated_db_url, tmp_path, real_dat
         server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, speed=speed, fanout=4,
                                                churn=True, close_when_done=True))
         await server.start(host="127.0.0.1", port=0)
-        collector = Collector(settings_for(migrated_db_url, tmp_path, universe_refresh_s=refresh_s),
+        collector = Collector(settings_for(migrated_db_url, tmp_path, universe_refresh_s=refresh_s,
+                                           universe_stale_s=refresh_s / 2),
                               ws_url=server.ws_url, rest_url=server.rest_url, stop_on_replay_end=True)
         summary = await collector.run()
         stats = server.stats()
