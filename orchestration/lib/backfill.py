@@ -265,7 +265,7 @@ async def _fetch(dsn: str, venue: str, plans: list[tuple[OpenGap, RecoveryPlan]]
     try:
         pending = set(tasks)
         while pending and not (give_up is not None and give_up.is_set()):
-            done, pending = await asyncio.wait(pending, timeout=0.2 if give_up else None,
+            done, pending = await asyncio.wait(pending, timeout=None if give_up is None else 0.2,
                                                return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()                         # a database error ends the backfill
