@@ -153,3 +153,25 @@ def test_fixtures_are_per_test(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         ext = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
         assert ext.fetchone() == (0,)
+
+
+def test_pip_installed_postgresql_is_the_last_resort(pgdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PostgreSQL 16 that the PyPI package pgserver bundles (``tickvault[localpg]``, what
+    scripts/run installs on a machine without PostgreSQL) runs the local server and takes the
+    whole schema, as plain PostgreSQL."""
+    bindirs = [b for b in localdb._pip_bindirs() if localdb._has_binaries(b)]
+    if not bindirs:
+        skip_or_fail("pgserver is not installed in this Python (pip install -e '.[test]')")
+    from collector_daemon.storage.migrate import migrate
+
+    monkeypatch.setenv("TICKVAULT_PG_BINDIR", str(bindirs[0]))
+    server = LocalPostgres(pgdir / "pip", timescaledb=False, durable=False).start()
+    dsn = server.create_database("tickvault")
+    report = migrate(dsn)
+    assert report.timescaledb_version is None
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("16")
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"quotes", "trades", "instruments", "data_gaps", "universe_versions"} <= tables
+    server.stop()
