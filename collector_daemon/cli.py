@@ -158,7 +158,8 @@ def _status(args: argparse.Namespace) -> int:
         rows = conn.execute(STATUS_INSTRUMENTS_SQL, {"hours": args.hours}).fetchall()
     print("collectors:")
     for cid, venue, host, pid, started, age, stats in collectors:
-        print(f"  {cid} ({venue}) heartbeat {age.total_seconds():.0f} s ago, started {started:%Y-%m-%d %H:%M:%S}Z, "
+        started_utc = started.astimezone(dt.timezone.utc)
+        print(f"  {cid} ({venue}) heartbeat {age.total_seconds():.0f} s ago, started {started_utc:%Y-%m-%d %H:%M:%S}Z, "
               f"messages {stats.get('messages')}, rejected {stats.get('rejected')}, "
               f"reconnects {stats.get('reconnects')}")
     if not collectors:
