@@ -6,7 +6,8 @@ connect -> venue open requests (heartbeat setup) -> subscribe in frames of at mo
 ``venue.max_channels_per_subscribe`` channels, paced by a shared rate limiter -> diff every ack
 against the request (refused channels are recorded and retried on the next reconcile) -> read
 frames until the socket closes -> record the disconnect -> capped exponential backoff with jitter
--> reconnect and resubscribe.
+(:func:`backoff_delay`: every delay within [backoff_min_s, backoff_max_s]) -> reconnect and
+resubscribe.
 
 Every connect, subscribe ack and disconnect becomes a ``connection_events`` row. The first ack
 after a reconnect carries the lost window: ``window_start`` = last frame received before the
@@ -15,6 +16,11 @@ disconnect, ``window_end`` = when the resubscription was confirmed.
 The reader never blocks on the database: rows go to the :class:`~collector_daemon.pipeline.Pipeline`,
 which applies backpressure by making the reader wait when the writer queue is full. A frame that
 fails to decode is counted and stored in ``rejected_messages``; it never ends the connection.
+A notification with no rows (Deribit may send ``"data":[]`` on a trades channel) counts as a
+message and as liveness of its stream, and adds nothing. An unexpected exception while handling
+one frame (a bug, not bad input) is logged with its traceback and the frame is stored in
+``rejected_messages`` with the exception as the reason; reading goes on. One while connecting or
+subscribing is logged likewise and handled as a disconnect (backoff, reconnect).
 
 The WebSocket client is picows through its websockets-compatible API (``picows.websockets``):
 ~1.3 µs of CPU per received frame against ~10 µs for the websockets library, which halved the
@@ -69,8 +75,8 @@ class Connection:
         pipeline: where rows go.
         stats: shared counters.
         subscribe_limiter: paces subscribe frames across the venue's connections.
-        backoff_min_s / backoff_max_s: reconnect delay starts at min, doubles, capped at max,
-            with full jitter in [delay/2, delay].
+        backoff_min_s / backoff_max_s: bounds of every reconnect delay (s); see
+            :func:`backoff_delay` (``ValueError`` here when ``0 < min <= max`` does not hold).
         request_timeout_s: how long to wait for a subscribe/heartbeat acknowledgement.
         refused_retry_s: channels the exchange refused are requested again after this long.
         max_frame_chars: frames longer than this are rejected (kept, capped) without decoding.
@@ -99,6 +105,7 @@ class Connection:
         self.pipeline = pipeline
         self.stats = stats
         self.subscribe_limiter = subscribe_limiter
+        backoff_delay(0, backoff_min_s, backoff_max_s)   # bad bounds fail here, not at a reconnect
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.request_timeout_s = request_timeout_s
@@ -170,10 +177,13 @@ class Connection:
             except ReplayFinished:
                 await self._event("disconnect", reason="replay finished")
                 return
-            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            except Exception as exc:  # noqa: BLE001 - a connection never dies on an error
                 if self.stop_on_replay_end and _is_replay_end(exc):
                     await self._event("disconnect", reason="replay finished")
                     return
+                if not isinstance(exc, (OSError, asyncio.TimeoutError,
+                                        websockets.exceptions.WebSocketException)):
+                    log.exception("%s: unexpected error on the connection", self.connection_id)
                 reason = self._disconnect_reason or _describe(exc)
                 self._disconnect_reason = None
                 if self._stopping:
@@ -183,8 +193,7 @@ class Connection:
                 await self._event("disconnect", reason=reason,
                                   window_start=self._last_frame_us or None)
                 self.stats.reconnects += 1
-                delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** attempt)
-                delay = random.uniform(delay / 2, delay)
+                delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
                 attempt += 1
                 log.warning("%s: disconnected (%s); reconnecting in %.1f s",
                             self.connection_id, reason, delay)
@@ -222,7 +231,8 @@ class Connection:
                 async with self.subscribe_limiter:
                     self._accepting.update(chunk)
                     response = await self._request(ws, self.venue.subscribe_request(chunk, self._ids))
-                acked = set(self.venue.acknowledged_channels(response)) if response.error is None else set()
+                acked = (set(self.venue.acknowledged_channels(response)) & set(chunk)
+                         if response.error is None else set())
                 refused = [c for c in chunk if c not in acked]
                 self.subscribed |= acked
                 self.refused = (self.refused - acked) | set(refused)
@@ -319,42 +329,54 @@ class Connection:
             async for frame in ws:
                 receive_us = time.time_ns() // 1000
                 self._last_frame_us = stats.last_frame_us = receive_us
-                if isinstance(frame, bytes):
-                    await self._reject(frame.decode("utf-8", "backslashreplace"), "binary frame", receive_us)
-                    continue
-                if len(frame) > max_chars:
-                    await self._reject(frame, f"oversized frame: {len(frame)} characters", receive_us)
-                    continue
                 try:
-                    item = decode(frame, receive_us)
-                except RejectedFrame as exc:
-                    await self._reject(frame, str(exc), receive_us)
-                    continue
-                if type(item) is Data:
-                    if item.channel not in accepting:
-                        await self._reject(frame, f"data on a channel not subscribed: {item.channel[:200]}",
+                    if isinstance(frame, bytes):
+                        await self._reject(frame.decode("utf-8", "backslashreplace"), "binary frame",
                                            receive_us)
                         continue
-                    stats.messages += 1
-                    table = item.table
-                    rows_received[table.name] = rows_received.get(table.name, 0) + len(item.rows)
-                    last_by_table[table.name] = receive_us
-                    exchange_us = item.rows[-1][ts_index[table.name]]
-                    if exchange_us > self._max_exchange_us:
-                        self._max_exchange_us = exchange_us
-                    if self._lost_exchange_from is not None:
-                        self._report_window(exchange_us)
-                    observer = observers.get(table.name)
-                    if observer is not None:
-                        observer(item.rows)
-                    if pipeline.add(table, item.rows):
-                        await pipeline.seal(table)
-                elif type(item) is Response:
-                    future = self._pending.get(item.request_id)
-                    if future is not None and not future.done():
-                        future.set_result(item)
-                elif item.reply is not None:
-                    await ws.send(item.reply)
+                    if len(frame) > max_chars:
+                        await self._reject(frame, f"oversized frame: {len(frame)} characters", receive_us)
+                        continue
+                    try:
+                        item = decode(frame, receive_us)
+                    except RejectedFrame as exc:
+                        await self._reject(frame, str(exc), receive_us)
+                        continue
+                    if type(item) is Data:
+                        if item.channel not in accepting:
+                            await self._reject(
+                                frame, f"data on a channel not subscribed: {item.channel[:200]}", receive_us)
+                            continue
+                        stats.messages += 1
+                        table = item.table
+                        rows = item.rows
+                        last_by_table[table.name] = receive_us
+                        if not rows:   # e.g. Deribit trades "data":[]: alive, nothing to store
+                            continue
+                        rows_received[table.name] = rows_received.get(table.name, 0) + len(rows)
+                        exchange_us = rows[-1][ts_index[table.name]]
+                        if exchange_us > self._max_exchange_us:
+                            self._max_exchange_us = exchange_us
+                        if self._lost_exchange_from is not None:
+                            self._report_window(exchange_us)
+                        observer = observers.get(table.name)
+                        if observer is not None:
+                            observer(rows)
+                        if pipeline.add(table, rows):
+                            await pipeline.seal(table)
+                    elif type(item) is Response:
+                        future = self._pending.get(item.request_id)
+                        if future is not None and not future.done():
+                            future.set_result(item)
+                    elif item.reply is not None:
+                        await ws.send(item.reply)
+                except websockets.exceptions.WebSocketException:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one frame never ends the connection
+                    log.exception("%s: unexpected error handling a frame; frame rejected",
+                                  self.connection_id)
+                    await self._reject(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"),
+                                       f"internal error: {type(exc).__name__}: {exc}", receive_us)
         except websockets.exceptions.ConnectionClosed as exc:
             if self.stop_on_replay_end and _is_replay_end(exc):
                 raise ReplayFinished() from None
@@ -429,6 +451,28 @@ class Watchdog:
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: {
         "quotes": (60.0, 600.0), "trades": (3600.0, None)})
     check_interval_s: float = 1.0
+
+
+def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Reconnect delay (s) after ``attempt`` consecutive failures (0 = the first reconnect).
+
+    Capped exponential backoff with "equal jitter": the ceiling doubles from ``2 * min_s`` and is
+    capped at ``max_s``; the delay is drawn uniformly from its upper half, never below ``min_s``::
+
+        ceiling = min(max_s, min_s * 2 ** (attempt + 1))
+        delay   = uniform(max(min_s, ceiling / 2), ceiling)
+
+    So every delay lies in ``[min_s, max_s]`` (1 s to 60 s by default: 1-2, 2-4, 4-8, ...,
+    30-60, 30-60, ...), and connections dropped together never retry in lockstep, not even at
+    the cap. ``rng``: source of the jitter (default: the ``random`` module).
+
+    Raises:
+        ValueError: ``min_s <= 0``, ``max_s < min_s`` or ``attempt < 0``.
+    """
+    if min_s <= 0 or max_s < min_s or attempt < 0:
+        raise ValueError(f"bad backoff: attempt {attempt}, min {min_s} s, max {max_s} s")
+    ceiling = min(max_s, min_s * 2.0 ** min(attempt + 1, 64))
+    return (rng or random).uniform(max(min_s, ceiling / 2), ceiling)
 
 
 def _is_replay_end(exc: BaseException) -> bool:

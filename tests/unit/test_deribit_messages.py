@@ -177,3 +177,40 @@ def test_decode_accepts_bytes_as_text() -> None:
              '"data":{"instrument_name":"ETH-1","timestamp":1617644856302,"mark_price":0.08}}}')
     proto = DeribitProtocol("ETH")
     assert proto.decode(frame.encode(), 1) == proto.decode(frame, 1)
+
+
+def test_empty_trades_notification_is_data_without_rows() -> None:
+    """Deribit may send ``"data":[]`` on a trades channel: no rows, never an error (the
+    connection counts it as a message and as liveness of the stream)."""
+    proto = DeribitProtocol("ETH")
+    fast = '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.option.ETH.100ms","data":[]}}'
+    slow = '{"params":{"data":[],"channel":"trades.option.ETH.100ms"},"method":"subscription","jsonrpc":"2.0"}'
+    for frame in (fast, slow):
+        assert proto.decode(frame, 1) == Data(TRADES, [], "trades.option.ETH.100ms")
+    with pytest.raises(RejectedFrame, match="without channel or data"):
+        proto.decode('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.option.ETH.100ms"}}', 1)
+
+
+def test_values_the_database_cannot_hold_are_rejected_at_decode() -> None:
+    """trade_seq beyond bigint and names/ids too long for a btree key would fail a whole batch in
+    the writer; they are rejected frames instead. The largest bigint still decodes."""
+    proto = DeribitProtocol("ETH")
+    trade = {"instrument_name": "ETH-1", "timestamp": 1617644856302, "price": 1.0, "amount": 1.0,
+             "direction": "buy", "trade_id": "ETH-1"}
+
+    def frame(**over) -> str:
+        return ('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.option.ETH.100ms",'
+                f'"data":[{json.dumps({**trade, **over})}]}}}}')
+
+    row = proto.decode(frame(trade_seq=2**63 - 1), RECEIVE_US).rows[0]
+    assert row[TRADES.columns.index("trade_seq")] == 2**63 - 1
+    assert proto.decode(frame(trade_id="T" * 128), RECEIVE_US).rows[0][2] == "T" * 128
+    for over in ({"trade_seq": 2**63}, {"trade_id": "T" * 129}, {"instrument_name": "E" * 129},
+                 {"block_trade_id": "B" * 129}, {"liquidation": "M" * 129}):
+        with pytest.raises(RejectedFrame, match="decode error"):
+            proto.decode(frame(**over), RECEIVE_US)
+    ticker = ('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.ETH-1.100ms","data":'
+              '{"instrument_name":"ETH-1","timestamp":1617644856302,"underlying_index":"%s"}}}')
+    assert proto.decode(ticker % ("I" * 128), RECEIVE_US).rows[0][13] == "I" * 128
+    with pytest.raises(RejectedFrame, match="decode error"):
+        proto.decode(ticker % ("I" * 129), RECEIVE_US)

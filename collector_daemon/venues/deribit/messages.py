@@ -26,6 +26,11 @@ Number = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
 # Implied volatility in percent (78.74 = 78.74 %); 0 when there is no bid/ask; combos can be negative.
 Iv = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
 Amount = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+# Names and ids: Deribit's are < 40 characters. The bound keeps every key within PostgreSQL's
+# btree entry limit (~2.7 kB), so an absurd value is a rejected frame, never a failed batch.
+Text = Annotated[str, msgspec.Meta(max_length=128)]
+# trade_seq lands in a bigint column.
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class Greeks(msgspec.Struct, frozen=True):
@@ -51,7 +56,7 @@ class Ticker(msgspec.Struct, frozen=True):
          "best_bid_amount":4.0,"best_ask_price":0.0945,"best_ask_amount":5.0,"ask_iv":117.97}
     """
 
-    instrument_name: str
+    instrument_name: Text
     timestamp: TimestampMs
     best_bid_price: Price | None = None
     best_bid_amount: Amount | None = None
@@ -62,13 +67,13 @@ class Ticker(msgspec.Struct, frozen=True):
     bid_iv: Iv | None = None
     ask_iv: Iv | None = None
     underlying_price: Price | None = None
-    underlying_index: str | None = None
+    underlying_index: Text | None = None
     index_price: Price | None = None
     open_interest: Amount | None = None
     last_price: Price | None = None
     greeks: Greeks | None = None
     interest_rate: Number | None = None
-    state: str | None = None
+    state: Text | None = None
 
     def to_row(self, receive_us: int) -> tuple:
         """The ``quotes`` row (``collector_daemon.rows.QUOTES`` order); timestamps in µs."""
@@ -97,19 +102,19 @@ class Trade(msgspec.Struct, frozen=True):
          "index_price":56151.63,"direction":"buy","amount":0.1}
     """
 
-    trade_id: str
-    instrument_name: str
+    trade_id: Text
+    instrument_name: Text
     timestamp: TimestampMs
     price: Price
     amount: Amount
     direction: Literal["buy", "sell"]
-    trade_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    trade_seq: Seq | None = None
     iv: Iv | None = None
     mark_price: Price | None = None
     index_price: Price | None = None
     tick_direction: Annotated[int, msgspec.Meta(ge=0, le=3)] | None = None
-    liquidation: str | None = None
-    block_trade_id: str | None = None
+    liquidation: Text | None = None
+    block_trade_id: Text | None = None
 
     def to_row(self, receive_us: int, source: str = "ws") -> tuple:
         """The ``trades`` row (``collector_daemon.rows.TRADES`` order); ``source`` 'ws' or 'rest'."""

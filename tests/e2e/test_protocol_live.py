@@ -1,0 +1,252 @@
+"""The Deribit protocol over a real socket: the collector against the emulator on loopback, into a
+real TimescaleDB. Odd-but-valid frames, a handler bug on one frame, heartbeats over several
+cycles (answered, and not answered), subscribe splitting past 250 channels, and the staleness
+watchdog's warn and reconnect paths.
+
+What the emulator received is observed by wrapping its venue's request handler (a pass-through
+spy on ``EmulatorServer.venue.handle_message``): the test sees every JSON-RPC request exactly as
+it came over the socket, independently of what the collector says it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiolimiter import AsyncLimiter
+
+from collector_daemon.connection import Connection
+from collector_daemon.daemon import Collector, Summary
+from collector_daemon.emulator.replay import Faults
+from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
+from collector_daemon.metrics import Stats
+from collector_daemon.pipeline import Pipeline
+from collector_daemon.rows import QUOTES, TRADES
+from collector_daemon.storage.writer import BatchWriter
+from collector_daemon.venues import Control
+from collector_daemon.venues.deribit.protocol import DeribitProtocol, ticker_channel, trades_channel
+from replay_helpers import CAPTURE, assert_quote_equals_frame, capture_tickers, db_quotes, settings_for
+
+pytestmark = pytest.mark.realdata
+
+ETH_OPTIONS = sorted([
+    "ETH-16APR21-1400-P", "ETH-16APR21-1600-C", "ETH-23APR21-2000-C", "ETH-24SEP21-320-P",
+    "ETH-30APR21-2240-P", "ETH-6APR21-2400-P", "ETH-9APR21-1950-C",
+])
+TRADES_ETH = trades_channel("ETH")
+
+
+def rows(dsn: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+class Requests:
+    """Spy on the JSON-RPC requests the emulator received: ``(client id, parsed request)``."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        self.seen: list[tuple[int, dict]] = []
+        self.test_requests_sent = 0
+        handle, heartbeat = server.venue.handle_message, server.venue.heartbeat_frame
+
+        def handle_message(session, message, received_us):
+            self.seen.append((session.id, json.loads(message)))
+            return handle(session, message, received_us)
+
+        def heartbeat_frame():
+            self.test_requests_sent += 1
+            return heartbeat()
+
+        server.venue.handle_message = handle_message
+        server.venue.heartbeat_frame = heartbeat_frame
+
+    def of(self, method: str) -> list[tuple[int, dict]]:
+        return [(c, r) for c, r in self.seen if r.get("method") == method]
+
+
+async def collect(dsn: str, tmp_path: Path, config: EmulatorConfig, *, protocol: DeribitProtocol | None = None,
+                  stop_when=None, **settings) -> tuple[Summary, dict, Requests]:
+    """Run a Collector against an emulator started from ``config``; returns the collector's summary,
+    the emulator's stats and the requests it received. Stops at the end of the replay, or when the
+    coroutine function ``stop_when(collector)`` returns."""
+    server = EmulatorServer(config)
+    spy = Requests(server)
+    await server.start(host="127.0.0.1", port=0)
+    try:
+        collector = Collector(settings_for(dsn, tmp_path, **settings), ws_url=server.ws_url,
+                              rest_url=server.rest_url, stop_on_replay_end=stop_when is None)
+        if protocol is not None:
+            collector.protocol = protocol
+        run = asyncio.create_task(collector.run())
+        if stop_when is not None:
+            await asyncio.wait_for(stop_when(collector), 60)
+            collector.request_stop()
+        summary = await asyncio.wait_for(run, 120)
+        return summary, server.stats(), spy
+    finally:
+        await server.stop()
+
+
+def assert_quotes_match_sent(dsn: str, stats: dict, extra: Counter | None = None) -> None:
+    """Stored quote rows per instrument == the emulator's ticker frames per instrument (+ extra)."""
+    stored = Counter(dict(rows(dsn, "SELECT instrument_name, count(*) FROM quotes GROUP BY 1")))
+    sent = Counter(stats["totals"]["frames_by_instrument"]["ticker"])
+    assert stored == sent + (extra or Counter())
+
+
+# --- odd but valid frames, and a bug while handling one frame --------------------------------------
+
+_T0 = 1617644856302 - 10_000       # 10 s before the capture's first ticker: a key of its own
+
+
+def _note(channel: str, data, reorder: bool = False) -> str:
+    if reorder:   # same content, keys in another order: misses the decoder's fast path
+        return json.dumps({"params": {"data": data, "channel": channel}, "method": "subscription",
+                           "jsonrpc": "2.0"})
+    return json.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}},
+                      separators=(",", ":"))
+
+
+def _trade(trade_id: str, instrument: str = "ETH-9APR21-1950-C", **over) -> dict:
+    return {"trade_id": trade_id, "instrument_name": instrument, "timestamp": _T0, "price": 0.05,
+            "amount": 1.0, "direction": "buy", **over}
+
+
+#: A NUL inside a string decodes fine; PostgreSQL refuses it (22021), so the writer moves that
+#: one row to rejected_messages (connection 'writer') and writes the rest of its batch.
+NUL_TRADE = _trade("ETH-odd-7\u0000x")
+
+
+def odd_frames() -> tuple[list[str], list[dict], list[dict], dict[str, str]]:
+    """(frames to inject, tickers that must land, trades that must land, {frame: rejection reason
+    prefix} of the frames the reader must reject)."""
+    rnd = random.Random(1)
+    null_ticker = {"instrument_name": "ETH-9APR21-1950-C", "timestamp": _T0, "best_bid_price": None,
+                   "best_ask_price": None, "mark_price": None, "greeks": None, "state": None}
+    extra_ticker = {"instrument_name": "ETH-6APR21-2400-P", "timestamp": _T0 + 1, "mark_price": 0.01,
+                    "stats": {"volume": 1.0, "high": None}, "estimated_delivery_price": 2100.5,
+                    "greeks": {"delta": -0.1}, "combo_state": "whatever"}
+    good_trades = [
+        _trade("ETH-odd-1", trade_seq=None, iv=None),                              # nulls stay null
+        _trade("ETH-odd-2", "ETH-16APR21-1400-P", liquidation="M", block_trade_id="BLOCK-1"),
+        _trade("ETH-odd-3", "ETH-23APR21-2000-C", tick_direction=3, extra_field=[1, 2]),
+        _trade("ETH-odd-4", "ETH-ΩMEGA-1-C"),                                         # non-ASCII name
+    ]
+    long_name = "".join(rnd.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(3000))
+    rejected = {
+        _note(TRADES_ETH, [_trade("ETH-odd-5", trade_seq=2**63)]): "decode error",
+        _note(TRADES_ETH, [_trade("ETH-odd-6", long_name)]): "decode error",
+        _note(TRADES_ETH, [_trade("x" * 300)]): "decode error",
+    }
+    frames = [
+        _note(TRADES_ETH, []),                                  # the reported crash
+        _note(TRADES_ETH, [], reorder=True),
+        '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}',
+        '{"jsonrpc":"2.0","id":987654,"result":["ticker.ETH-9APR21-1950-C.100ms"]}',   # nobody asked
+        '{"jsonrpc":"2.0","id":0,"result":{"version":"1.2.26"}}',
+        _note(ticker_channel("ETH-9APR21-1950-C"), null_ticker),
+        _note(ticker_channel("ETH-6APR21-2400-P"), extra_ticker, reorder=True),
+        _note(TRADES_ETH, good_trades[:2]),
+        _note(TRADES_ETH, good_trades[2:] + good_trades[2:3], reorder=True),            # a repeat inside
+        _note(TRADES_ETH, [NUL_TRADE]),
+        *rejected,
+    ]
+    return frames, [null_ticker, extra_ticker], good_trades, rejected
+
+
+def test_odd_frames_never_end_the_connection(migrated_db_url, tmp_path, real_data_dir, caplog):
+    frames, tickers, trades, rejected = odd_frames()
+    caplog.set_level(logging.WARNING, "collector_daemon")
+    summary, stats, _ = asyncio.run(collect(
+        migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, close_when_done=True,
+                                                  faults=Faults(seed=9, inject=tuple(frames)))))
+    assert stats["totals"]["malformed_sent"] == len(frames)     # every odd frame went out
+    assert summary.reconnects == 0 and "unexpected error" not in caplog.text
+    # the capture's tickers plus the two odd ones, values as sent (nulls null, extras ignored)
+    expected = capture_tickers(real_data_dir / CAPTURE, "ETH")
+    stored = db_quotes(migrated_db_url)
+    assert len(stored) == len(expected) + 2
+    for data in [*expected.values(), *tickers]:
+        assert_quote_equals_frame(stored[(data["instrument_name"], data["timestamp"])], data)
+    assert_quotes_match_sent(migrated_db_url, stats, Counter(t["instrument_name"] for t in tickers))
+    got = {r[0]: r[1:] for r in rows(migrated_db_url,
+           "SELECT trade_id, instrument_name, trade_seq, iv, liquidation, block_trade_id, tick_direction, "
+           "source FROM trades")}
+    assert got == {t["trade_id"]: (t["instrument_name"], t.get("trade_seq"), t.get("iv"), t.get("liquidation"),
+                                   t.get("block_trade_id"), t.get("tick_direction"), "ws") for t in trades}
+    # the two empty trades notifications are messages without rows (5 good rows + the NUL one)
+    assert summary.rows_received["trades"] == 6
+    assert summary.messages == sum(stats["totals"]["by_channel"].values()) + 7
+    reasons = rows(migrated_db_url, "SELECT connection_id, raw, reason FROM rejected_messages")
+    assert summary.rejected == len(rejected) == len(reasons) - 1
+    for connection, raw, reason in reasons:
+        if connection == "writer":
+            assert "ETH-odd-7\\x00x" in raw and reason.startswith("database refused trades row"), reason
+            continue
+        match = next(f for f in rejected if f.startswith(raw))
+        assert reason.startswith(rejected[match]), reason
+
+
+def test_a_bug_on_one_frame_rejects_that_frame_and_reading_goes_on(migrated_db_url, tmp_path, real_data_dir,
+                                                                   caplog):
+    """An observer that raises (a stand-in for any bug in frame handling) on one trades frame: the
+    frame goes to rejected_messages with the exception, the traceback is logged, the connection
+    stays up and every other frame lands. A bug while connecting is a disconnect, not a dead task."""
+    poison = _trade("ETH-poison")
+    frames = (_note(TRADES_ETH, [_trade("ETH-fine-1")]), _note(TRADES_ETH, [poison]),
+              _note(TRADES_ETH, [_trade("ETH-fine-2")]))
+
+    def observer(batch: list[tuple]) -> None:
+        if batch[0][TRADES.columns.index("trade_id")] == "ETH-poison":
+            raise ZeroDivisionError("observer bug")
+
+    class FlakyOpen(DeribitProtocol):
+        """Fails the first connection's setup with an unexpected error."""
+
+        opened = 0
+
+        def open_requests(self, next_id):
+            FlakyOpen.opened += 1
+            if FlakyOpen.opened == 1:
+                raise KeyError("setup bug")
+            return super().open_requests(next_id)
+
+    async def scenario():
+        server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, close_when_done=True,
+                                               faults=Faults(seed=3, inject=frames)))
+        await server.start(host="127.0.0.1", port=0)
+        writer = BatchWriter(migrated_db_url, venue="deribit")
+        await writer.open()
+        pipeline = Pipeline(writer.write, flush_interval_s=0.2)
+        pipeline.start()
+        stats = Stats(venue="deribit")
+        conn = Connection(FlakyOpen("ETH"), server.ws_url, "odd-0", pipeline, stats, AsyncLimiter(10, 1),
+                          backoff_min_s=0.05, backoff_max_s=0.1, stop_on_replay_end=True,
+                          observers={TRADES.name: observer})
+        await conn.set_channels([TRADES_ETH, *map(ticker_channel, ETH_OPTIONS)])
+        try:
+            await asyncio.wait_for(conn.run(), 60)
+        finally:
+            await pipeline.close()
+            await writer.close()
+            await server.stop()
+        return stats, server.stats()
+
+    caplog.set_level(logging.ERROR, "collector_daemon")
+    stats, sent = asyncio.run(scenario())
+    assert FlakyOpen.opened == 2 and stats.reconnects == 1
+    errors = [r for r in caplog.records if r.name == "collector_daemon.connection"]
+    assert [type(r.exc_info[1]) for r in errors] == [KeyError, ZeroDivisionError]   # tracebacks logged
+    (reason, raw), = rows(migrated_db_url, "SELECT reason, raw FROM rejected_messages")
+    assert reason == "internal error: ZeroDivisionError: observer bug" and "ETH-poison" in raw
+    assert {r[0] for r in rows(migrated_db_url, "SELECT trade_id FROM trades")} == {"ETH-fine-1", "ETH-fine-2"}
+    events = rows(migrated_db_url, "SELECT event, reason FROM connection_events ORDER BY event_id")
+    assert events[:2] == [("connect", None), ("disconnect", "KeyError: 'setup bug'")]
+    assert events[-1] == ("disconnect", "replay finished")
+    assert_quotes_match_sent(migrated_db_url, sent)
