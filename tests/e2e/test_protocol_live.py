@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -48,16 +49,23 @@ def rows(dsn: str, sql: str, *args) -> list[tuple]:
 
 
 class Requests:
-    """Spy on the JSON-RPC requests the emulator received: ``(client id, parsed request)``."""
+    """Spy on the JSON-RPC requests the emulator received and what it answered: ``seen`` holds
+    ``(client id, parsed request)``, ``answers`` request id -> parsed response; it also counts the
+    heartbeat ``test_request`` frames the emulator sent."""
 
     def __init__(self, server: EmulatorServer) -> None:
         self.seen: list[tuple[int, dict]] = []
+        self.answers: dict[int, dict] = {}
         self.test_requests_sent = 0
         handle, heartbeat = server.venue.handle_message, server.venue.heartbeat_frame
 
         def handle_message(session, message, received_us):
-            self.seen.append((session.id, json.loads(message)))
-            return handle(session, message, received_us)
+            request = json.loads(message)
+            self.seen.append((session.id, request))
+            replies = handle(session, message, received_us)
+            for reply in replies:
+                self.answers[request.get("id")] = json.loads(reply)
+            return replies
 
         def heartbeat_frame():
             self.test_requests_sent += 1
@@ -250,3 +258,119 @@ def test_a_bug_on_one_frame_rejects_that_frame_and_reading_goes_on(migrated_db_u
     assert events[:2] == [("connect", None), ("disconnect", "KeyError: 'setup bug'")]
     assert events[-1] == ("disconnect", "replay finished")
     assert_quotes_match_sent(migrated_db_url, sent)
+
+
+# --- heartbeats over the socket --------------------------------------------------------------------
+
+HEARTBEAT_UNIT = 0.05    # the emulator's wall seconds per heartbeat second: 10 s -> 0.5 s
+
+
+def test_heartbeats_are_set_to_10s_and_answered_for_many_cycles(migrated_db_url, tmp_path, real_data_dir):
+    summary, stats, spy = asyncio.run(collect(
+        migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, speed=10,
+                                                  close_when_done=True, heartbeat_unit=HEARTBEAT_UNIT)))
+    assert [r["params"] for _, r in spy.of("public/set_heartbeat")] == [{"interval": 10}]
+    cycles = spy.test_requests_sent
+    answers = len(spy.of("public/test"))
+    # ~12 s of replay at 0.5 s per cycle; each answered (the last may be in flight at the close)
+    assert cycles >= 15 and answers in (cycles, cycles - 1), (cycles, answers)
+    (client,) = stats["clients"]
+    assert (client["close_code"], client["close_reason"]) == (1000, "replay finished")
+    assert summary.reconnects == 0
+    assert rows(migrated_db_url, "SELECT event, reason FROM connection_events ORDER BY event_id") == [
+        ("connect", None), ("subscribed", None), ("disconnect", "replay finished")]
+    assert_quotes_match_sent(migrated_db_url, stats)
+
+
+class DeafProtocol(DeribitProtocol):
+    """A collector that never answers test_request (what a stuck event loop looks like to Deribit)."""
+
+    def decode(self, frame, receive_us):
+        item = super().decode(frame, receive_us)
+        return Control(None) if type(item) is Control else item
+
+
+def test_unanswered_heartbeats_close_4000_and_the_collector_reconnects(migrated_db_url, tmp_path, real_data_dir):
+    summary, stats, spy = asyncio.run(collect(
+        migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, speed=10,
+                                                  close_when_done=True, heartbeat_unit=HEARTBEAT_UNIT),
+        protocol=DeafProtocol("ETH")))
+    closes = [(c["close_code"], c["close_reason"]) for c in stats["clients"]]
+    assert len(closes) >= 4 and set(closes[:-1]) == {(4000, "heartbeat close")}
+    assert closes[-1] == (1000, "replay finished")
+    assert spy.of("public/test") == []
+    # every connection set its heartbeat again
+    assert Counter(c for c, _ in spy.of("public/set_heartbeat")) == Counter(range(1, len(closes) + 1))
+    assert summary.reconnects == len(closes) - 1
+    events = rows(migrated_db_url, "SELECT event, reason, window_start, window_end FROM connection_events "
+                  "ORDER BY event_id")
+    disconnects = [r for e, r, _, _ in events if e == "disconnect"]
+    assert disconnects == ["closed: code 4000 heartbeat close"] * (len(closes) - 1) \
+        + ["replay finished"]
+    windows = [(s, e) for ev, _, s, e in events if ev == "subscribed" and s is not None]
+    assert len(windows) == len(closes) - 1 and all(s < e for s, e in windows)
+    assert_quotes_match_sent(migrated_db_url, stats)
+
+
+# --- subscribe splitting ---------------------------------------------------------------------------
+
+def test_281_channels_are_subscribed_in_frames_of_at_most_250(migrated_db_url, tmp_path, real_data_dir):
+    """fanout 40: 7 ETH options x 40 = 280 tickers + the trades channel, top_n=all."""
+    summary, stats, spy = asyncio.run(collect(
+        migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, fanout=40,
+                                                  close_when_done=True)))
+    subscribes = [r for _, r in spy.of("public/subscribe")]
+    requests = [r["params"]["channels"] for r in subscribes]
+    assert [len(c) for c in requests] == [250, 31]
+    assert [spy.answers[r["id"]]["result"] for r in subscribes] == requests   # the emulator took all
+    requested = [c for chunk in requests for c in chunk]
+    assert len(requested) == len(set(requested)) == 281 and requested[0] == TRADES_ETH
+    instruments = {c.split(".")[1] for c in requested[1:]}
+    assert len(instruments) == 280 and set(ETH_OPTIONS) <= instruments
+    # the collector's record of each ack: the same two requests, everything confirmed, nothing refused
+    acks = rows(migrated_db_url, "SELECT channels, refused_channels FROM connection_events "
+                "WHERE event = 'subscribed' ORDER BY event_id")
+    assert [(sorted(c), r) for c, r in acks] == [(sorted(chunk), None) for chunk in requests]
+    sent = stats["totals"]["frames_by_instrument"]["ticker"]
+    assert set(sent) == instruments and min(sent.values()) > 0    # every instrument got data ...
+    assert_quotes_match_sent(migrated_db_url, stats)               # ... and all of it landed
+    assert summary.rows_written["quotes"] == sum(sent.values()) == 40 * len(
+        capture_tickers(real_data_dir / CAPTURE, "ETH"))
+
+
+# --- the staleness watchdog ------------------------------------------------------------------------
+
+def test_watchdog_warns_then_reconnects_when_tickers_stop_but_the_socket_lives(
+        migrated_db_url, tmp_path, real_data_dir, caplog):
+    """Speed 10 (an ETH ticker at least every 0.3 s), then the replay ends and the socket stays open
+    with heartbeats every 0.2 s: no frame-silence, only the quotes stream goes quiet. The quotes
+    warn limit (1 s) logs, the quotes reconnect limit (2.5 s) reconnects; trades (never any on this
+    capture) only warn. Nothing fires while tickers flow."""
+    warn_s, reconnect_s, check_s = 1.0, 2.5, 1.0
+
+    async def until_watchdog_reconnected(collector: Collector) -> None:
+        while not collector.connections or collector.connections[0].watchdog_reconnects < 1 \
+                or not collector.connections[0].subscribed:
+            await asyncio.sleep(0.05)
+
+    caplog.set_level(logging.WARNING, "collector_daemon.connection")
+    summary, stats, _ = asyncio.run(collect(
+        migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, speed=10, heartbeat_unit=0.02),
+        stop_when=until_watchdog_reconnected, silence_reconnect_s=5.0, quotes_stale_warn_s=warn_s,
+        quotes_stale_reconnect_s=reconnect_s, trades_stale_warn_s=warn_s))
+    finished = stats["replay"]["finished_at"]          # wall time of the last ticker sent
+    assert stats["replay"]["state"] == "finished"
+    events = rows(migrated_db_url, "SELECT event, extract(epoch FROM event_ts)::float8, reason "
+                  "FROM connection_events ORDER BY event_id")
+    disconnects = [(ts, reason) for e, ts, reason in events if e == "disconnect"]
+    assert len(disconnects) == 2 and disconnects[1][1] == "shutdown"
+    (ts, reason) = disconnects[0]                       # one watchdog reconnect, after the data stopped
+    assert reason.startswith("watchdog: no quotes data for "), reason
+    assert finished + reconnect_s <= ts <= finished + reconnect_s + check_s + 0.5, (ts - finished)
+    assert summary.reconnects == 1
+    warnings = [(r.created, r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    quotes_warn = [t for t, msg in warnings if re.search(r": no quotes data for \d+ s$", msg)]
+    trades_warn = [t for t, msg in warnings if ": no trades data for " in msg]
+    assert quotes_warn and finished + warn_s <= quotes_warn[0] < ts
+    assert trades_warn                                  # warned, yet never a reconnect for trades
+    assert_quotes_match_sent(migrated_db_url, stats)
