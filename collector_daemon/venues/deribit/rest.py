@@ -133,18 +133,26 @@ class DeribitRest:
     async def trades_by_seq(self, instrument_name: str, start_seq: int,
                             end_seq: int) -> AsyncIterator[list[m.Trade]]:
         """Pages of the trades of one instrument with ``start_seq <= trade_seq <= end_seq``,
-        ascending (``public/get_last_trades_by_instrument``, count=1000 until a short page)."""
+        ascending (``public/get_last_trades_by_instrument``, count=1000 until a short page).
+
+        Raises:
+            DeribitRestError: a call failed, or the server contradicted itself (an empty page
+                with ``has_more``, or a page that does not advance past ``start_seq``): the
+                range cannot be paged, and stopping quietly would pass a hole off as complete.
+        """
+        method = "get_last_trades_by_instrument"
         seq = start_seq
         while seq <= end_seq:
             page = m.trades_page_decoder.decode(await self.call(
-                "get_last_trades_by_instrument",
-                {"instrument_name": instrument_name, "start_seq": seq, "end_seq": end_seq,
-                 "count": MAX_PAGE, "sorting": "asc"}))
+                method, {"instrument_name": instrument_name, "start_seq": seq, "end_seq": end_seq,
+                         "count": MAX_PAGE, "sorting": "asc"}))
             if page.trades:
                 yield page.trades
-            last = max((t.trade_seq for t in page.trades if t.trade_seq is not None), default=None)
-            if last is None or len(page.trades) < MAX_PAGE and not page.has_more:
+            if len(page.trades) < MAX_PAGE and not page.has_more:
                 return
+            last = max((t.trade_seq for t in page.trades if t.trade_seq is not None), default=None)
+            if last is None or last < seq:
+                raise _stuck(method, page, f"{instrument_name} start_seq={seq}")
             seq = last + 1
 
     async def trades_by_time(self, currency: str, start_ms: int, end_ms: int,
@@ -152,21 +160,34 @@ class DeribitRest:
         """Pages of every trade of a currency and kind with ``start_ms <= timestamp <= end_ms``
         (ms since epoch), ascending (``public/get_last_trades_by_currency_and_time``). Deribit
         keeps only the last 24 h there; older windows return nothing. Trades sharing the last
-        page's final millisecond are fetched again on the next page (dedupe by trade_id)."""
+        page's final millisecond are fetched again on the next page (dedupe by trade_id).
+
+        Raises:
+            DeribitRestError: a call failed, or the server contradicted itself (an empty page
+                with ``has_more``, or a page ending before ``start_timestamp``).
+        """
+        method = "get_last_trades_by_currency_and_time"
         start = start_ms
         seen: set[str] = set()
         while start <= end_ms:
             page = m.trades_page_decoder.decode(await self.call(
-                "get_last_trades_by_currency_and_time",
-                {"currency": currency, "kind": kind, "start_timestamp": start,
-                 "end_timestamp": end_ms, "count": MAX_PAGE, "sorting": "asc"}))
+                method, {"currency": currency, "kind": kind, "start_timestamp": start,
+                         "end_timestamp": end_ms, "count": MAX_PAGE, "sorting": "asc"}))
             fresh = [t for t in page.trades if t.trade_id not in seen]
             if fresh:
                 yield fresh
             if len(page.trades) < MAX_PAGE and not page.has_more:
                 return
+            if not page.trades or page.trades[-1].timestamp < start:
+                raise _stuck(method, page, f"{currency} {kind} start_timestamp={start}")
             last_ms = page.trades[-1].timestamp
             if not fresh:  # a whole page within one ms: step past it rather than loop
                 last_ms += 1
             seen = {t.trade_id for t in page.trades if t.timestamp == last_ms}
             start = last_ms
+
+
+def _stuck(method: str, page: m.TradesPage, where: str) -> DeribitRestError:
+    """The error of a trade page that cannot be followed (see the pagers' Raises)."""
+    what = "an empty page with has_more" if not page.trades else "a page that does not advance"
+    return DeribitRestError(method, 200, f"{what} at {where}: cannot page further")
