@@ -11,24 +11,32 @@ the path's ``venue=`` level; Spark refuses a data column that is also a partitio
 
 How a partition is written (:func:`export_table_day`):
 
-1. In one REPEATABLE READ snapshot: count the day's rows per (venue, instrument), then stream the
-   day's rows once, unordered, by binary ``COPY`` (ADBC). The database only scans the day's chunk
-   once; it does not sort.
-2. The rows are routed to spill files (Arrow IPC, local disk), one per *range*: consecutive
-   instruments (byte order) holding at most ``chunk_rows`` rows together, or a time slice of one
-   busy instrument. Each range is then read back, sorted in memory by the sort key
-   (instrument_name, then the other natural-key columns: exchange_ts for quotes, exchange_ts and
-   trade_id for trades) and written as one row group. Memory is bounded by ``chunk_rows``, not by
-   the size of the day, and the partition's files are sorted as a whole.
-3. Parquet (zstd, dictionary encoding with pyarrow's fallback to plain where the dictionary does
+1. In one REPEATABLE READ snapshot: count the day's rows per (venue, instrument) (a GROUP BY
+   over the day), then stream the day's rows, unordered, by binary ``COPY`` (ADBC). The
+   database reads the day's rows twice, the count pass and the stream; it never sorts them.
+2. The rows are routed to spill files (Arrow IPC, local disk, ``ExportSettings.spill_dir``), one
+   per *range*: consecutive instruments (byte order) holding at most ``chunk_rows`` rows
+   together, or a time slice of one busy instrument (quotes, trades; a candles instrument,
+   sorted by interval before time, is never sliced). Each range is then read back, sorted in
+   memory by the sort key (instrument_name, then the other natural-key columns: exchange_ts for
+   quotes, exchange_ts and trade_id for trades) and written as one row group. Memory is bounded
+   by ``chunk_rows``, not by the size of the day, and the partition's files are sorted as a
+   whole.
+3. Before anything is uploaded, a partition whose export in force holds more rows than the
+   snapshot is refused (:class:`ExportError`): the database only loses rows of a day through
+   retention, and replacing the archive with what is left would lose the dropped rows.
+4. Parquet (zstd, dictionary encoding with pyarrow's fallback to plain where the dictionary does
    not pay, exact types from the catalog, the schema version in the key-value metadata) is
    streamed straight into the store: an S3 multipart upload with a Content-MD5 on every part (the
    server verifies each part), or a local temp file renamed at the end.
-4. ``_manifest.json`` is written last, then the ``export_manifest`` row (``verified_at`` NULL),
-   then the objects of the previous export are deleted. Part numbers are never reused within a
-   partition, so no object named by a manifest is ever overwritten: a reader that follows the
-   manifest always sees one complete export, and a failed run deletes what it uploaded and leaves
-   the previous manifest and objects as they were.
+5. Once every venue's files are uploaded, each ``_manifest.json`` is written, then the
+   ``export_manifest`` rows (``verified_at`` NULL), then the objects of the previous exports are
+   deleted. Part numbers are never reused within a partition, so no object named by a manifest
+   is ever overwritten: a reader that follows the manifest always sees one complete export, and
+   a failed run deletes what it uploaded and leaves every previous manifest and its objects as
+   they were. (A glob over the folder, which ignores the manifest, sees each new file as soon as
+   it is committed: both generations from the first committed file until the old objects are
+   deleted.)
 
 :func:`verify_export` checks a (table, day) against the database and records the outcome in
 ``export_manifest.verified_at`` (set when every check passes, cleared otherwise); retention drops
@@ -97,15 +105,17 @@ class ExportSettings:
     """Tuning knobs of :func:`export_table_day`.
 
     Attributes:
-        chunk_rows: rows sorted in memory at once; also the largest row group. Peak memory is
+        chunk_rows: rows sorted in memory at once; also the largest row group (except for one
+            instrument's candles of a day, never split: at most 1,849 rows). Peak memory is
             about 3 x chunk_rows x row width (quotes: ~230 B per row in Arrow) plus two upload
             parts and ~250 MB of libraries.
         rows_per_file: a partition is split into ``part-<n>.parquet`` files of at most this many
             rows (file boundaries fall on range boundaries).
         zstd_level: zstd compression level.
         part_bytes: S3 multipart part size in bytes (S3 and B2 need >= 5 MiB except the last).
-        spill_dir: directory for the temporary spill files (default: the system temp dir). Holds
-            about the Arrow size of one day of one table (quotes: ~230 MB per million rows).
+        spill_dir: existing directory for the temporary spill files (None: the system temp
+            dir). Holds about the Arrow size of one day of one table (quotes: ~230 MB per
+            million rows) while the export runs; each run uses and removes its own subdirectory.
     """
 
     chunk_rows: int = 500_000
@@ -145,6 +155,15 @@ class TableLayout:
     def group_column(self) -> str | None:
         """``instrument_name`` when the table has it: the unit rows are ranged by."""
         return "instrument_name" if "instrument_name" in self.schema.names else None
+
+    @property
+    def time_sliceable(self) -> bool:
+        """Whether one instrument's rows may be cut into time slices that are sorted apart and
+        concatenated: only when the time column comes right after instrument_name in the sort
+        key (quotes, trades). Candles sort by interval first, so an instrument's candles of a
+        day stay in one range (at most 1,849 rows)."""
+        rest = self.sort_key[1:] if self.group_column else self.sort_key
+        return rest[:1] == (self.time_column,)
 
     @property
     def file_schema(self) -> pa.Schema:
@@ -608,8 +627,10 @@ def _name_order(name: str | None) -> tuple[bool, str]:
     return name is None, name or ""
 
 
-def _plan(counts: list[tuple[str, str | None, int]], chunk_rows: int):
-    """Ranges over the day's (venue, instrument, rows) counts, and the routing arrays.
+def _plan(counts: list[tuple[str, str | None, int]], chunk_rows: int, sliceable: bool):
+    """Ranges over the day's (venue, instrument, rows) counts, and the routing arrays. An
+    instrument with more than ``chunk_rows`` rows is cut into time slices when ``sliceable``
+    (:attr:`TableLayout.time_sliceable`), else it gets a range of its own.
 
     Returns (ranges, venues, names, base, slices): a row whose venue and instrument have the
     ordinals v, g in ``venues`` / ``names`` goes to range ``base[c] + min(slices[c] - 1,
@@ -625,7 +646,7 @@ def _plan(counts: list[tuple[str, str | None, int]], chunk_rows: int):
     ranges: list[_Range] = []
     for venue, group, n in sorted(counts, key=lambda c: (c[0], *_name_order(c[1]))):
         cell = vi[venue] * len(names) + gi[group]
-        if n > chunk_rows:
+        if n > chunk_rows and sliceable:
             k = -(-n // chunk_rows)
             base[cell], slices[cell] = len(ranges), k
             ranges.extend(_Range(venue, [group], n // k, sliced=True) for _ in range(k))
@@ -667,7 +688,8 @@ def _spill(dsn: str, layout: TableLayout, day: date, settings: ExportSettings,
         cur.execute(f"SELECT venue, {group} AS g, count(*) AS n FROM {table} "
                     f"WHERE {where} GROUP BY 1, 2")
         counts = [(r["venue"], r["g"], r["n"]) for r in cur.fetch_arrow_table().to_pylist()]
-        ranges, venues, names, base, slices = _plan(counts, settings.chunk_rows)
+        ranges, venues, names, base, slices = _plan(counts, settings.chunk_rows,
+                                                     layout.time_sliceable)
         source_rows: dict[str, int] = {}
         for venue, _, n in counts:
             source_rows[venue] = source_rows.get(venue, 0) + n
@@ -795,14 +817,20 @@ def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day:
                      now: datetime | None = None) -> list[PartitionExport] | None:
     """Export one UTC day of ``table``: one partition per venue with rows that day.
 
-    Replaces any earlier export of those partitions (new objects, then the manifest, then the
-    ``export_manifest`` row with ``verified_at`` NULL, then the old objects are deleted). Returns
-    None when the table does not exist, [] when it has no rows that day.
+    Replaces any earlier export of those partitions: first every venue's new objects are
+    uploaded, then the venues' manifests are written, then their ``export_manifest`` rows
+    (``verified_at`` NULL), then their previous objects are deleted. Returns None when the table
+    does not exist, [] when it has no rows that day.
 
     Raises:
-        ExportError: the day has not ended (``now``, default the current time), or the table's
-            shape is not exportable. On any error the partition being written keeps its previous
-            manifest and objects; objects this run uploaded are deleted.
+        ExportError: the day has not ended (``now``, default the current time), the table's
+            shape is not exportable, or a venue's export in force (its ``_manifest.json`` or
+            ``export_manifest`` row) holds more rows than the database holds now: retention
+            dropped the day since, and replacing the archive would lose those rows (checked
+            before anything is uploaded; the message names the partition and both counts). On
+            any error every partition keeps its previous manifest and objects; the objects this
+            run uploaded are deleted (best effort: what a failed delete or a killed process
+            leaves is deleted by the next export of the partition).
     """
     now = now or datetime.now(UTC)
     if _day_bounds(day)[1] > now:
@@ -814,50 +842,95 @@ def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day:
     spill_dir = Path(tempfile.mkdtemp(prefix="tickvault-export-", dir=settings.spill_dir))
     try:
         ranges, source_rows = _spill(dsn, layout, day, settings, spill_dir)
-        exports = []
-        for venue in sorted(source_rows):
-            venue_ranges = [r for r in ranges if r.venue == venue]
-            exports.append(_export_venue(dsn, store, prefix, layout, day, venue, venue_ranges,
-                                         source_rows[venue], settings))
-        return exports
+        folders = {v: partition_prefix(prefix, v, layout.table, day) for v in sorted(source_rows)}
+        _refuse_shrinking(dsn, store, layout, day, folders, source_rows)
+        previous = {v: store.list_keys(folder) for v, folder in folders.items()}
+        exports = _upload(store, layout, day, folders, previous, ranges, source_rows, settings)
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
-
-
-def _export_venue(dsn: str, store: ObjectStore, prefix: str, layout: TableLayout, day: date,
-                  venue: str, ranges: list[_Range], source_rows: int,
-                  settings: ExportSettings) -> PartitionExport:
-    folder = partition_prefix(prefix, venue, layout.table, day)
-    previous = store.list_keys(folder)
-    number = _next_part_number(previous)
-    schema = layout.schema_for(venue, day)
-    export_id = uuid.uuid4().hex
-    written: list[ExportedFile] = []
-    try:
-        for file_ranges in _files(ranges, settings.rows_per_file):
-            key = f"{folder}part-{number}.parquet"
-            written.append(_write_file(store, key, schema, layout, day, file_ranges, settings))
-            number += 1
-        export = PartitionExport(
-            venue, layout.table, day, export_id, source_rows, tuple(written),
-            folder + MANIFEST_NAME, store.url, datetime.now(UTC), layout.file_schema,
-            layout.sort_key)
-        if export.rows != source_rows:
-            raise ExportError(f"{venue}/{layout.table}/{day}: wrote {export.rows} rows, the "
-                              f"database snapshot had {source_rows}")
-        store.put_bytes(export.manifest_key, json.dumps(export.manifest(), indent=1).encode())
-    except BaseException:
-        # Unless the manifest got written after all (a lost response), this run's objects are
-        # garbage: the previous manifest stays in force and names none of them.
-        current = store.get_bytes(folder + MANIFEST_NAME)
-        if current is None or json.loads(current).get("export_id") != export_id:
-            store.delete([f.key for f in written])
-        raise
     with psycopg.connect(dsn) as conn:
-        record_export(conn, export)
-    keep = {f.key for f in written} | {export.manifest_key}
-    store.delete([k for k in previous if k not in keep])
-    return export
+        for export in exports:
+            record_export(conn, export)
+    for export in exports:
+        keep = {f.key for f in export.files} | {export.manifest_key}
+        store.delete([k for k in previous[export.venue] if k not in keep])
+    return exports
+
+
+def stored_manifest(store: ObjectStore, folder: str) -> dict[str, Any] | None:
+    """The ``_manifest.json`` document of the partition ``folder`` (as from
+    :func:`partition_prefix`), or None when it is missing or not valid JSON."""
+    document = store.get_bytes(folder + MANIFEST_NAME)
+    try:
+        return json.loads(document) if document is not None else None
+    except ValueError:
+        return None
+
+
+def _refuse_shrinking(dsn: str, store: ObjectStore, layout: TableLayout, day: date,
+                      folders: dict[str, str], source_rows: dict[str, int]) -> None:
+    """Raise ExportError when the export in force of a partition (its ``_manifest.json`` or its
+    ``export_manifest`` row, whichever holds more) has more rows than the database holds now.
+
+    Rows only ever get added to a day (inserts are insert-if-absent), except by retention; so a
+    smaller count means retention dropped the day (and, say, a backfill added a few rows back),
+    and replacing the archive with what is left would delete the dropped rows for good.
+    """
+    with psycopg.connect(dsn) as conn:
+        recorded = {m.venue: m.rows for m in manifest_rows(conn, layout.table, day)}
+    for venue, folder in folders.items():
+        in_store = (stored_manifest(store, folder) or {}).get("rows", 0)
+        archived = max(in_store, recorded.get(venue, 0))
+        if archived > source_rows[venue]:
+            raise ExportError(
+                f"{folder}: refusing to replace the export in force ({archived} rows: "
+                f"{folder}{MANIFEST_NAME} {in_store}, export_manifest {recorded.get(venue, 0)}) "
+                f"with the {source_rows[venue]} rows the database holds now; rows of the day "
+                f"were dropped since (retention), re-exporting would lose them. To replace it "
+                f"anyway, delete the partition's {MANIFEST_NAME} and export_manifest row first.")
+
+
+def _upload(store: ObjectStore, layout: TableLayout, day: date, folders: dict[str, str],
+            previous: dict[str, list[str]], ranges: list[_Range], source_rows: dict[str, int],
+            settings: ExportSettings) -> list[PartitionExport]:
+    """Upload every venue's files, then write every venue's manifest; on an error delete this
+    run's objects of each venue whose manifest in force is not this run's, and re-raise."""
+    export_ids = {venue: uuid.uuid4().hex for venue in folders}
+    written: dict[str, list[ExportedFile]] = {venue: [] for venue in folders}
+    exports: list[PartitionExport] = []
+    try:
+        for venue, folder in folders.items():
+            number = _next_part_number(previous[venue])
+            schema = layout.schema_for(venue, day)
+            for file_ranges in _files([r for r in ranges if r.venue == venue],
+                                      settings.rows_per_file):
+                key = f"{folder}part-{number}.parquet"
+                written[venue].append(_write_file(store, key, schema, layout, day, file_ranges,
+                                                  settings))
+                number += 1
+            export = PartitionExport(
+                venue, layout.table, day, export_ids[venue], source_rows[venue],
+                tuple(written[venue]), folder + MANIFEST_NAME, store.url, datetime.now(UTC),
+                layout.file_schema, layout.sort_key)
+            if export.rows != source_rows[venue]:
+                raise ExportError(f"{venue}/{layout.table}/{day}: wrote {export.rows} rows, the "
+                                  f"database snapshot had {source_rows[venue]}")
+            exports.append(export)
+        for export in exports:
+            store.put_bytes(export.manifest_key,
+                            json.dumps(export.manifest(), indent=1).encode())
+    except BaseException as exc:
+        for venue, folder in folders.items():
+            try:
+                # Unless the manifest got written after all (a lost response), this run's
+                # objects are garbage: the previous manifest stays in force and names none.
+                if (stored_manifest(store, folder) or {}).get("export_id") != export_ids[venue]:
+                    store.delete([f.key for f in written[venue]])
+            except Exception as cleanup:
+                exc.add_note(f"{folder}: objects of the failed export left in place ({cleanup!r});"
+                             " the next export of the partition deletes them")
+        raise
+    return exports
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 Data: the 2021-04-05 ticker capture decoded by the collector's protocol, looped and time-shifted
 onto 2026-08-17 (plus a re-keyed copy as a second venue and rows on the neighbouring days), and
-the real cyri113 BTC trades of 2026-08-17; written with the collector's BatchWriter. The export
-is read back with polars, pyarrow and DuckDB and compared with the database row by row.
+the real cyri113 BTC trades of 2026-08-17; written with the collector's BatchWriter (candles are
+built from those trades by the candles library). The export is read back with polars, pyarrow
+and DuckDB and compared with the database row by row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +30,7 @@ from collector_daemon.rows import QUOTES, TRADES
 from orch_data import CAPTURE_0405, CYRI113_CSV, capture_quote_rows, cyri113_trades, trade_rows, write
 from orchestration.defs.assets.export import parquet_export
 from orchestration.lib import export as ex
+from orchestration.lib.candles import build_candles
 from orchestration.resources import DatabaseResource, ObjectStorageResource
 
 pytestmark = pytest.mark.realdata
@@ -81,12 +84,13 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def storage(s3_endpoint, request) -> ObjectStorageResource:
-    """A fresh bucket on the moto server, as the Dagster resource sees it."""
+def storage(s3_endpoint, request, tmp_path) -> ObjectStorageResource:
+    """A fresh bucket on the moto server, as the Dagster resource sees it (its local_dir, where
+    the spill files go by default, in the test's temp dir)."""
     bucket = f"{BUCKET}-{abs(hash(request.node.name)) % 10**8}"
     res = ObjectStorageResource(bucket=bucket, prefix=PREFIX, endpoint_url=s3_endpoint,
                                 region_name="us-east-1", access_key_id="test",
-                                secret_access_key="test")
+                                secret_access_key="test", local_dir=str(tmp_path / "local"))
     res.client().create_bucket(Bucket=bucket)
     return res
 
@@ -126,7 +130,9 @@ def materialize(table: str, dsn: str, storage: ObjectStorageResource, **config):
 
 
 def test_export_quotes_to_s3_reads_back_exactly(loaded_db, storage, tmp_path) -> None:
+    started = datetime.now(UTC)
     result = materialize("quotes", loaded_db, storage, chunk_rows=3_000, rows_per_file=8_000)
+    finished = datetime.now(UTC)
     assert result.success
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == set(ex.CHECKS) and all(e.passed for e in checks.values()), checks
@@ -156,10 +162,34 @@ def test_export_quotes_to_s3_reads_back_exactly(loaded_db, storage, tmp_path) ->
     assert column.compression == "ZSTD" and column.statistics.has_min_max
     assert [c.column_index for c in pf.metadata.row_group(0).sorting_columns] == [0, 1]
 
+    # _manifest.json: every field against the objects and the database.
+    with psycopg.connect(loaded_db) as conn:
+        recorded = {m.venue: m for m in ex.manifest_rows(conn, "quotes", DAY)}
     from_arrow = []
     for venue in ("bybit", "deribit"):
         folder = tmp_path / PREFIX / f"venue={venue}" / "table=quotes" / f"date={DAY.isoformat()}"
         manifest = json.loads((folder / "_manifest.json").read_text())
+        db_count = sum(1 for r in expected if r[0] == venue)
+        assert (manifest["format"], manifest["schema_version"], manifest["venue"],
+                manifest["table"], manifest["date"]) == (
+            "tickvault-parquet-export", 1, venue, "quotes", DAY.isoformat())
+        assert manifest["source_rows"] == manifest["rows"] == db_count == recorded[venue].rows
+        assert manifest["export_id"] == recorded[venue].export_id
+        assert started <= datetime.fromisoformat(manifest["exported_at"]) <= finished
+        assert datetime.fromisoformat(manifest["exported_at"]) == recorded[venue].exported_at
+        assert manifest["sort_key"] == ["instrument_name", "exchange_ts"]
+        assert [c["name"] for c in manifest["columns"]] == schema.names
+        assert manifest["columns"][1] == {"name": "exchange_ts", "type": "timestamp[us, tz=UTC]",
+                                          "nullable": False}
+        assert [f["key"] for f in manifest["files"]] == recorded[venue].object_keys
+        for f in manifest["files"]:
+            data = (tmp_path / f["key"]).read_bytes()
+            assert f["bytes"] == len(data) and f["sha256"] == hashlib.sha256(data).hexdigest()
+            assert f["rows"] == pq.ParquetFile(tmp_path / f["key"]).metadata.num_rows
+            assert f["etag"] == storage.client().head_object(Bucket=storage.bucket,
+                                                             Key=f["key"])["ETag"]
+        assert manifest["rows"] == sum(f["rows"] for f in manifest["files"])
+        assert manifest["bytes"] == sum(f["bytes"] for f in manifest["files"])
         for f in manifest["files"]:
             from_arrow += [(venue, *r.values())
                            for r in pq.read_table(tmp_path / f["key"]).to_pylist()]
@@ -225,17 +255,44 @@ def test_missing_table_and_unfinished_day(loaded_db, tmp_path) -> None:
                             now=datetime(2026, 8, 17, 23, 59, tzinfo=UTC))
 
 
-class _FailAfter:
-    """boto3 event hook: raises on the n-th upload request of a Parquet object."""
+class _NetworkFailure:
+    """boto3 event hooks: the upload of the ``nth`` Parquet file (1-based) of ``folder`` fails at
+    its second request (a few parts in: the files before it were committed, since a file's
+    first request is sent only once the previous file's upload completed). With
+    ``deletes_fail``, every DeleteObjects fails from then on too: the run cannot clean up."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
+    EVENTS = ("UploadPart", "PutObject", "DeleteObjects")
 
-    def __call__(self, params, **_) -> None:
-        if params.get("Key", "").endswith(".parquet"):
-            self.seen += 1
-            if self.seen == self.n:
-                raise ConnectionError("injected: network down halfway through the upload")
+    def __init__(self, client, folder: str, nth: int, deletes_fail: bool = False) -> None:
+        self.client, self.folder, self.nth, self.deletes_fail = client, folder, nth, deletes_fail
+        self.keys: list[str] = []  # the folder's Parquet keys, in upload order
+        self.requests = 0
+        self.tripped = False
+
+    def __call__(self, params, model, **_) -> None:
+        key = params.get("Key", "")
+        if model.name == "DeleteObjects":
+            if self.tripped and self.deletes_fail:
+                raise ConnectionError("injected: network down, cannot delete")
+            return
+        if not (key.startswith(self.folder) and key.endswith(".parquet")):
+            return
+        if key not in self.keys:
+            self.keys.append(key)
+            self.requests = 0
+        self.requests += 1
+        if len(self.keys) == self.nth and self.requests == 2:
+            self.tripped = True
+            raise ConnectionError("injected: network down halfway through the upload")
+
+    def __enter__(self) -> _NetworkFailure:
+        for event in self.EVENTS:
+            self.client.meta.events.register(f"before-parameter-build.s3.{event}", self)
+        return self
+
+    def __exit__(self, *_) -> None:
+        for event in self.EVENTS:
+            self.client.meta.events.unregister(f"before-parameter-build.s3.{event}", self)
 
 
 def test_reexport_is_idempotent_and_a_failed_upload_changes_nothing(loaded_db, storage,
@@ -247,42 +304,78 @@ def test_reexport_is_idempotent_and_a_failed_upload_changes_nothing(loaded_db, s
                           aws_access_key_id="test", aws_secret_access_key="test",
                           config=Config(retries={"max_attempts": 1}))
     store = ex.S3Store(client, storage.bucket)
+    # deribit: 16,380 rows of 10 instruments in 4 files of at most 6,000 rows.
     settings = ex.ExportSettings(chunk_rows=3_000, rows_per_file=6_000, part_bytes=4096)
-    folder = f"{PREFIX}/venue=deribit/table=quotes/date={DAY.isoformat()}/"
+    folders = [ex.partition_prefix(PREFIX, v, "quotes", DAY) for v in ("bybit", "deribit")]
+    folder = folders[1]  # the partition under test; bybit (1 file) is uploaded before it
 
-    def listing() -> list[str]:
-        return sorted(store.list_keys(folder))
+    def listing() -> dict[str, list[str]]:
+        return {f: sorted(store.list_keys(f)) for f in folders}
 
-    def manifest() -> dict:
-        return json.loads(store.get_bytes(folder + "_manifest.json"))
+    def manifests() -> dict[str, dict]:
+        return {f: ex.stored_manifest(store, f) for f in folders}
+
+    def in_force(expected: dict[str, dict]) -> None:
+        """Every venue's previous manifest is in force (store and database) and verifies; the
+        objects it names are exactly the ones it named before."""
+        assert manifests() == expected
+        with psycopg.connect(loaded_db) as conn:
+            recorded = {m.manifest_key: m for m in ex.manifest_rows(conn, "quotes", DAY)}
+        for f, m in expected.items():
+            assert recorded[f + "_manifest.json"].export_id == m["export_id"]
+            assert recorded[f + "_manifest.json"].object_keys == [x["key"] for x in m["files"]]
+        outcomes = ex.verify_export(loaded_db, store, "quotes", DAY)
+        assert all(o.passed for o in outcomes.values()), outcomes
+        assert client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []) == []
 
     [first] = [e for e in ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY, settings)
                if e.venue == "deribit"]
+    assert len(first.files) == 4 and sum(f.rows for f in first.files) == 60 * 273
     assert all(f.etag.endswith('"') and "-" in f.etag for f in first.files)  # multipart ETags
     assert all(o.passed for o in ex.verify_export(loaded_db, store, "quotes", DAY).values())
 
     [second] = [e for e in ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY, settings)
                 if e.venue == "deribit"]
-    assert second.export_id != first.export_id and manifest()["export_id"] == second.export_id
+    assert second.export_id != first.export_id
+    assert manifests()[folder]["export_id"] == second.export_id
     assert [f.sha256 for f in second.files] == [f.sha256 for f in first.files]  # same bytes
     assert [f.rows for f in second.files] == [f.rows for f in first.files]
-    n = len(first.files)
-    assert [f.key for f in second.files] == [f"{folder}part-{i}.parquet" for i in range(n, 2 * n)]
-    assert listing() == sorted([f.key for f in second.files] + [folder + "_manifest.json"])
+    assert [f.key for f in second.files] == [f"{folder}part-{i}.parquet" for i in range(4, 8)]
+    assert listing()[folder] == sorted([f.key for f in second.files] + [folder + "_manifest.json"])
     assert all(o.passed for o in ex.verify_export(loaded_db, store, "quotes", DAY).values())
+    before, manifests_before = listing(), manifests()
 
-    before, manifest_before = listing(), manifest()
-    hook = _FailAfter(4)  # a few parts into the first file of this export
-    client.meta.events.register("before-parameter-build.s3.UploadPart", hook)
-    client.meta.events.register("before-parameter-build.s3.PutObject", hook)
-    with pytest.raises(ConnectionError, match="injected"):
+    # The network fails during deribit's 2nd file: bybit's file and deribit's 1st are committed
+    # by then; the run deletes them and every venue keeps its previous export.
+    with _NetworkFailure(client, folder, nth=2) as failure, \
+            pytest.raises(ConnectionError, match="injected"):
         ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY, settings)
-    client.meta.events.unregister("before-parameter-build.s3.UploadPart", hook)
-    client.meta.events.unregister("before-parameter-build.s3.PutObject", hook)
-    assert listing() == before and manifest() == manifest_before
-    assert client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []) == []
-    outcomes = ex.verify_export(loaded_db, store, "quotes", DAY)
-    assert all(o.passed for o in outcomes.values()), outcomes
+    assert failure.keys == [f"{folder}part-8.parquet", f"{folder}part-9.parquet"]
+    assert listing() == before
+    in_force(manifests_before)
+
+    # Same, and the cleanup fails too: the committed files stay as orphans, named by no
+    # manifest; the previous exports stay in force.
+    with _NetworkFailure(client, folder, nth=2, deletes_fail=True) as failure, \
+            pytest.raises(ConnectionError, match="halfway") as raised:
+        ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY, settings)
+    assert failure.keys == [f"{folder}part-8.parquet", f"{folder}part-9.parquet"]
+    assert any("left in place" in note for note in raised.value.__notes__)
+    orphans = {f: sorted(set(keys) - set(before[f])) for f, keys in listing().items()}
+    assert orphans == {folders[0]: [folders[0] + "part-2.parquet"],
+                       folder: [folder + "part-8.parquet"]}
+    for f, keys in orphans.items():
+        assert store.head(keys[0]).size > 0  # committed, not a half upload
+        assert not set(keys) & {x["key"] for x in manifests_before[f]["files"]}
+    in_force(manifests_before)
+
+    # The next successful export replaces both partitions and deletes the orphans.
+    exports = ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY, settings)
+    assert [[f.key for f in e.files] for e in exports] == [
+        [folders[0] + "part-3.parquet"], [f"{folder}part-{i}.parquet" for i in range(9, 13)]]
+    assert listing() == {e.manifest_key.removesuffix("_manifest.json"):
+                         sorted([f.key for f in e.files] + [e.manifest_key]) for e in exports}
+    assert all(o.passed for o in ex.verify_export(loaded_db, store, "quotes", DAY).values())
 
 
 def test_checks_fail_on_a_late_row_and_a_tampered_object(loaded_db, tmp_path,
@@ -304,6 +397,145 @@ def test_checks_fail_on_a_late_row_and_a_tampered_object(loaded_db, tmp_path,
     with psycopg.connect(loaded_db) as conn:
         assert conn.execute("SELECT verified_at FROM export_manifest "
                             "WHERE table_name = 'trades'").fetchone()[0] is None
+
+
+def test_reexport_refuses_to_replace_a_partition_with_fewer_rows(loaded_db, tmp_path,
+                                                                 real_data_dir) -> None:
+    """Retention dropped the day, a backfill wrote a few rows of it again: re-exporting must not
+    replace the archived partition with those few rows."""
+    store = ex.LocalStore(tmp_path)
+    exports = ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY)
+    assert all(o.passed for o in ex.verify_export(loaded_db, store, "quotes", DAY).values())
+    folders = [ex.partition_prefix(PREFIX, e.venue, "quotes", DAY) for e in exports]
+    before = {f: {k: store.get_bytes(k) for k in store.list_keys(f)} for f in folders}
+    with psycopg.connect(loaded_db) as conn:
+        recorded = conn.execute("SELECT * FROM export_manifest ORDER BY venue").fetchall()
+    start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    with psycopg.connect(loaded_db) as conn:
+        assert conn.execute("DELETE FROM quotes WHERE venue = 'deribit' AND exchange_ts >= %s "
+                            "AND exchange_ts < %s", (start, start + timedelta(days=1))
+                            ).rowcount == 60 * 273
+    backfill = looped_quotes(real_data_dir / "deribit" / CAPTURE_0405, DAY, 60)[:5]
+    assert {r[Q_VENUE] for r in backfill} == {"deribit"}
+    assert write(loaded_db, QUOTES, backfill) == 5
+
+    folder = ex.partition_prefix(PREFIX, "deribit", "quotes", DAY)
+    with pytest.raises(ex.ExportError) as raised:
+        ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY)
+    message = str(raised.value)
+    assert message.startswith(f"{folder}: refusing to replace the export in force (16380 rows")
+    assert "with the 5 rows the database holds now" in message
+    # Nothing uploaded or deleted, in either venue's partition; the catalogue is unchanged.
+    assert {f: {k: store.get_bytes(k) for k in store.list_keys(f)} for f in folders} == before
+    with psycopg.connect(loaded_db) as conn:
+        assert conn.execute("SELECT * FROM export_manifest ORDER BY venue").fetchall() == recorded
+
+    # The export_manifest row alone is enough to refuse (the store's manifest lost).
+    store.delete([folder + "_manifest.json"])
+    with pytest.raises(ex.ExportError, match=r"_manifest.json 0, export_manifest 16380\) with "
+                                             r"the 5 rows"):
+        ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY)
+
+
+def test_schema_and_sample_checks_fail_on_a_rewritten_file(loaded_db, tmp_path) -> None:
+    """A file whose bytes match the catalogue but whose content is wrong (as a faulty exporter
+    would write it): the schema check catches a changed column type, the sample check a
+    changed value."""
+    store = ex.LocalStore(tmp_path)
+    [export] = ex.export_table_day(loaded_db, store, PREFIX, "trades", DAY)
+    [part] = export.files
+    original = pq.read_table(tmp_path / part.key)
+    assert original.num_rows == 9_298
+
+    def replace(table: pa.Table) -> tuple[list[str], dict[str, ex.CheckOutcome]]:
+        """Rewrite the object, record its new size and sha256 as the export's, verify with
+        every row sampled; returns (failed checks, outcomes)."""
+        pq.write_table(table, tmp_path / part.key, compression="zstd")
+        data = (tmp_path / part.key).read_bytes()
+        with psycopg.connect(loaded_db) as conn:
+            conn.execute("UPDATE export_manifest SET object_bytes = %s, object_sha256 = %s, "
+                         "verified_at = now() WHERE table_name = 'trades'",
+                         ([len(data)], [hashlib.sha256(data).hexdigest()]))
+        outcomes = ex.verify_export(loaded_db, store, "trades", DAY, sample_rows=20_000)
+        failed = [n for n, o in outcomes.items() if not o.passed]
+        with psycopg.connect(loaded_db) as conn:
+            verified = conn.execute("SELECT verified_at IS NOT NULL FROM export_manifest "
+                                    "WHERE table_name = 'trades'").fetchone()[0]
+        assert verified == (not failed)
+        return failed, outcomes
+
+    i = original.schema.get_field_index("trade_seq")
+    narrowed = original.set_column(i, pa.field("trade_seq", pa.int32()),
+                                   original.column(i).cast(pa.int32()))
+    failed, outcomes = replace(narrowed)
+    assert failed == ["schema"]
+    assert outcomes["schema"].failures == [f"{part.key}: schema differs from the declared one"]
+
+    prices = original.column("price").to_pylist()
+    prices[4_321] += 0.5
+    changed = original.set_column(original.schema.get_field_index("price"),
+                                  original.schema.field("price"), pa.array(prices, pa.float64()))
+    failed, outcomes = replace(changed)
+    assert failed == ["sample"]
+    assert outcomes["sample"].failures == ["1 of 9298 sampled rows differ from the database"]
+    assert outcomes["sample"].metadata["sampled_rows"] == 9_298
+
+    assert replace(original)[0] == []  # the export's own content again: every check passes
+
+
+def test_candles_day_exports_and_reads_back(loaded_db, tmp_path) -> None:
+    with psycopg.connect(loaded_db) as conn:
+        report = build_candles(conn, DAY)
+        expected = conn.execute(
+            "SELECT * FROM candles WHERE bucket_start >= %s AND bucket_start < %s "
+            'ORDER BY instrument_name COLLATE "C", interval COLLATE "C", bucket_start',
+            (datetime(2026, 8, 17, tzinfo=UTC), datetime(2026, 8, 18, tzinfo=UTC))).fetchall()
+    assert report.trades == 9_298 and len(expected) == sum(report.rows.values()) == 552
+    busiest = max(sum(1 for r in expected if r[1] == name) for name in {r[1] for r in expected})
+    assert busiest > 100  # more than chunk_rows: kept whole, not cut into time slices
+    storage = ObjectStorageResource(bucket=None, prefix=PREFIX, local_dir=str(tmp_path))
+    result = materialize("candles", loaded_db, storage, chunk_rows=100, rows_per_file=200)
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    [mat] = result.asset_materializations_for_node("parquet_export")
+    assert mat.metadata["rows"].value == len(expected)
+    assert mat.metadata["venues"].value == ["deribit"]
+
+    folder = tmp_path / PREFIX / "venue=deribit" / "table=candles" / f"date={DAY.isoformat()}"
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    assert manifest["sort_key"] == ["instrument_name", "interval", "bucket_start"]
+    assert manifest["rows"] == manifest["source_rows"] == len(expected)
+    assert len(manifest["files"]) >= 3
+    tables = [pq.read_table(tmp_path / f["key"]) for f in manifest["files"]]
+    assert tables[0].schema.field("bucket_start").type == pa.timestamp("us", tz="UTC")
+    assert tables[0].schema.field("trade_count").type == pa.int32()
+    got = [("deribit", *r.values()) for t in tables for r in t.to_pylist()]
+    assert got == expected  # row by row, in (instrument, interval, bucket_start) order
+
+
+def test_spill_dir_from_run_config_environment_or_local_dir(loaded_db, tmp_path,
+                                                            monkeypatch) -> None:
+    storage = ObjectStorageResource(bucket=None, prefix=PREFIX, local_dir=str(tmp_path / "out"))
+
+    def spilled_to(**config) -> Path:
+        """Run the export; the spill directory it used (created, and empty again after)."""
+        result = materialize("trades", loaded_db, storage, **config)
+        assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+        [mat] = result.asset_materializations_for_node("parquet_export")
+        assert mat.metadata["rows"].value == 9_298
+        path = Path(mat.metadata["spill_dir"].value)
+        assert path.is_dir() and list(path.iterdir()) == []
+        return path
+
+    monkeypatch.delenv("TICKVAULT_EXPORT_SPILL_DIR", raising=False)
+    assert spilled_to() == tmp_path / "out" / ".spill"
+    monkeypatch.setenv("TICKVAULT_EXPORT_SPILL_DIR", str(tmp_path / "env" / "spill"))
+    assert spilled_to() == tmp_path / "env" / "spill"
+    assert spilled_to(spill_dir=str(tmp_path / "config")) == tmp_path / "config"
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TICKVAULT_EXPORT_SPILL_DIR", str(tmp_path / "a-file"))
+    with pytest.raises(ex.ExportError, match="TICKVAULT_EXPORT_SPILL_DIR.*cannot be created"):
+        materialize("trades", loaded_db, storage)
 
 
 def test_nightly_schedule_exports_yesterday_at_0030_utc(monkeypatch) -> None:

@@ -12,6 +12,7 @@ database hold; their outcome is also stored in ``export_manifest.verified_at``, 
 trusts.
 """
 
+import os
 from datetime import date, timedelta
 
 import dagster as dg
@@ -20,6 +21,7 @@ from pydantic import Field
 from orchestration.lib.export import (
     CHECKS,
     EXPORT_TABLES,
+    ExportError,
     ExportSettings,
     export_table_day,
     make_store,
@@ -41,6 +43,29 @@ class ExportConfig(dg.Config):
     part_mib: int = Field(64, description="Multipart upload part size, MiB (>= 5 for S3/B2).")
     deep_verify: bool = Field(True, description="Download every object to check its sha256.")
     sample_rows: int = Field(200, description="Rows per venue compared with the database.")
+    spill_dir: str | None = Field(
+        None, description="Directory for the temporary spill files (about the Arrow size of "
+                          "the day: quotes ~230 MB per million rows); empty = "
+                          "TICKVAULT_EXPORT_SPILL_DIR, else <object_storage.local_dir>/.spill. "
+                          "Created when missing.")
+
+
+def resolve_spill_dir(config: ExportConfig, object_storage: ObjectStorageResource) -> str:
+    """The spill directory of a run, created when missing: ``config.spill_dir``, else the
+    TICKVAULT_EXPORT_SPILL_DIR variable, else ``<local_dir>/.spill`` (on disk, next to the local
+    export, rather than a /tmp that may be a tmpfs in RAM).
+
+    Raises:
+        ExportError: the directory cannot be created (the message names the setting).
+    """
+    path = (config.spill_dir or dg.EnvVar("TICKVAULT_EXPORT_SPILL_DIR").get_value(None)
+            or os.path.join(object_storage.local_dir, ".spill"))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"spill directory {path!r} (run config spill_dir, else "
+                          f"TICKVAULT_EXPORT_SPILL_DIR) cannot be created: {exc}") from exc
+    return path
 
 
 @dg.asset(
@@ -61,7 +86,8 @@ def parquet_export(context: dg.AssetExecutionContext, config: ExportConfig,
     day, table = date.fromisoformat(keys["date"]), keys["table"]
     store = make_store(object_storage.bucket, object_storage.client, object_storage.local_dir)
     settings = ExportSettings(chunk_rows=config.chunk_rows, rows_per_file=config.rows_per_file,
-                              zstd_level=config.zstd_level, part_bytes=config.part_mib * 2**20)
+                              zstd_level=config.zstd_level, part_bytes=config.part_mib * 2**20,
+                              spill_dir=resolve_spill_dir(config, object_storage))
     exports = export_table_day(database.url, store, object_storage.prefix, table, day, settings)
     if exports is None:
         context.log.info(f"table {table} does not exist in the database: nothing to export")
@@ -82,6 +108,7 @@ def parquet_export(context: dg.AssetExecutionContext, config: ExportConfig,
             "objects": [f.key for e in exports for f in e.files],
             "manifests": [e.manifest_key for e in exports],
             "storage_url": store.url,
+            "spill_dir": settings.spill_dir,
         },
         check_results=[
             dg.AssetCheckResult(
