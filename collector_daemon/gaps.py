@@ -17,6 +17,16 @@ and time window within Deribit's 24 h horizon; paging, credit pacing, retries an
 insert-if-absent writes with ``source = 'rest'``), which marks each gap ``backfilled`` or
 ``unrecoverable`` with the reason. Windows beyond the horizon stay ``open`` for the Dagster
 ``trades_backfill`` asset, which owns history.
+
+Database outages: a gap leaves the pending list only once its row is stored. When the database
+is down (or hangs: each attempt is bounded by ``write_timeout_s``), the gaps stay pending, in
+order, and the background task retries with capped exponential backoff; it never ends on a
+database error. The pending list is bounded (``max_pending``; past it the oldest gap is dropped
+with an error log and counted in ``gaps_lost``). At :meth:`GapKeeper.close` with the database
+still down, the pending gaps are appended to the spool (if given), which lands them in
+``data_gaps`` (status as detected, no REST recovery: open ones are left to the Dagster
+backfill) when the next run drains it. A gap the database refuses as data is logged and dropped
+so it cannot block the others.
 """
 
 from __future__ import annotations
@@ -24,18 +34,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import asyncpg
 
-from collector_daemon.rows import TRADES
+from collector_daemon.rows import DATA_GAPS, TRADES
+from collector_daemon.storage.spool import Spool
+from collector_daemon.storage.writer import WRITE_TIMEOUT_S, is_bad_data, bounded_connection
 
 log = logging.getLogger(__name__)
 
 _SEQ = TRADES.columns.index("trade_seq")
 _NAME = TRADES.columns.index("instrument_name")
 _TS = TRADES.columns.index("exchange_ts")
+
+#: Attempts to store the last gaps at close: a failed attempt terminates its connection, so a
+#: pool whose connections a server restart broke (the writer's holds 2) heals within this many.
+_CLOSE_ATTEMPTS = 3
 
 #: ``recover(gap_ids) -> None``: resolves the given open gaps (runs the shared REST backfill).
 RecoverFn = Callable[[list[int]], Awaitable[None]]
@@ -64,21 +81,40 @@ class GapKeeper:
         pool: an asyncpg pool whose connections use ``writer.init_connection`` (µs timestamps).
         recover: coroutine that resolves open gap ids over REST; None = record only.
         seed_days: how far back the last trade_seq per instrument is looked up at start.
+        spool: where the gaps still pending at :meth:`close` go when the database is down;
+            None = :meth:`close` raises the database error instead.
+        max_pending: most gaps held while the database is unavailable.
+        retry_backoff_s: (first, max) delay between attempts to store pending gaps (s).
+        write_timeout_s: longest one attempt may take (s); a hung database counts as down.
     """
 
     def __init__(self, venue: str, pool: asyncpg.Pool, recover: RecoverFn | None = None, *,
-                 seed_days: int = 3) -> None:
+                 seed_days: int = 3, spool: Spool | None = None, max_pending: int = 10_000,
+                 retry_backoff_s: tuple[float, float] = (0.5, 10.0),
+                 write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self.venue = venue
         self.pool = pool
         self.recover = recover
         self.seed_days = seed_days
+        self.spool = spool
+        self.max_pending = max_pending
+        self.retry_backoff_s = retry_backoff_s
+        self.write_timeout_s = write_timeout_s
         self.last: dict[str, tuple[int, int]] = {}     # instrument -> (trade_seq, exchange µs)
-        self._pending: list[PendingGap] = []
+        self._pending: deque[PendingGap] = deque()
+        self._unrecovered: list[int] = []   # stored open gaps whose recovery has not run yet
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
         self.gaps_recorded = 0
         self.seq_gaps = 0
+        self.gaps_lost = 0
+        self.store_failures = 0
+
+    @property
+    def pending(self) -> int:
+        """Gaps found but not stored yet (the database is unavailable)."""
+        return len(self._pending)
 
     async def seed(self) -> int:
         """Load the newest stored trade_seq per instrument; returns how many instruments."""
@@ -124,6 +160,11 @@ class GapKeeper:
                                      "open", f"{connection_id} disconnected"))
 
     def _add(self, gap: PendingGap) -> None:
+        if len(self._pending) >= self.max_pending:
+            lost = self._pending.popleft()
+            self.gaps_lost += 1
+            log.error("gaps: %d pending while the database is unavailable; dropped the oldest "
+                      "unstored: %s", len(self._pending) + 1, lost)
         self._pending.append(gap)
         self._wake.set()
 
@@ -133,43 +174,97 @@ class GapKeeper:
         return self._task
 
     async def _run(self) -> None:
+        first, cap = self.retry_backoff_s
+        delay = first
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+                delay = first
+            except Exception as exc:  # noqa: BLE001 - never end the task: the gaps stay pending
+                self.store_failures += 1
+                log.warning("gaps: %d not stored yet (%s: %s); retrying in %.1f s",
+                            len(self._pending), type(exc).__name__, exc, delay)
+                try:   # a new gap or close() cuts the wait short
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                self._wake.set()
+                delay = min(cap, delay * 2)
 
     async def close(self) -> None:
         """At shutdown: let the recovery in flight finish (it is never abandoned half-way: the
         caller bounds it through the recover function's own give-up signal), then store and
-        recover the gaps still pending."""
+        recover the gaps still pending. If the database cannot take them, they go to the spool
+        (see the module docstring).
+
+        Raises:
+            Exception: the database error, when gaps could not be stored and there is no spool.
+        """
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.flush()
+        for _ in range(_CLOSE_ATTEMPTS):
+            try:
+                await self.flush()
+                return
+            except Exception as exc:  # noqa: BLE001 - each failure drops its connection: retry
+                error = exc
+        if self.spool is None:
+            raise error
+        rows = [(self.venue, *astuple(g)) for g in self._pending]
+        self.spool.append(DATA_GAPS, rows, over_cap=True)
+        self.spool.close()
+        self._pending.clear()
+        log.error("gaps: database unavailable at shutdown (%s); %d gaps spooled to %s for the "
+                  "next start", error, len(rows), self.spool.directory)
 
     async def flush(self, recover: bool = True) -> list[int]:
         """Store every pending gap now and (with ``recover``) recover the open ones; returns
-        their gap ids."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return []
-        async with self.pool.acquire() as conn:
-            ids = [await conn.fetchval(
-                "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, seq_from, "
-                "seq_to, detected_by, status, reason, resolved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-                "$8, $9, $10, CASE WHEN $9 = 'open' THEN NULL ELSE now() END) RETURNING gap_id",
-                self.venue, g.stream, g.instrument_name, g.gap_start_us, g.gap_end_us, g.seq_from,
-                g.seq_to, g.detected_by, g.status, g.reason) for g in pending]
-        self.gaps_recorded += len(ids)
-        open_ids = [i for i, g in zip(ids, pending) if g.status == "open"]
-        for g in pending:
-            log.warning("gap: %s %s %s..%s%s (%s)", g.stream, g.instrument_name, g.gap_start_us,
-                        g.gap_end_us, f" seq {g.seq_from}..{g.seq_to}" if g.seq_from is not None else "",
-                        g.detected_by)
+        the ids of the gaps stored.
+
+        Raises:
+            Exception: a database error (transient or not) or ``TimeoutError`` (an attempt took
+                over ``write_timeout_s``); the gaps not stored stay pending, in order.
+        """
+        stored: list[tuple[int, PendingGap]] = []
+        try:
+            if self._pending:
+                await self._store(stored)
+        finally:
+            self.gaps_recorded += len(stored)
+            self._unrecovered += [i for i, g in stored if g.status == "open"]
+            for _, g in stored:
+                log.warning("gap: %s %s %s..%s%s (%s)", g.stream, g.instrument_name, g.gap_start_us,
+                            g.gap_end_us, f" seq {g.seq_from}..{g.seq_to}" if g.seq_from is not None else "",
+                            g.detected_by)
+        open_ids, self._unrecovered = self._unrecovered, []
         if open_ids and recover and self.recover is not None:
             try:
                 await self.recover(open_ids)
             except Exception as exc:  # noqa: BLE001 - the gap stays open; Dagster retries it
                 log.error("recovery of gaps %s failed: %s", open_ids, exc)
-        return ids
+        return [i for i, _ in stored]
+
+    async def _store(self, stored: list[tuple[int, PendingGap]]) -> None:
+        """Insert pending gaps oldest first, popping each once stored (appended to ``stored``)."""
+        async with bounded_connection(self.pool, self.write_timeout_s) as conn:
+            while self._pending:
+                g = self._pending[0]
+                try:
+                    gap_id = await conn.fetchval(
+                        "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, "
+                        "seq_from, seq_to, detected_by, status, reason, resolved_at) VALUES ($1, $2, "
+                        "$3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $9 = 'open' THEN NULL ELSE now() "
+                        "END) RETURNING gap_id", self.venue, *astuple(g))
+                except asyncpg.PostgresError as exc:
+                    if not is_bad_data(exc):
+                        raise
+                    self._pending.popleft()
+                    self.gaps_lost += 1
+                    log.error("gaps: the database refused %s: %s; dropped", g, exc)
+                    continue
+                self._pending.popleft()
+                stored.append((gap_id, g))

@@ -69,6 +69,10 @@ class Stats:
     connected: int = 0
     subscribed_channels: Callable[[], int] = lambda: 0
     queue_depth: Callable[[], int] = lambda: 0
+    #: the pipeline's ``spool_stats()``: bytes/spooling gauges and spool counters
+    spool: Callable[[], dict[str, int]] = dict
+    #: gaps found but not stored yet (the database is unavailable)
+    gaps_pending: Callable[[], int] = lambda: 0
     last_write_at: float = 0.0
     last_frame_us: int = 0
     exchange_latency: LatencySample = field(default_factory=LatencySample)
@@ -86,6 +90,7 @@ class Stats:
             "rows_duplicate": dict(self.rows_duplicate), "db_retries": self.db_retries,
             "queue_depth": self.queue_depth(), "connected": self.connected,
             "subscribed_channels": self.subscribed_channels(),
+            "spool": self.spool(), "gaps_pending": self.gaps_pending(),
             "exchange_to_receive_ms_p50": pct(self.exchange_latency, 0.5),
             "exchange_to_receive_ms_p99": pct(self.exchange_latency, 0.99),
             "receive_to_commit_ms_p50": pct(self.commit_latency, 0.5),
@@ -113,6 +118,26 @@ class _StatsCollector:
             yield _counter(name, help_, ["venue", "table"], [([s.venue, t], v) for t, v in values.items()])
         g = GaugeMetricFamily("tickvault_queue_depth", "Sealed batches waiting for the writer", labels=labels)
         g.add_metric([s.venue], s.queue_depth())
+        yield g
+        spool = s.spool()
+        for key, name, help_ in (
+            ("bytes", "tickvault_spool_bytes", "Bytes in the durable spool"),
+            ("spooling", "tickvault_spooling", "1 while batches go to the spool (database unavailable or draining)"),
+        ):
+            g = GaugeMetricFamily(name, help_, labels=labels)
+            g.add_metric([s.venue], spool.get(key, 0))
+            yield g
+        for key, name, help_ in (
+            ("batches_spooled", "tickvault_spooled_batches", "Batches appended to the spool"),
+            ("rows_spooled", "tickvault_spooled_rows", "Rows appended to the spool"),
+            ("rows_drained", "tickvault_spool_drained_rows", "Spooled rows replayed into the database"),
+            ("rows_dropped", "tickvault_spool_dropped_rows", "Rows dropped at the spool cap (recorded in data_gaps)"),
+            ("corrupt_records", "tickvault_spool_corrupt_records", "Corrupt spool records quarantined, not replayed"),
+            ("corrupt_bytes", "tickvault_spool_corrupt_bytes", "Bytes of corrupt spool records quarantined"),
+        ):
+            yield _counter(name, help_, labels, [([s.venue], spool.get(key, 0))])
+        g = GaugeMetricFamily("tickvault_gaps_pending", "Gaps found but not stored yet (database unavailable)", labels=labels)
+        g.add_metric([s.venue], s.gaps_pending())
         yield g
         g = GaugeMetricFamily("tickvault_connected", "Open WebSocket connections", labels=labels)
         g.add_metric([s.venue], s.connected)

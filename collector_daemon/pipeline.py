@@ -11,9 +11,13 @@ With a :class:`~collector_daemon.storage.spool.Spool`, a batch the database cann
 transient error: server down, connection lost, disk full on the server) is appended to the spool
 and the pipeline keeps going. From then on every batch goes to the spool behind it, preserving
 order, while a drainer retries the database with backoff and replays the spool oldest first; when
-it is empty, writes go direct again. A spool left by a crash is drained before new data. If the
+it is empty, writes go direct again. A spool left by a crash is drained before new data; replayed
+batches are written insert-if-absent whatever their table (``write(..., replay=True)``). If the
 spool is full, the batch is dropped and its time range becomes an ``unrecoverable`` (quotes) or
 ``open`` (trades, recoverable by REST) row in ``data_gaps``, and an error is logged every minute.
+That gap row is appended to the spool at once, past its cap (``Spool.append(over_cap=True)``), so
+it survives a shutdown with the database still down or a crash; only if the disk refuses even
+that is it kept in memory and written when the database is back.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collector_daemon.storage.writer import is_transient
 
 log = logging.getLogger(__name__)
 
-#: ``write(table, rows, retry=...) -> inserted`` (the BatchWriter's ``write``).
+#: ``write(table, rows, retry=..., replay=...) -> inserted`` (the BatchWriter's ``write``).
 WriteFn = Callable[..., Awaitable[int]]
 #: Called after each batch is written: ``(table, rows, inserted, sealed_at_monotonic)``.
 WrittenFn = Callable[[TableSpec, list[tuple], int, float], None]
@@ -40,7 +44,8 @@ class Pipeline:
 
     Args:
         write: coroutine writing one batch, returning the rows inserted; called with
-            ``retry=False`` when a spool is configured (transient errors must raise).
+            ``retry=False`` when a spool is configured (transient errors must raise), and with
+            ``replay=True`` for batches replayed from the spool (they may be stored already).
         batch_rows: rows per batch.
         flush_interval_s: longest time a row waits in a partial buffer (s).
         queue_batches: sealed batches held before readers are made to wait.
@@ -64,10 +69,11 @@ class Pipeline:
         self._drain_backoff = drain_backoff_s
         self._spooling = bool(spool)     # a spool left by a crash is drained before new data
         self._drainer: asyncio.Task | None = None
-        self._dropped_gaps: list[tuple] = []
+        self._dropped_gaps: list[tuple] = []   # gap rows the disk refused too (kept in memory)
         self._last_full_log = 0.0
         self.rows_pending = 0
         self.backpressure_waits = 0
+        self.batches_spooled = 0
         self.rows_spooled = 0
         self.rows_drained = 0
         self.rows_dropped = 0
@@ -100,6 +106,19 @@ class Pipeline:
     def queue_depth(self) -> int:
         """Sealed batches waiting for the writer."""
         return self._queue.qsize()
+
+    def spool_stats(self) -> dict[str, int]:
+        """Spool figures for the metrics (read at scrape time, from any thread): ``bytes`` (gauge,
+        bytes on disk), ``spooling`` (gauge, 1 while batches go to the spool), and the counters
+        ``batches_spooled``, ``rows_spooled``, ``rows_drained``, ``rows_dropped`` (spool full or
+        disk refused), ``corrupt_records`` and ``corrupt_bytes`` (quarantined, not replayed)."""
+        spool = self.spool
+        return {"bytes": spool.size_bytes if spool is not None else 0,
+                "spooling": int(self._spooling), "batches_spooled": self.batches_spooled,
+                "rows_spooled": self.rows_spooled, "rows_drained": self.rows_drained,
+                "rows_dropped": self.rows_dropped,
+                "corrupt_records": spool.corrupt_records if spool is not None else 0,
+                "corrupt_bytes": spool.corrupt_bytes if spool is not None else 0}
 
     def add(self, table: TableSpec, rows: list[tuple]) -> bool:
         """Append rows; True when the table's buffer is full and the caller must ``await seal(table)``."""
@@ -140,6 +159,9 @@ class Pipeline:
             except asyncio.TimeoutError:
                 self._drainer.cancel()
                 log.warning("spool: %d bytes left for the next start", self.spool.size_bytes)
+        if self._dropped_gaps:
+            log.error("spool: %d gap rows of dropped batches could not be stored (disk and "
+                      "database refused them): %s", len(self._dropped_gaps), self._dropped_gaps)
         if self.spool is not None:
             self.spool.release()
 
@@ -183,12 +205,18 @@ class Pipeline:
             stored = False
         self.rows_pending -= len(rows)
         if stored:
+            self.batches_spooled += 1
             self.rows_spooled += len(rows)
             return
         self.rows_dropped += len(rows)
         gap = _gap_row(table, rows)
         if gap is not None:
-            self._dropped_gaps.append(gap)
+            try:
+                self.spool.append(DATA_GAPS, [gap], over_cap=True)
+            except OSError as exc:
+                log.error("spool: cannot record the dropped batch's gap on disk (%s); keeping it "
+                          "in memory until the database is back", exc)
+                self._dropped_gaps.append(gap)
         now = time.monotonic()
         if now - self._last_full_log >= 60.0:
             self._last_full_log = now
@@ -204,10 +232,11 @@ class Pipeline:
         delay, cap = self._drain_backoff
         while True:
             try:
-                self.rows_drained += await self.spool.drain(self._drain_write)
+                await self.spool.drain(self._drain_write)
                 if self._dropped_gaps:
-                    gaps, self._dropped_gaps = self._dropped_gaps, []
-                    await self._write(DATA_GAPS, gaps, retry=False)
+                    gaps = list(self._dropped_gaps)
+                    await self._write(DATA_GAPS, gaps, retry=False, replay=True)
+                    del self._dropped_gaps[:len(gaps)]
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -220,7 +249,8 @@ class Pipeline:
                 return
 
     async def _drain_write(self, table: TableSpec, rows: list[tuple]) -> int:
-        inserted = await self._write(table, rows, retry=False)
+        inserted = await self._write(table, rows, retry=False, replay=True)
+        self.rows_drained += len(rows)
         if self._on_written is not None:
             self._on_written(table, rows, inserted, time.monotonic())
         return inserted

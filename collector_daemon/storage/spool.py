@@ -10,12 +10,19 @@ for a new segment, the directory) before it returns, so an appended batch surviv
 SIGKILL. Segments roll over at ``segment_bytes``.
 
 Draining (:meth:`Spool.drain`) replays records oldest first through a write callback (the
-writer's insert-if-absent path, so replaying a batch twice is harmless) and deletes each segment
-once every record in it was written. A record with a bad magic, length or checksum is never
-replayed: the rest of its segment is moved to ``<dir>/corrupt/`` and reported.
+writer's replay path: insert-if-absent for every table, so replaying a batch twice is harmless)
+and deletes each segment once every record in it was written. Within a process a retried drain
+resumes after the last record written. A record with a bad magic, length or checksum is never
+replayed: the bytes from it up to the next record that checks out (the spool resynchronises on
+the next magic whose length and checksum are valid) are moved to
+``<dir>/corrupt/<segment>.<from>-<to>`` (byte offsets), logged with that range and counted
+(``corrupt_records``, ``corrupt_bytes``); the records after it are replayed.
 
 The spool is bounded by ``max_bytes``: :meth:`append` returns False when the batch does not fit,
-and the caller must record what it drops as a gap (never silently).
+and the caller must record what it drops as a gap (never silently). Such gap rows are appended
+with ``over_cap=True``: they are always accepted (a few hundred bytes per dropped batch), so a
+drop stays on record across a shutdown with the database still down, or a crash, and lands in
+``data_gaps`` when the spool is drained.
 """
 
 from __future__ import annotations
@@ -71,37 +78,51 @@ class Spool:
         self._decoder = msgspec.msgpack.Decoder()
         self._fh = None
         self._current: Path | None = None
+        self._drained_to: dict[Path, int] = {}   # segment -> offset already written (this process)
+        self._bytes = self._count_bytes()
         self.corrupt_records = 0
+        self.corrupt_bytes = 0
 
     # ------------------------------------------------------------------ state
     def segments(self) -> list[Path]:
         """Segment files, oldest first."""
         return sorted(self.directory.glob("segment-*.spool"), key=lambda p: int(p.stem.split("-")[1]))
 
-    @property
-    def size_bytes(self) -> int:
-        """Bytes currently spooled."""
+    def _count_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.segments())
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes currently spooled (kept in memory: cheap, and safe to read from another thread)."""
+        return self._bytes
+
     def __bool__(self) -> bool:
-        return any(p.stat().st_size > 0 for p in self.segments())
+        return self._bytes > 0
 
     # ------------------------------------------------------------------ append
-    def append(self, table: TableSpec, rows: list[tuple]) -> bool:
-        """Durably append one batch. Returns False (appending nothing) when the cap is reached.
+    def append(self, table: TableSpec, rows: list[tuple], *, over_cap: bool = False) -> bool:
+        """Durably append one batch. Returns False (appending nothing) when the cap is reached,
+        unless ``over_cap`` (small records that must never be refused: the gap rows of dropped
+        batches).
 
         Raises:
-            OSError: the disk refused the write (the caller keeps the batch in memory).
+            OSError: the disk refused the write (the caller treats the batch as not spooled).
         """
         payload = self._encoder.encode((table.name, rows))
         record = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-        if self.size_bytes + len(record) > self.max_bytes:
+        if not over_cap and self._bytes + len(record) > self.max_bytes:
             return False
-        if self._fh is None or self._fh.tell() + len(record) > self.segment_bytes:
-            self._roll()
-        self._fh.write(record)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            if self._fh is None or self._fh.tell() + len(record) > self.segment_bytes:
+                self._roll()
+            self._fh.write(record)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError:
+            self.close()                      # a torn tail is skipped at drain (resynchronised)
+            self._bytes = self._count_bytes()
+            raise
+        self._bytes += len(record)
         return True
 
     def _roll(self) -> None:
@@ -133,23 +154,28 @@ class Spool:
         """Write every spooled batch, oldest first, deleting segments as they complete.
 
         ``write`` is awaited per batch; if it raises, draining stops there and the remaining
-        records stay spooled (the exception propagates). Returns the rows written.
+        records stay spooled (the exception propagates; the next drain in this process resumes
+        after the last record written). Corrupt spans are quarantined and skipped. Returns the
+        rows written.
         """
         self.close()
         total = 0
         for segment in self.segments():
             data = segment.read_bytes()
-            offset = 0
+            offset = self._drained_to.get(segment, 0)
             while offset < len(data):
                 record = self._parse(data, offset)
                 if record is None:
-                    self._quarantine(segment, data[offset:])
-                    break
+                    offset = self._quarantine(segment, data, offset)
+                    self._drained_to[segment] = offset
+                    continue
                 end, table_name, rows = record
                 await write(TABLES[table_name], [tuple(r) for r in rows])
                 total += len(rows)
-                offset = end
+                offset = self._drained_to[segment] = end
             segment.unlink()
+            self._drained_to.pop(segment, None)
+            self._bytes = self._count_bytes()
         return total
 
     def _parse(self, data: bytes, offset: int) -> tuple[int, str, list] | None:
@@ -161,17 +187,28 @@ class Spool:
             return None
         try:
             table_name, rows = self._decoder.decode(data[start:end])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, ValueError, TypeError):
             return None
-        if table_name not in TABLES:
+        if table_name not in TABLES or not isinstance(rows, list):
             return None
         return end, table_name, rows
 
-    def _quarantine(self, segment: Path, rest: bytes) -> None:
+    def _quarantine(self, segment: Path, data: bytes, offset: int) -> int:
+        """Move the corrupt span at ``offset`` (up to the next valid record) aside; returns
+        where replay resumes (``len(data)`` when no valid record follows)."""
+        resume = data.find(MAGIC, offset + 1)
+        while resume != -1 and self._parse(data, resume) is None:
+            resume = data.find(MAGIC, resume + 1)
+        if resume == -1:
+            resume = len(data)
         corrupt = self.directory / "corrupt"
         corrupt.mkdir(exist_ok=True)
-        target = corrupt / f"{segment.name}.{len(rest)}b"
-        target.write_bytes(rest)
+        target = corrupt / f"{segment.name}.{offset}-{resume}"
+        target.write_bytes(data[offset:resume])
         self.corrupt_records += 1
-        log.error("spool: corrupt record in %s (bad magic, length or checksum); %d bytes moved "
-                  "to %s and not replayed", segment.name, len(rest), target)
+        self.corrupt_bytes += resume - offset
+        log.error("spool: corrupt record in %s at bytes %d..%d (bad magic, length or checksum): "
+                  "%d bytes moved to %s and not replayed; %s", segment.name, offset, resume,
+                  resume - offset, target, "replay resumes at the next valid record"
+                  if resume < len(data) else "nothing valid follows in this segment")
+        return resume

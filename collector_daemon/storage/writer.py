@@ -11,7 +11,20 @@ Keyed tables (quotes, trades) are written insert-if-absent:
   (~175k rows/s). After a conflict the table stays on the staging path for ``conflict_cooldown_s``
   so a stream of overlapping batches does not pay for two writes each.
 
-Append-only tables (connection_events, rejected_messages, data_gaps) take a plain COPY.
+Append-only tables (connection_events, rejected_messages, data_gaps) take a plain COPY. A batch
+*replayed* from the spool (``write(..., replay=True)``) may have been written before (a segment
+drained part-way, then retried or left by a crash; a write whose commit landed after it timed
+out), so a replayed append-only batch goes through its staging table + ``INSERT ... SELECT ...
+WHERE NOT EXISTS`` an identical row (same venue and first timestamp, indexed, and the same other
+columns: the row's identity, since these rows carry µs timestamps; ``data_gaps.status`` and
+``reason`` are left out because the recovery updates them). Rows repeated inside one batch are
+all kept: only rows already stored are skipped.
+
+One write attempt (taking a connection, writing, giving it back) is bounded by
+``write_timeout_s``: a database that hangs instead of refusing makes the attempt fail with
+``TimeoutError`` (transient) within that bound, so the pipeline spools instead of holding the
+batch for the 120 s command timeout. The connection of a timed-out attempt is terminated, never
+reused (its COPY may still be half-way in the protocol).
 
 Transient database errors (connection lost, server shutting down, out of resources) are retried
 with capped exponential backoff, holding the batch. A row the database refuses as data (bad
@@ -25,9 +38,10 @@ with a tuple-format ``timestamptz`` codec, so no ``datetime`` is built per row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
@@ -38,6 +52,12 @@ log = logging.getLogger(__name__)
 
 #: µs between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 PG_EPOCH_US = 946_684_800_000_000
+
+#: Longest one write attempt may take (s): taking a connection, the COPY, giving it back.
+WRITE_TIMEOUT_S = 5.0
+
+#: Columns of append-only rows that change after they are written, left out of the replay match.
+_MUTABLE = {"data_gaps": ("status", "reason")}
 
 
 def _encode_ts(us: int) -> tuple[int]:
@@ -66,7 +86,48 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _is_bad_data(exc: BaseException) -> bool:
+@contextlib.asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, timeout_s: float) -> AsyncIterator[asyncpg.Connection]:
+    """``async with bounded_connection(pool, s) as conn``: a pool connection, where taking it, the
+    body and giving it back together take at most ``timeout_s`` seconds. A connection that fails
+    with a transient error (see :func:`is_transient`) is terminated rather than given back, so
+    the next attempt gets a fresh one instead of one a server restart or a timeout left
+    mid-command.
+
+    Raises:
+        TimeoutError: the bound passed (a hung server).
+        ConnectionError: the connection's protocol state broke (seen when the server went away
+            in the middle of a COPY).
+        Exception: whatever the body raises.
+    """
+    conn = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await pool.acquire()
+            yield conn
+    except TimeoutError:
+        _terminate(conn)
+        raise TimeoutError(f"database did not answer within {timeout_s} s") from None
+    except asyncpg.exceptions.InternalClientError as exc:
+        _terminate(conn)
+        raise ConnectionError(f"database connection unusable: {exc}") from exc
+    except Exception as exc:
+        if is_transient(exc):
+            _terminate(conn)
+        raise
+    finally:
+        if conn is not None:
+            await pool.release(conn, timeout=timeout_s)   # terminates it if the reset hangs
+
+
+def _terminate(conn: asyncpg.Connection | None) -> None:
+    # a connection the server closed has already left the pool (its proxy raises InterfaceError)
+    if conn is not None:
+        with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+            conn.terminate()
+
+
+def is_bad_data(exc: BaseException) -> bool:
     """The database refuses a value in the batch (SQLSTATE 22xxx data, 23xxx except unique)."""
     if isinstance(exc, asyncpg.PostgresError):
         code = exc.sqlstate or ""
@@ -83,15 +144,19 @@ class BatchWriter:
         pool_size: connections (one per concurrent write; the pipeline uses one writer).
         conflict_cooldown_s: seconds a table stays on the staging path after a conflict.
         on_retry: called with the exception on every transient failure (metrics, logs).
+        write_timeout_s: longest one write attempt may take (s); then it fails with
+            ``TimeoutError`` (transient) and its connection is terminated.
     """
 
     def __init__(self, dsn: str, *, venue: str = "", pool_size: int = 2,
                  conflict_cooldown_s: float = 30.0,
-                 on_retry: Callable[[BaseException], None] | None = None) -> None:
+                 on_retry: Callable[[BaseException], None] | None = None,
+                 write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self._dsn = dsn
         self._venue = venue
         self._pool_size = pool_size
         self._cooldown = conflict_cooldown_s
+        self.write_timeout_s = write_timeout_s
         self._staging_until: dict[str, float] = {}
         self._on_retry = on_retry
         self.pool: asyncpg.Pool | None = None
@@ -109,12 +174,13 @@ class BatchWriter:
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
-        """Timestamp codec, plus one session-private staging table per keyed table."""
+        """Timestamp codec, plus one session-private staging table per table, holding the
+        written columns only (keyed tables use it on conflicts, append-only ones when a batch is
+        replayed from the spool)."""
         await init_connection(conn)
         for table in TABLES.values():
-            if table.keyed:
-                await conn.execute(f"CREATE TEMP TABLE _stage_{table.name} "
-                                   f"(LIKE {table.name}) ON COMMIT DELETE ROWS")
+            await conn.execute(f"CREATE TEMP TABLE _stage_{table.name} ON COMMIT DELETE ROWS AS "
+                               f"SELECT {', '.join(table.columns)} FROM {table.name} WITH NO DATA")
 
     async def close(self) -> None:
         """Close the pool. Call only after the pipeline has flushed every batch."""
@@ -132,41 +198,46 @@ class BatchWriter:
                              wait=wait_random_exponential(multiplier=0.2, max=10),
                              before_sleep=before_sleep, reraise=True)
 
-    async def write(self, table: TableSpec, rows: Sequence[tuple], *, retry: bool = True) -> int:
+    async def write(self, table: TableSpec, rows: Sequence[tuple], *, retry: bool = True,
+                    replay: bool = False) -> int:
         """Write one batch; returns the rows actually inserted (duplicates are not counted).
 
         With ``retry`` transient errors are retried until they pass; without it they are raised
-        at once (the pipeline then spools the batch). Rows the database refuses as data are moved
-        to ``rejected_messages`` (``rows_refused`` counts them); the rest is written.
+        at once (the pipeline then spools the batch). ``replay``: the batch comes from the spool
+        and may be stored already; append-only tables then skip rows already stored (keyed tables
+        are insert-if-absent anyway). Rows the database refuses as data are moved to
+        ``rejected_messages`` (``rows_refused`` counts them); the rest is written. Each attempt
+        takes at most ``write_timeout_s``.
 
         Raises:
-            Exception: a transient error when ``retry`` is False (see :func:`is_transient`), or
-                any non-transient error that is not about a row's data (e.g. a missing table).
+            Exception: a transient error when ``retry`` is False (see :func:`is_transient`;
+                ``TimeoutError`` when an attempt passed ``write_timeout_s``), or any
+                non-transient error that is not about a row's data (e.g. a missing table).
         """
         if retry:
             async for attempt in self._retrying():
                 with attempt:
-                    inserted = await self._write_isolating(table, rows)
+                    inserted = await self._write_isolating(table, rows, replay)
         else:
-            inserted = await self._write_isolating(table, rows)
+            inserted = await self._write_isolating(table, rows, replay)
         self.rows_written[table.name] = self.rows_written.get(table.name, 0) + inserted
-        if table.keyed:
+        if table.keyed or replay:
             self.rows_duplicate[table.name] = (
                 self.rows_duplicate.get(table.name, 0) + len(rows) - inserted)
         return inserted
 
-    async def _write_isolating(self, table: TableSpec, rows: Sequence[tuple]) -> int:
+    async def _write_isolating(self, table: TableSpec, rows: Sequence[tuple], replay: bool) -> int:
         try:
-            return await self._write_once(table, rows)
+            return await self._write_once(table, rows, replay)
         except asyncpg.PostgresError as exc:
-            if not _is_bad_data(exc):
+            if not is_bad_data(exc):
                 raise
             if len(rows) == 1:
                 await self._refuse(table, rows[0], exc)
                 return 0
             mid = len(rows) // 2
-            return (await self._write_isolating(table, rows[:mid])
-                    + await self._write_isolating(table, rows[mid:]))
+            return (await self._write_isolating(table, rows[:mid], replay)
+                    + await self._write_isolating(table, rows[mid:], replay))
 
     async def _refuse(self, table: TableSpec, row: tuple, exc: BaseException) -> None:
         raw = repr(dict(zip(table.columns, row)))
@@ -177,19 +248,16 @@ class BatchWriter:
             f"database refused {table.name} row: {type(exc).__name__}: {exc}"[:1000],
             raw[:REJECTED_RAW_CAP].replace("\x00", "\\x00"), len(raw))])
 
-    async def _write_once(self, table: TableSpec, rows: Sequence[tuple]) -> int:
+    async def _write_once(self, table: TableSpec, rows: Sequence[tuple], replay: bool = False) -> int:
         assert self.pool is not None, "BatchWriter.open() was not called"
-        async with self.pool.acquire(timeout=10) as conn:
-            try:
-                return await self._write_on(conn, table, rows)
-            except asyncpg.exceptions.InternalClientError as exc:
-                # the connection's protocol state broke (seen when the server went away in the
-                # middle of a COPY): drop it so the pool opens a fresh one, and retry/spool
-                conn.terminate()
-                raise ConnectionError(f"database connection unusable: {exc}") from exc
+        async with bounded_connection(self.pool, self.write_timeout_s) as conn:
+            return await self._write_on(conn, table, rows, replay)
 
-    async def _write_on(self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
+    async def _write_on(self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple],
+                        replay: bool = False) -> int:
         if not table.keyed:
+            if replay:
+                return await self._write_absent(conn, table, rows)
             async with conn.transaction():
                 await conn.copy_records_to_table(table.name, records=rows,
                                                  columns=table.columns)
@@ -214,4 +282,20 @@ class BatchWriter:
             status = await conn.execute(
                 f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} "
                 f"ON CONFLICT DO NOTHING")
+        return int(status.rsplit(" ", 1)[1])
+
+    @staticmethod
+    async def _write_absent(conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
+        """Append-only rows, skipping those already stored identically (a spool replay)."""
+        stage = f"_stage_{table.name}"
+        cols = ", ".join(table.columns)
+        indexed = ("venue", table.timestamp_columns[0])       # NOT NULL, in the table's index
+        match = " AND ".join(
+            f"t.{c} = s.{c}" if c in indexed else f"t.{c} IS NOT DISTINCT FROM s.{c}"
+            for c in table.columns if c not in _MUTABLE.get(table.name, ()))
+        async with conn.transaction():
+            await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
+            status = await conn.execute(
+                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE {match})")
         return int(status.rsplit(" ", 1)[1])

@@ -1,4 +1,5 @@
-"""The durable spool: round trip, order, checksum quarantine, cap, single owner."""
+"""The durable spool: round trip, order, checksum quarantine and resynchronisation, cap (and the
+gap rows allowed past it), resumed drains, single owner."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from collector_daemon.rows import CONNECTION_EVENTS, QUOTES, TRADES
-from collector_daemon.storage.spool import Spool, SpoolLockedError
+from collector_daemon.rows import CONNECTION_EVENTS, DATA_GAPS, QUOTES, TRADES
+from collector_daemon.storage.spool import MAGIC, Spool, SpoolLockedError
 
 
 def _quote(i: int) -> tuple:
@@ -17,15 +18,38 @@ def _quote(i: int) -> tuple:
             3963.0, 0.06, 0.86, 0.0013, 0.465, -5.09, 0.16, 0.0, "open")
 
 
-def _drain(spool: Spool) -> list[tuple[str, list[tuple]]]:
+def _drain(spool: Spool, fail_at: int | None = None) -> list[tuple[str, list[tuple]]]:
+    """Drain through a callback recording what it is given; ``fail_at``: the n-th call (0-based)
+    raises ConnectionError instead (the database went away mid-drain)."""
     got: list[tuple[str, list[tuple]]] = []
+    calls = 0
 
     async def write(table, rows):
+        nonlocal calls
+        calls += 1
+        if calls - 1 == fail_at:
+            raise ConnectionError("database went away")
         got.append((table.name, rows))
         return len(rows)
 
-    asyncio.run(spool.drain(write))
+    try:
+        asyncio.run(spool.drain(write))
+    except ConnectionError:
+        pass
     return got
+
+
+def _three_records(directory: Path) -> tuple[Path, list[int]]:
+    """A spool of three one-quote records; returns its segment and the record start offsets."""
+    spool = Spool(directory)
+    for i in range(3):
+        spool.append(QUOTES, [_quote(i)])
+    spool.release()
+    segment = next(directory.glob("segment-*.spool"))
+    data = segment.read_bytes()
+    starts = [i for i in range(len(data)) if data.startswith(MAGIC, i)]
+    assert len(starts) == 3
+    return segment, starts
 
 
 def test_round_trip_in_order_across_segments(tmp_path: Path) -> None:
@@ -69,3 +93,51 @@ def test_one_owner_per_directory(tmp_path: Path) -> None:
         Spool(tmp_path)
     first.release()
     Spool(tmp_path).release()
+
+
+@pytest.mark.parametrize("where", ["payload", "length"])
+def test_a_corrupt_record_is_quarantined_and_the_next_ones_replayed(where: str, tmp_path: Path) -> None:
+    segment, starts = _three_records(tmp_path)
+    data = bytearray(segment.read_bytes())
+    if where == "payload":
+        data[starts[2] - 3] ^= 0xFF                # inside the middle record's payload
+    else:
+        data[starts[1] + 4:starts[1] + 8] = (10**6).to_bytes(4, "little")   # its length field
+    segment.write_bytes(bytes(data))
+    spool = Spool(tmp_path)
+    got = _drain(spool)
+    assert got == [("quotes", [_quote(0)]), ("quotes", [_quote(2)])]    # the third is not lost
+    assert spool.corrupt_records == 1 and spool.corrupt_bytes == starts[2] - starts[1]
+    quarantined = list((tmp_path / "corrupt").iterdir())
+    assert [q.name for q in quarantined] == [f"{segment.name}.{starts[1]}-{starts[2]}"]
+    assert quarantined[0].read_bytes() == bytes(data[starts[1]:starts[2]])
+    assert not spool and spool.segments() == []
+
+
+def test_a_retried_drain_resumes_after_the_last_record_written(tmp_path: Path) -> None:
+    segment, starts = _three_records(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[starts[1] + 1] ^= 0xFF                    # a corrupt second record (bad magic)
+    segment.write_bytes(bytes(data))
+    spool = Spool(tmp_path)
+    assert _drain(spool, fail_at=1) == [("quotes", [_quote(0)])]   # the third record's write fails
+    assert spool and spool.corrupt_records == 1
+    assert _drain(spool) == [("quotes", [_quote(2)])]   # not the first again, nor a 2nd quarantine
+    assert spool.corrupt_records == 1 and len(list((tmp_path / "corrupt").iterdir())) == 1
+
+
+def test_gap_rows_are_accepted_past_the_cap_and_survive(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=3000)
+    while spool.append(QUOTES, [_quote(i) for i in range(5)]):
+        pass
+    full = spool.size_bytes
+    gap = ("deribit", "quotes", "*", 1, 2, None, None, "spool_full", "unrecoverable",
+           "spool full: 5 rows dropped")
+    assert spool.append(DATA_GAPS, [gap], over_cap=True)
+    assert not spool.append(QUOTES, [_quote(9)]) and spool.size_bytes > full
+    assert spool.size_bytes == sum(p.stat().st_size for p in spool.segments())
+    spool.release()
+    reopened = Spool(tmp_path)
+    assert reopened.size_bytes == spool.size_bytes
+    got = _drain(reopened)
+    assert got[-1] == ("data_gaps", [gap]) and reopened.size_bytes == 0
