@@ -12,8 +12,8 @@ from datetime import timedelta
 import dagster as dg
 
 from collector_daemon.venues.deribit.messages import VENUE
-from orchestration.lib import quality
-from orchestration.lib.days import day_window, utcnow
+from orchestration.lib import days, quality
+from orchestration.lib.days import day_window
 from orchestration.partitions import VENUES, daily
 from orchestration.resources import DatabaseResource, DeribitApiResource
 
@@ -81,7 +81,7 @@ def quotes_no_duplicates(context: dg.AssetCheckExecutionContext,
                 description="Current day: sum of open interest of the latest quotes within 5% of the REST book summary.")
 def open_interest_vs_rest(context: dg.AssetCheckExecutionContext, database: DatabaseResource,
                           deribit: DeribitApiResource) -> dg.AssetCheckResult:
-    now = utcnow()
+    now = days.utcnow()
     start, end = day_window(context.partition_key)
     if not (start <= now < end):
         return dg.AssetCheckResult(passed=True, severity=WARN, metadata={

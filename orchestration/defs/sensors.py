@@ -1,5 +1,7 @@
 """Sensors: observation of the collector's tables, and backfill requests after audits."""
 
+import json
+
 import dagster as dg
 
 from orchestration.defs.assets.stream import COLLECTOR_TABLES
@@ -13,6 +15,8 @@ TRADES_BACKFILL = dg.AssetKey("trades_backfill")
 
 _ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
            dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+#: Days whose last requested set of gaps the backfill sensor's cursor remembers.
+_REMEMBERED_DAYS = 100
 
 
 def _run_plans(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> bool:
@@ -39,10 +43,26 @@ def collector_tables_observer(context: dg.SensorEvaluationContext,
     return dg.SensorResult(asset_events=events)
 
 
+def _read_cursor(cursor: str | None) -> tuple[int | None, dict[str, str]]:
+    """``(storage id of the last trade_gaps materialisation seen, day -> recoverable_gaps_key
+    last requested)`` from the backfill sensor's cursor (JSON; a bare storage id from before
+    the keys were kept is accepted)."""
+    data = json.loads(cursor) if cursor else {}
+    if isinstance(data, int):
+        return data, {}
+    return data.get("after"), dict(data.get("requested", {}))
+
+
 @dg.sensor(job=trades_backfill_job, minimum_interval_seconds=60, default_status=RUNNING,
-           description="Requests trades_backfill for a day whose audit found open gaps recoverable from REST.")
+           description="Requests trades_backfill for a day whose audit found open gaps recoverable "
+                       "from REST, once per set of gaps.")
 def backfill_on_recoverable_gaps(context: dg.SensorEvaluationContext):
-    after = int(context.cursor) if context.cursor else None
+    """One run request per day and set of recoverable open gaps (``recoverable_gaps_key`` of the
+    audit). Re-audits keep a gap's row, so the audits of the current day every 15 minutes
+    request nothing new until the gaps change: a gap appears, or one resolved part of a gap
+    still going on is followed by its continuation. The run key is that set too, so the daemon
+    launches one run per set even if the cursor were lost."""
+    after, requested = _read_cursor(context.cursor)
     result = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=TRADE_GAPS, after_storage_id=after), limit=100,
         ascending=True)
@@ -57,8 +77,13 @@ def backfill_on_recoverable_gaps(context: dg.SensorEvaluationContext):
         n = int(entry.value) if entry is not None else 0
         if n <= 0:
             continue
+        key_entry = mat.metadata.get("recoverable_gaps_key")
+        key = str(key_entry.value) if key_entry is not None else str(record.storage_id)
         if _run_plans(context.instance, record.run_id, TRADES_BACKFILL):
             skipped.append(f"{mat.partition}: backfilled by the auditing run itself")
+            continue
+        if requested.get(mat.partition) == key:
+            skipped.append(f"{mat.partition}: a backfill of the same {n} open gap(s) was already requested")
             continue
         active = context.instance.get_runs(dg.RunsFilter(
             job_name=trades_backfill_job.name, statuses=_ACTIVE,
@@ -67,11 +92,16 @@ def backfill_on_recoverable_gaps(context: dg.SensorEvaluationContext):
             skipped.append(f"{mat.partition}: a backfill run is already queued or running")
             continue
         requests.append(dg.RunRequest(
-            run_key=f"trades_backfill:{mat.partition}:{record.storage_id}",
+            run_key=f"trades_backfill:{mat.partition}:{key}",
             partition_key=mat.partition,
-            tags={"tickvault/trigger": "recoverable_gaps", "tickvault/open_gaps": str(n)}))
+            tags={"tickvault/trigger": "recoverable_gaps", "tickvault/open_gaps": str(n),
+                  "tickvault/gaps_key": key}))
+        requested.pop(mat.partition, None)
+        requested[mat.partition] = key
     if last is not None:
-        context.update_cursor(str(last))
+        for day in list(requested)[:-_REMEMBERED_DAYS]:
+            del requested[day]
+        context.update_cursor(json.dumps({"after": last, "requested": requested}))
     if not requests:
         return dg.SkipReason("; ".join(skipped) or "no audit with recoverable open gaps since the last tick")
     return requests

@@ -22,10 +22,14 @@
 * a day with no live capture at all (no quote, no ``ws`` trade, no connection event): one
   ``*`` gap per stream covering the day; the other rules are then moot.
 
-:func:`write_findings` replaces the day's *open* audit findings in ``data_gaps``
-(``detected_by = 'audit'``, ``audit_day = day``) and skips a finding identical to one already
-resolved (backfilled / unrecoverable), so resolutions survive re-audits and a gap that cannot be
-recovered is not re-opened forever. Gaps detected by the collector are never touched.
+:func:`write_findings` brings the day's *open* audit findings in ``data_gaps``
+(``detected_by = 'audit'``, ``audit_day = day``) in line with the audit, matching findings to
+rows by identity (:meth:`GapFinding.key`). A finding whose end is the end of the audited window
+(a disconnect not resubscribed, a silence or a day without capture still going on) is the same
+gap at every re-audit of the current day: its row keeps its ``gap_id`` and its end moves on.
+What is already resolved (backfilled / unrecoverable) stays resolved and is not re-opened; when
+such a gap has grown since, only the part after the resolved one is a new open row. Gaps
+detected by the collector are never touched.
 
 :func:`plan_recovery` says how the REST backfill can recover a gap (or why it cannot).
 
@@ -34,14 +38,16 @@ All functions take a psycopg (v3) connection; times are aware UTC datetimes.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
 
 import psycopg
 
-from orchestration.lib.days import day_window, utcnow
+from orchestration.lib import days
+from orchestration.lib.days import day_window
 
 #: How channel names map to streams, per venue (prefix -> stream), and how to get the
 #: instrument out of a per-instrument channel.
@@ -102,9 +108,24 @@ class GapFinding:
     reason: str
 
     def key(self) -> tuple:
-        """Identity used to recognise an already-resolved finding."""
-        return (self.stream, self.instrument_name, self.gap_start, self.gap_end,
-                self.seq_from, self.seq_to)
+        """Identity of the finding across re-audits (see :func:`finding_key`)."""
+        return finding_key(self.stream, self.instrument_name, self.kind, self.gap_start,
+                           self.gap_end, self.seq_from, self.seq_to)
+
+
+#: Kinds whose window can end at the end of the audited window (the gap was still going on):
+#: on the current day that end is "now", so it moves on at every re-audit. A finding of these
+#: kinds is identified by its start (the disconnect, the last quote, the day or creation start).
+OPEN_ENDED_KINDS = frozenset({"unresolved_disconnect", "quote_silence", "no_rows", "no_capture"})
+
+
+def finding_key(stream: str, instrument_name: str, kind: str, gap_start: datetime,
+                gap_end: datetime, seq_from: int | None, seq_to: int | None) -> tuple:
+    """Identity of a finding or of a ``data_gaps`` row: ``(stream, instrument, kind, start, end,
+    seq_from, seq_to)`` with ``end`` None for :data:`OPEN_ENDED_KINDS`. The kind of a row is the
+    prefix of its ``reason`` (``"quote_silence: ..."``)."""
+    return (stream, instrument_name, kind, gap_start,
+            None if kind in OPEN_ENDED_KINDS else gap_end, seq_from, seq_to)
 
 
 @dataclass(frozen=True)
@@ -382,7 +403,7 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
     started yet yields no findings. Read-only.
     """
     start, day_end = day_window(day)
-    now = now or utcnow()
+    now = now or days.utcnow()
     end = min(day_end, now)
     d = start.date()
     if end <= start:
@@ -418,38 +439,110 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
 
 @dataclass(frozen=True)
 class WriteResult:
-    """What :func:`write_findings` changed: open findings deleted, rows inserted, findings
-    skipped because an identical one is already resolved."""
+    """What :func:`write_findings` changed, in findings (rows for ``deleted``).
 
-    deleted: int
+    Attributes:
+        inserted: new open rows (new gaps, or the grown part of a resolved one).
+        updated: open rows kept (same ``gap_id``) whose end or reason moved.
+        unchanged: open rows kept as they were.
+        deleted: open rows the audit no longer finds.
+        already_resolved: findings wholly covered by backfilled / unrecoverable rows.
+    """
+
     inserted: int
+    updated: int
+    unchanged: int
+    deleted: int
     already_resolved: int
 
 
+def _unresolved_part(f: GapFinding, resolved: dict[tuple, datetime]) -> GapFinding | None:
+    """``f`` minus what resolved rows of the day already cover (``resolved``: identity -> latest
+    end): None when covered; for an open-ended kind that grew past its resolved part(s), the
+    rest, starting where they end (each such continuation is itself a row, so follow the chain)."""
+    if f.kind not in OPEN_ENDED_KINDS:
+        return None if f.key() in resolved else f
+    start = f.gap_start
+    while (done := resolved.get(replace(f, gap_start=start).key())) is not None and done > start:
+        start = done
+    if start >= f.gap_end:
+        return None
+    if start == f.gap_start:
+        return f
+    return replace(f, gap_start=start, reason=f"{f.reason}; the part before {start.isoformat()} "
+                                              "is already resolved")
+
+
 def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult:
-    """Replace the open audit findings of ``report.venue``/``report.day`` in ``data_gaps`` (one
-    transaction; concurrent audits of the same day are serialised by an advisory lock)."""
+    """Bring the open audit findings of ``report.venue``/``report.day`` in ``data_gaps`` in line
+    with ``report`` (one transaction; concurrent audits of the same day are serialised by an
+    advisory lock). Each finding is matched to the day's audit rows by :meth:`GapFinding.key`:
+
+    * an open row with the same identity is kept (``gap_id``, ``detected_at``), its ``gap_end``
+      and ``reason`` updated when they moved;
+    * a finding covered by resolved rows is skipped; an open-ended one that outgrew them
+      continues as an open row from the end of the last resolved part (:func:`_unresolved_part`);
+    * otherwise it is inserted.
+
+    Open rows no finding matched are deleted. Two findings with one identity (two connections
+    that dropped at the same instant) are one gap.
+    """
     venue, day = report.venue, report.day
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickvault_audit:' || %s || ':' || %s))",
                      (venue, day.isoformat()))
-        deleted = conn.execute(
-            "DELETE FROM data_gaps WHERE venue = %s AND detected_by = 'audit' "
-            "AND audit_day = %s AND status = 'open'", (venue, day)).rowcount
-        resolved = {tuple(r) for r in conn.execute(
-            "SELECT stream, instrument_name, gap_start, gap_end, seq_from, seq_to FROM data_gaps "
-            "WHERE venue = %s AND detected_by = 'audit' AND audit_day = %s AND status <> 'open'",
-            (venue, day))}
-        fresh = [f for f in report.findings if f.key() not in resolved]
-        if fresh:
-            with conn.cursor() as cur:
+        open_rows: dict[tuple, tuple[int, datetime, str]] = {}
+        stale: list[int] = []
+        resolved: dict[tuple, datetime] = {}
+        for gap_id, stream, name, gs, ge, sf, st, status, reason in conn.execute(
+                "SELECT gap_id, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, "
+                "status, coalesce(reason, '') FROM data_gaps WHERE venue = %s "
+                "AND detected_by = 'audit' AND audit_day = %s ORDER BY gap_id", (venue, day)):
+            key = finding_key(stream, name, reason.split(":", 1)[0], gs, ge, sf, st)
+            if status != "open":
+                resolved[key] = max(ge, resolved.get(key, ge))
+            elif key in open_rows:
+                stale.append(gap_id)
+            else:
+                open_rows[key] = (gap_id, ge, reason)
+        inserts: list[GapFinding] = []
+        updates: list[tuple] = []
+        unchanged = already = 0
+        seen: set[tuple] = set()
+        for finding in report.findings:
+            f = _unresolved_part(finding, resolved)
+            if f is None:
+                already += 1
+                continue
+            key = f.key()
+            if key in seen:
+                continue
+            seen.add(key)
+            row = open_rows.pop(key, None)
+            if row is None:
+                inserts.append(f)
+            elif (row[1], row[2]) != (f.gap_end, f.reason):
+                updates.append((f.gap_end, f.reason, row[0]))
+            else:
+                unchanged += 1
+        stale += [row[0] for row in open_rows.values()]
+        # status = 'open' again: a backfill may have resolved a row since it was read (the
+        # backfill does not take the audit's lock); it then stays as the backfill left it.
+        with conn.cursor() as cur:
+            if stale:
+                cur.execute("DELETE FROM data_gaps WHERE gap_id = ANY(%s) AND status = 'open'",
+                            (stale,))
+            if updates:
+                cur.executemany("UPDATE data_gaps SET gap_end = %s, reason = %s "
+                                "WHERE gap_id = %s AND status = 'open'", updates)
+            if inserts:
                 cur.executemany(
                     "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, "
                     "seq_from, seq_to, detected_by, status, reason, audit_day) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, 'audit', 'open', %s, %s)",
                     [(f.venue, f.stream, f.instrument_name, f.gap_start, f.gap_end, f.seq_from,
-                      f.seq_to, f.reason, day) for f in fresh])
-    return WriteResult(deleted, len(fresh), len(report.findings) - len(fresh))
+                      f.seq_to, f.reason, day) for f in inserts])
+    return WriteResult(len(inserts), len(updates), unchanged, len(stale), already)
 
 
 # --- recovery ---------------------------------------------------------------------------------
@@ -562,3 +655,12 @@ def summarize_open(conn: psycopg.Connection, venue: str, day: str | date, *, now
         plan = plan_recovery(g, now=now, history_available=history_available)
         (out.recoverable if plan.recoverable else out.unrecoverable).append(g)
     return out
+
+
+def gaps_key(gap_ids: list[int]) -> str:
+    """A short stable name for a set of ``data_gaps`` rows (sha1 of the sorted ids, 16 hex
+    digits; ``""`` for none). Re-audits keep a gap's row, so the same open gaps give the same
+    key and the backfill sensor requests them once."""
+    if not gap_ids:
+        return ""
+    return hashlib.sha1(",".join(map(str, sorted(gap_ids))).encode()).hexdigest()[:16]

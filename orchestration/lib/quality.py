@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 
-from orchestration.lib.days import day_window, utcnow
+from orchestration.lib import days
+from orchestration.lib.days import day_window
 from orchestration.lib.gaps import SilenceRule, _trade_seq_holes, expected_instruments
 
 
@@ -31,7 +32,7 @@ def _rows(cur_rows, cols: list[str]) -> list[dict]:
 
 def _window(day: str | date, now: datetime | None) -> tuple[datetime, datetime]:
     start, end = day_window(day)
-    return start, min(end, now or utcnow())
+    return start, min(end, now or days.utcnow())
 
 
 # --- duplicates -------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def quote_freshness(conn: psycopg.Connection, venue: str, day: str | date, *,
     """How recent the newest quote of the day is, relative to now for the current day or to the
     day's end for a past day. Passes when that age <= ``max_age_s``. Instruments quoted that day
     whose last quote is older than ``instrument_max_age_s`` are listed (not failing)."""
-    now = now or utcnow()
+    now = now or days.utcnow()
     start, end = day_window(day)
     ref = min(now, end)
     if ref <= start:

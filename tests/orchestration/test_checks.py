@@ -6,6 +6,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import msgspec
 import psycopg
 import pytest
 
@@ -15,9 +16,10 @@ from orch_dagster import (
     check_results, materialize, resources, trade_gaps, trades_backfill,
 )
 from orch_data import (
-    CAPTURE_0405, D0405, D0406, Q_INSTR, Q_TS, capture_quote_rows, dt_us, trade_rows, write,
+    CAPTURE_0405, D0405, D0406, D0817, Q_INSTR, Q_TS, capture_quote_rows, dt_us, trade_rows, write,
 )
-from orchestration.lib import quality
+from orchestration.defs.checks import quotes_no_duplicates
+from orchestration.lib import days, quality
 
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
 BTC = {"currency": "BTC", "kinds": ["option", "future"]}
@@ -148,29 +150,62 @@ def test_trade_checks_after_backfill(migrated_db_url, trades_days, emu_trades):
         "BTC-PERPETUAL", last.trade_seq + 1, last.trade_seq + 4, "unrecoverable")
     assert meta["deribit/open_trade_gaps"] == 0
 
-    # A duplicate: the same trade id again 1 ms later (passes the natural key, not the check).
+    # Rows the natural key (exchange_ts, venue, instrument, trade_id) lets in but the checks
+    # catch: the same trade id again 1 ms later, another trade id with an existing trade_seq,
+    # and an IV of 1500 % (the decoder accepts |iv| <= 1e6).
     twin = trade_rows([last])[0]
     twin = twin[:4] + (twin[4] + 1000,) + twin[5:]
-    write(migrated_db_url, TRADES, [twin])
+    put = next(t for t in trades_days["live"] if t.instrument_name == "BTC-17AUG26-62500-P"
+               and t.timestamp >= D0817.timestamp() * 1000)
+    seq_twin = msgspec.structs.replace(put, trade_id="999000002", timestamp=put.timestamp + 1)
+    bad_iv = msgspec.structs.replace(put, trade_id="999000003", trade_seq=None, iv=1500.0)
+    write(migrated_db_url, TRADES, [twin] + trade_rows([seq_twin, bad_iv]))
+    checks = check_results(materialize([trades_backfill], "2026-08-17", res, with_checks=True))
+    dup = checks["trades_no_duplicates"]
+    assert not dup.passed and dup.severity == ERROR
+    meta = _meta(dup)
+    assert (meta["duplicate_trade_ids"], meta["duplicate_trade_seqs"]) == (1, 1)
+    assert meta["samples"] == [
+        {"venue": "deribit", "instrument_name": "BTC-PERPETUAL", "trade_id": last.trade_id, "copies": 2},
+        {"venue": "deribit", "instrument_name": "BTC-17AUG26-62500-P", "trade_seq": put.trade_seq,
+         "trade_ids": 2}]
+    rng = checks["trades_in_range"]
+    assert not rng.passed and rng.severity == ERROR
+    assert _meta(rng)["violations"] == {"iv outside [0, 1000]": 1}
+    assert [(s["instrument_name"], s["iv"]) for s in _meta(rng)["samples"]] == [
+        ("BTC-17AUG26-62500-P", 1500.0)]
+
+
+def test_quote_duplicates_fail_the_check(migrated_db_url, quotes_day):
+    """The natural key of quotes is exactly what the check counts, so duplicates exist only
+    where the unique constraint is missing (a restore without constraints, a table made by
+    hand): this throwaway database loses it, then three captured quotes are stored twice."""
     with psycopg.connect(migrated_db_url) as conn:
-        outcome = quality.trade_duplicates(conn, "2026-08-17")
-    assert not outcome.passed
-    assert outcome.metadata["duplicate_trade_ids"] == 1
-    assert outcome.metadata["samples"] == [{"venue": "deribit", "instrument_name": "BTC-PERPETUAL",
-                                            "trade_id": last.trade_id, "copies": 2}]
+        conn.execute("ALTER TABLE quotes DROP CONSTRAINT quotes_natural_key")
+        copied = conn.execute(
+            "INSERT INTO quotes SELECT * FROM (SELECT * FROM quotes ORDER BY exchange_ts, "
+            "instrument_name LIMIT 3) q RETURNING instrument_name, exchange_ts").fetchall()
+        total = conn.execute("SELECT count(*) FROM quotes").fetchone()[0]
+    result = dg.materialize([trade_gaps, quotes_no_duplicates], partition_key="2021-04-05",
+                            resources=resources(migrated_db_url),
+                            instance=dg.DagsterInstance.ephemeral())
+    dup = check_results(result)["quotes_no_duplicates"]
+    assert not dup.passed and dup.severity == ERROR
+    meta = _meta(dup)
+    assert (meta["quotes"], meta["duplicate_keys"]) == (total, 3)
+    assert sorted((s["instrument_name"], s["exchange_ts"], s["copies"]) for s in meta["samples"]) == sorted(
+        (n, ts.isoformat(), 2) for n, ts in copied)
 
 
-def test_open_interest_vs_rest_current_day(migrated_db_url, deribit_dir, emu_trades):
-    """The capture's quotes shifted to end 20 s ago: the current-day checks evaluate for real."""
+def test_open_interest_vs_rest_current_day(migrated_db_url, deribit_dir, emu_trades, monkeypatch):
+    """2021-04-05 as the current day, the clock pinned 20 s after the capture's last quote: the
+    current-day checks evaluate for real, whatever the wall clock says."""
     rows = capture_quote_rows(deribit_dir / CAPTURE_0405)
-    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
-    shift = now_us - 20_000_000 - max(r[Q_TS] for r in rows)
-    if (now_us - 20_000_000) // 86_400_000_000 != (min(r[Q_TS] for r in rows) + shift) // 86_400_000_000:
-        pytest.skip("too close to midnight UTC for a same-day shift")
-    moved = [r[:2] + (r[2] + shift, r[3] + shift) + r[4:] for r in rows]
-    write(migrated_db_url, QUOTES, moved)
-    today = datetime.now(UTC).date().isoformat()
-    result = materialize([trade_gaps], today, resources(migrated_db_url, emu_trades.rest_url),
+    write(migrated_db_url, QUOTES, rows)
+    now = dt_us(max(r[Q_TS] for r in rows)) + timedelta(seconds=20)
+    assert D0405 <= dt_us(min(r[Q_TS] for r in rows)) and now < D0406
+    monkeypatch.setattr(days, "utcnow", lambda: now)
+    result = materialize([trade_gaps], "2021-04-05", resources(migrated_db_url, emu_trades.rest_url),
                          with_checks=True)
     checks = check_results(result)
     oi = _meta(checks["open_interest_vs_rest"])
@@ -180,9 +215,10 @@ def test_open_interest_vs_rest_current_day(migrated_db_url, deribit_dir, emu_tra
     assert oi["relative_difference"] == 0.0
     fresh = _meta(checks["quote_freshness"])
     assert checks["quote_freshness"].passed and fresh["deribit/current_day"] is True
-    assert 20 <= fresh["deribit/age_s"] < 120
+    assert fresh["deribit/age_s"] == 20.0
+    assert fresh["deribit/reference_time"] == now.isoformat()
 
     # The comparison itself: 10 % more open interest at the venue fails a 5 % tolerance.
     with psycopg.connect(migrated_db_url) as conn:
-        quoted = quality.latest_open_interest(conn, "deribit", D0405, datetime.now(UTC) + timedelta(days=1))
+        quoted = quality.latest_open_interest(conn, "deribit", D0405, D0406)
     assert not quality.open_interest_vs_rest(quoted, {n: v * 1.1 for n, v in quoted.items()}).passed

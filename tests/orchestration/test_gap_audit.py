@@ -8,7 +8,8 @@ import psycopg
 
 from orch_dagster import gaps, mat_metadata, materialize, resources, trade_gaps
 from orch_data import D0405, D0406, D0818, SILENT
-
+from orchestration.lib.backfill import RestConfig, backfill_day
+from orchestration.lib.gaps import WriteResult, audit_day, write_findings
 
 
 def _summary(rows: list[dict]) -> list[tuple]:
@@ -50,13 +51,15 @@ def test_audit_is_idempotent_and_keeps_resolutions(migrated_db_url, quotes_day):
                      "detected_by, status, reason) VALUES ('deribit', 'quotes', 'ETH-X', %s, %s, "
                      "'daemon', 'open', 'daemon finding')",
                      (D0405 + timedelta(hours=1), D0405 + timedelta(hours=2)))
+    ids = [r["gap_id"] for r in gaps(migrated_db_url, "detected_by = 'audit'")]
     result = materialize([trade_gaps], "2021-04-05", res)
     meta = mat_metadata(result, "trade_gaps")
-    assert (meta["deribit/replaced_open"], meta["deribit/written"],
-            meta["deribit/already_resolved"]) == (3, 3, 1)
+    assert (meta["deribit/inserted"], meta["deribit/updated"], meta["deribit/unchanged"],
+            meta["deribit/deleted_open"], meta["deribit/already_resolved"]) == (0, 0, 3, 0, 1)
     rows = gaps(migrated_db_url)
     audit = [r for r in rows if r["detected_by"] == "audit"]
     assert _summary(audit) == first  # same findings, no duplicates
+    assert [r["gap_id"] for r in audit] == ids  # the same rows, kept
     assert [r["status"] for r in audit if r["instrument_name"] == SILENT] == ["unrecoverable"]
     assert [r["reason"] for r in rows if r["detected_by"] == "daemon"] == ["daemon finding"]
 
@@ -85,6 +88,45 @@ def test_audit_day_without_capture(migrated_db_url):
         ("trades", "*", D0818, D0818 + timedelta(days=1), None, None, "no_capture"),
     ]
     assert mat_metadata(result, "trade_gaps")["deribit/by_kind"] == {"no_capture": 2}
+
+
+def test_current_day_without_capture_keeps_its_rows_and_continues_after_resolution(migrated_db_url,
+                                                                                     emu_trades):
+    """The current day without capture, audited as the day goes on: one row per stream whose end
+    follows now; once backfilled up to 06:00, only the part after 06:00 is open again (a backfill
+    of the day no longer starts over from midnight)."""
+    def audit(hour: int) -> WriteResult:
+        with psycopg.connect(migrated_db_url) as conn:
+            return write_findings(conn, audit_day(conn, "deribit", D0818,
+                                                  now=D0818 + timedelta(hours=hour)))
+
+    assert audit(3) == WriteResult(inserted=2, updated=0, unchanged=0, deleted=0, already_resolved=0)
+    ids = [r["gap_id"] for r in gaps(migrated_db_url)]
+    assert audit(6) == WriteResult(inserted=0, updated=2, unchanged=0, deleted=0, already_resolved=0)
+    rows = gaps(migrated_db_url)
+    assert [r["gap_id"] for r in rows] == ids
+    assert _summary(rows) == [
+        ("quotes", "*", D0818, D0818 + timedelta(hours=6), None, None, "no_capture"),
+        ("trades", "*", D0818, D0818 + timedelta(hours=6), None, None, "no_capture"),
+    ]
+    report = backfill_day(migrated_db_url, "deribit", D0818.date(),
+                          RestConfig(base_url=emu_trades.rest_url, currency="BTC",
+                                     kinds=("option", "future")), now=D0818 + timedelta(hours=6))
+    assert (report.count("backfilled"), report.count("unrecoverable")) == (1, 1)
+    assert audit(9) == WriteResult(inserted=2, updated=0, unchanged=0, deleted=0, already_resolved=0)
+    assert audit(9) == WriteResult(inserted=0, updated=0, unchanged=2, deleted=0, already_resolved=0)
+    rows = gaps(migrated_db_url)
+    assert [(r["stream"], r["gap_start"], r["gap_end"], r["status"]) for r in rows] == [
+        ("quotes", D0818, D0818 + timedelta(hours=6), "unrecoverable"),
+        ("quotes", D0818 + timedelta(hours=6), D0818 + timedelta(hours=9), "open"),
+        ("trades", D0818, D0818 + timedelta(hours=6), "backfilled"),
+        ("trades", D0818 + timedelta(hours=6), D0818 + timedelta(hours=9), "open"),
+    ]
+    assert rows[3]["reason"] == ("no_capture: no quote, no live trade and no connection event; "
+                                 "the part before 2026-08-18T06:00:00+00:00 is already resolved")
+    # The nightly audit of the finished day: the open part ends at midnight.
+    assert audit(30) == WriteResult(inserted=0, updated=2, unchanged=0, deleted=0, already_resolved=0)
+    assert [r["gap_end"] for r in gaps(migrated_db_url, "status = 'open'")] == [D0818 + timedelta(days=1)] * 2
 
 
 def test_quote_silence_across_midnight(migrated_db_url, deribit_dir):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 
-from orch_dagster import materialize, resources, trade_gaps, trades_backfill
+from orch_dagster import gaps, mat_metadata, materialize, resources, trade_gaps, trades_backfill
+from orchestration.lib import days
+from orchestration.lib.backfill import RestConfig, backfill_day
 from orchestration.resources import DatabaseResource
 
 
@@ -84,6 +86,66 @@ def test_backfill_sensor_requests_days_with_recoverable_gaps(defs, migrated_db_u
         third = sensor.evaluate_tick(ctx)
     assert not third.run_requests
     assert "backfilled by the auditing run itself" in third.skip_message
+
+
+def test_reaudits_of_today_keep_an_unresolved_disconnect_and_request_one_backfill(
+        defs, migrated_db_url, quotes_day, emu_trades, monkeypatch):
+    """2021-04-05 audited as the current day (clock pinned) every 15 minutes after a disconnect
+    that is never resubscribed: the disconnect stays one row per stream whose end follows the
+    clock, and the sensor requests one backfill for it, not one per audit. Once that backfill
+    resolved it up to its end, the part after it is a new gap and gets one new request."""
+    instance = dg.DagsterInstance.ephemeral()
+    res = resources(migrated_db_url)
+    sensor = defs.resolve_sensor_def("backfill_on_recoverable_gaps")
+    disconnect = quotes_day["disconnect"]
+    now1, now2, now3 = (disconnect + timedelta(minutes=m) for m in (10, 25, 40))
+    cursor = None
+
+    def audit(now: datetime) -> tuple[dict, list[dict]]:
+        monkeypatch.setattr(days, "utcnow", lambda: now)
+        meta = mat_metadata(materialize([trade_gaps], "2021-04-05", res, instance=instance),
+                            "trade_gaps")
+        return meta, gaps(migrated_db_url, "reason LIKE 'unresolved_disconnect:%%'")
+
+    def tick() -> dg.SensorExecutionData:
+        nonlocal cursor
+        with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                     repository_def=defs.get_repository_def()) as ctx:
+            data = sensor.evaluate_tick(ctx)
+        cursor = data.cursor
+        return data
+
+    meta, first = audit(now1)
+    assert [(r["stream"], r["gap_start"], r["gap_end"], r["status"]) for r in first] == [
+        ("quotes", disconnect, now1, "open"), ("trades", disconnect, now1, "open")]
+    trades_gap = first[1]["gap_id"]
+    assert meta["recoverable_open_gaps"] == 1 and meta["recoverable_gap_ids"] == [trades_gap]
+    [req] = tick().run_requests
+    assert req.partition_key == "2021-04-05" and req.tags["tickvault/open_gaps"] == "1"
+    assert req.run_key == f"trades_backfill:2021-04-05:{meta['recoverable_gaps_key']}"
+
+    meta, second = audit(now2)
+    assert [(r["gap_id"], r["gap_start"], r["gap_end"]) for r in second] == [
+        (r["gap_id"], disconnect, now2) for r in first]
+    # no_rows also ends at now; the quote silence between two quotes is unchanged.
+    assert (meta["deribit/inserted"], meta["deribit/updated"], meta["deribit/unchanged"],
+            meta["deribit/deleted_open"]) == (0, 3, 1, 0)
+    assert len(gaps(migrated_db_url)) == 4
+    again = tick()
+    assert not again.run_requests
+    assert again.skip_message == "2021-04-05: a backfill of the same 1 open gap(s) was already requested"
+
+    # The requested run (the backfill at now2, REST from the emulator) resolves both rows.
+    report = backfill_day(migrated_db_url, "deribit", "2021-04-05",
+                          RestConfig(base_url=emu_trades.rest_url), now=now2)
+    assert {o.gap.gap_id: o.status for o in report.outcomes}[trades_gap] == "backfilled"
+    meta, third = audit(now3)
+    assert [(r["stream"], r["gap_start"], r["gap_end"], r["status"]) for r in third] == [
+        ("quotes", disconnect, now2, "unrecoverable"), ("quotes", now2, now3, "open"),
+        ("trades", disconnect, now2, "backfilled"), ("trades", now2, now3, "open")]
+    assert meta["recoverable_gap_ids"] == [third[3]["gap_id"]]
+    [req3] = tick().run_requests
+    assert req3.run_key == f"trades_backfill:2021-04-05:{meta['recoverable_gaps_key']}" != req.run_key
 
 
 def test_observation_sensor_records_freshness_and_counts(defs, migrated_db_url, trades_days):

@@ -13,7 +13,7 @@ from orch_dagster import instrument_universe, mat_metadata, materialize, resourc
 from orchestration.lib.universe import UNIVERSE_CHANNEL, parse_notification, read_universe
 
 
-def _expected_ranking(rest_url: str, top_n: int) -> tuple[list[str], int]:
+def _expected_ranking(rest_url: str, top_n: int | None) -> tuple[list[str], int]:
     inst = httpx.get(f"{rest_url}/public/get_instruments",
                      params={"currency": "ETH", "kind": "option", "expired": "false"}).json()["result"]
     summary = httpx.get(f"{rest_url}/public/get_book_summary_by_currency",
@@ -89,3 +89,27 @@ def test_universe_refresh_ranks_upserts_and_notifies(migrated_db_url, emu_univer
                                 ).fetchone() == (top5[:3],)
     finally:
         listener.close()
+
+
+def test_universe_all_selects_and_ranks_the_whole_chain(migrated_db_url, emu_universe):
+    """top_n None ("all"): every live instrument of the listing is subscribed, ranked by open
+    interest (ties by name), and the version records top_n NULL."""
+    ranking, listed = _expected_ranking(emu_universe.rest_url, None)
+    assert len(ranking) == listed > 400
+    meta = mat_metadata(materialize([instrument_universe], None,
+                                    resources(migrated_db_url, emu_universe.rest_url, top_n=None)),
+                        "instrument_universe")
+    assert (meta["top_n"], meta["instruments"], meta["subscribed"], meta["version"]) == (
+        "all", listed, listed, 1)
+    assert meta["top_10"] == ranking[:10] and meta["added"] == sorted(ranking)[:200]
+    with psycopg.connect(migrated_db_url) as conn:
+        ranked = conn.execute("SELECT instrument_name, subscription_rank FROM instruments "
+                              "WHERE subscription_rank IS NOT NULL ORDER BY subscription_rank").fetchall()
+        assert ranked == [(n, i) for i, n in enumerate(ranking, start=1)]
+        assert conn.execute("SELECT top_n, instruments, subscribed FROM universe_versions"
+                            ).fetchall() == [(None, listed, ranking)]
+    # The same whole chain again: no new version.
+    again = mat_metadata(materialize([instrument_universe], None,
+                                     resources(migrated_db_url, emu_universe.rest_url, top_n=None)),
+                         "instrument_universe")
+    assert (again["changed"], again["version"]) == (False, 1)

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from orchestration.defs.assets.stream import connection_events, quotes, trades
-from orchestration.lib.days import utcnow
-from orchestration.lib.gaps import audit_day, summarize_open, write_findings
+from orchestration.lib import days
+from orchestration.lib.gaps import audit_day, gaps_key, summarize_open, write_findings
 from orchestration.partitions import VENUES, daily
 from orchestration.resources import DatabaseResource, DeribitApiResource
 
@@ -46,27 +46,31 @@ def trade_gaps(context: dg.AssetExecutionContext, database: DatabaseResource,
                deribit: DeribitApiResource) -> dg.MaterializeResult:
     """Authoritative gap audit of one UTC day: trade_seq holes, lost windows, quote silences, silent instruments."""
     day = context.partition_key
-    now = utcnow()
+    now = days.utcnow()
     meta: dict = {"day": day}
-    recoverable = unrecoverable = total = 0
+    recoverable: list[int] = []
+    unrecoverable = total = 0
     with database.connect() as conn:
         for venue in VENUES:
             report = audit_day(conn, venue, day, now=now)
             written = write_findings(conn, report)
             summary = summarize_open(conn, venue, day, now=now,
                                      history_available=bool(deribit.history_url))
-            recoverable += len(summary.recoverable)
+            recoverable += [g.gap_id for g in summary.recoverable]
             unrecoverable += len(summary.unrecoverable)
             total += len(report.findings)
             context.log.info(
                 f"{venue} {day}: {len(report.findings)} finding(s) {report.counts()}; "
-                f"{written.inserted} written, {written.deleted} open finding(s) replaced, "
+                f"{written.inserted} new, {written.updated} updated, {written.unchanged} unchanged, "
+                f"{written.deleted} open finding(s) no longer found, "
                 f"{written.already_resolved} already resolved; "
                 f"{len(summary.recoverable)} open gap(s) recoverable from REST")
             meta[f"{venue}/findings"] = len(report.findings)
             meta[f"{venue}/by_kind"] = dg.MetadataValue.json(report.counts())
-            meta[f"{venue}/written"] = written.inserted
-            meta[f"{venue}/replaced_open"] = written.deleted
+            meta[f"{venue}/inserted"] = written.inserted
+            meta[f"{venue}/updated"] = written.updated
+            meta[f"{venue}/unchanged"] = written.unchanged
+            meta[f"{venue}/deleted_open"] = written.deleted
             meta[f"{venue}/already_resolved"] = written.already_resolved
             meta[f"{venue}/window_end"] = report.window_end.isoformat()
             meta[f"{venue}/quotes_seen"] = report.quotes_seen
@@ -75,6 +79,8 @@ def trade_gaps(context: dg.AssetExecutionContext, database: DatabaseResource,
             meta[f"{venue}/expected_set_basis"] = report.expected_basis
             meta[f"{venue}/findings_table"] = dg.MetadataValue.md(_markdown(report.findings))
     meta["findings"] = total
-    meta["recoverable_open_gaps"] = recoverable
+    meta["recoverable_open_gaps"] = len(recoverable)
+    meta["recoverable_gap_ids"] = dg.MetadataValue.json(sorted(recoverable)[:100])
+    meta["recoverable_gaps_key"] = gaps_key(recoverable)
     meta["unrecoverable_open_gaps"] = unrecoverable
     return dg.MaterializeResult(metadata=meta)
