@@ -12,8 +12,13 @@ import asyncio
 import csv
 import gzip
 import json
+import os
 import signal
+import subprocess
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,6 +48,95 @@ def sent_tickers(stats: dict) -> int:
     return sum(stats["totals"]["frames_by_instrument"].get("ticker", {}).values())
 
 
+def assert_quotes_match_sent(dsn: str, sent: dict[str, int], extra: Counter | None = None) -> None:
+    """Stored quote rows per instrument == the ticker frames the emulator sent per instrument
+    (``frames_by_instrument["ticker"]`` of its stats, totals or one client's), plus ``extra``."""
+    stored = Counter(dict(counts(dsn, "SELECT instrument_name, count(*) FROM quotes GROUP BY 1")))
+    assert stored == Counter(sent) + (extra or Counter())
+
+
+def ticker_clock_lag_ms(real: Path, currency: str) -> int:
+    """How far a ticker's own timestamp can trail the emulator's replay clock, in ms: the clock of
+    capture frames is the running maximum of their exchange timestamps (ticker and book, every
+    instrument; venues/deribit/emulation.py "Timeline clock"), and a ticker of one instrument may
+    carry an older timestamp than a frame of another just before it. Trades carry the clock."""
+    clock, lag = 0, 0
+    with gzip.open(real / CAPTURE, "rt") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["dir"] != "recv":
+                continue
+            params = json.loads(rec["raw"]).get("params") or {}
+            channel, data = params.get("channel", ""), params.get("data")
+            if channel.startswith(("ticker.", "book.")) and isinstance(data, dict) \
+                    and isinstance(data.get("timestamp"), int):
+                clock = max(clock, data["timestamp"])
+                if channel.startswith(f"ticker.{currency}-"):
+                    lag = max(lag, clock - data["timestamp"])
+    return lag
+
+
+def assert_gaps_cover_windows(dsn: str, stats: dict, lag_ms: int) -> None:
+    """Each disconnect window of the emulator is recorded, once per stream, by a disconnect gap.
+
+    The emulator's window is in replay-clock ms: the dropped connection's last notification was at
+    ``last_sent_ms`` and the next connection's first at ``first_sent_ms``; everything it published
+    in between (ties included) missed us. The collector records, in exchange time, the newest
+    timestamp it received before the drop (``gap_start``) and the timestamp of the first frame
+    after resubscribing (``gap_end``). "Covers" means, exactly:
+
+        gap_start <= last_sent_ms    and    gap_end >= first_sent_ms - lag_ms
+
+    with ``lag_ms`` how far a frame's own timestamp can trail the clock (0 for trades, see
+    :func:`ticker_clock_lag_ms` for tickers); and the gap is no wider than the data allows:
+    ``gap_start >= last_sent_ms - lag_ms`` and ``gap_end <= first_sent_ms``. Windows and gaps
+    pair one to one in time order.
+    """
+    windows = sorted(stats["disconnect_windows"], key=lambda w: w["last_sent_ms"])
+    assert all(w["reason"] == "drop" and w["first_sent_ms"] is not None for w in windows), windows
+    for stream in ("quotes", "trades"):
+        gaps = counts(dsn, "SELECT (extract(epoch FROM gap_start) * 1e6)::bigint, "
+                      "(extract(epoch FROM gap_end) * 1e6)::bigint FROM data_gaps "
+                      "WHERE stream = %s AND detected_by = 'disconnect' ORDER BY gap_start", stream)
+        assert len(gaps) == len(windows), stream
+        for (start_us, end_us), w in zip(gaps, windows):
+            last, first = w["last_sent_ms"] * 1000, w["first_sent_ms"] * 1000
+            assert last - lag_ms * 1000 <= start_us <= last, (stream, w, start_us)
+            assert first - lag_ms * 1000 <= end_us <= first, (stream, w, end_us)
+
+
+@contextmanager
+def emulator_process(tmp_path: Path, real: Path, *args: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """``tickvault emulate CAPTURE ARGS`` on a free port (its own process, so its counts survive the
+    collector's); yields (stats URL, the collector's endpoint variables) and SIGTERMs it after."""
+    port = _free_port()
+    proc = tickvault("emulate", str(real / CAPTURE), "--port", str(port), *args,
+                     env=dict(os.environ), log=tmp_path / "emulator.log")
+    stats_url = f"http://127.0.0.1:{port}/emulator/stats"
+    try:
+        _wait_http(stats_url)
+        yield stats_url, {"TICKVAULT_DERIBIT_WS_URL": f"ws://127.0.0.1:{port}/ws/api/v2",
+                          "TICKVAULT_DERIBIT_REST_URL": f"http://127.0.0.1:{port}/api/v2",
+                          "TICKVAULT_TOP_N": "all"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def wait_replay_finished(stats_url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(stats_url).json()["replay"]["state"] != "finished":
+        assert time.monotonic() < deadline, "replay did not finish"
+        time.sleep(0.5)
+
+
+def stop_collector(proc: subprocess.Popen, log: Path) -> None:
+    """SIGTERM and expect a clean exit (everything flushed)."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+
 # 1 + 8 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rest_errors", [None, 0.3], ids=["drops", "drops+rest_errors"])
 def test_random_drops_lose_no_trade(rest_errors, migrated_db_url, tmp_path, real_data_dir, figures):
@@ -57,7 +151,7 @@ def test_random_drops_lose_no_trade(rest_errors, migrated_db_url, tmp_path, real
         migrated_db_url, tmp_path, real_data_dir, trades=real_data_dir / TRADES_CSV, align_trades=True,
         speed=10_000, loop=loops, currency="BTC", history_host=True,
         faults=Faults(seed=11, drop_random=0.1, drop_count=50, rest_errors=rest_errors),
-        shutdown_recovery_s=180))
+        shutdown_recovery_s=180, backoff_min_s=0.02, backoff_max_s=0.1))   # 50 drops fit in the replay
     drops = stats["totals"]["drops"]
     assert drops == 50 and summary.reconnects == 50
     expected = len(option_trades(real_data_dir)) * loops          # every trade of the timeline
@@ -73,7 +167,8 @@ def test_random_drops_lose_no_trade(rest_errors, migrated_db_url, tmp_path, real
         migrated_db_url, "SELECT status, reason, gap_start, gap_end FROM data_gaps "
         "WHERE stream = 'trades' AND status <> 'backfilled' ORDER BY gap_start")))
     assert not any(status == "open" for (_, _, status) in gaps)
-    assert summary.rows_written["quotes"] == sent_tickers(stats)       # quotes outside windows
+    assert_quotes_match_sent(migrated_db_url, stats["totals"]["frames_by_instrument"]["ticker"])
+    assert_gaps_cover_windows(migrated_db_url, stats, ticker_clock_lag_ms(real_data_dir, "BTC"))
     if rest_errors:
         assert sum(stats["totals"]["rest_faults"].values()) > 0
     figures.update(trades_in_timeline=expected, trades_ws=ws, trades_rest=rest, duplicates=n - distinct,
@@ -87,37 +182,42 @@ def test_random_drops_lose_no_trade(rest_errors, migrated_db_url, tmp_path, real
 def test_database_down_30s_spools_and_lands_everything(own_pg, tmp_path, real_data_dir, figures):
     server, dsn = own_pg
     log = tmp_path / "collector.log"
-    proc = tickvault("collect", "--replay", str(real_data_dir / CAPTURE), "--top-n", "all",
-                     "--speed", "6", "--loop", "3", "--fanout", "20",
-                     env=collector_env(dsn, tmp_path), log=log)
-    rss = RssSampler(proc.pid)
-    try:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 6:
-            rss.sample(); time.sleep(0.25)
-        server.stop()
-        down_at = time.monotonic()
-        while time.monotonic() - down_at < 30:
-            rss.sample(); time.sleep(0.25)
-            assert proc.poll() is None, log.read_text()[-3000:]
-        server.start()
-        up_at = time.monotonic()
-        while proc.poll() is None and time.monotonic() - up_at < 120:
-            rss.sample(); time.sleep(0.25)
-        assert proc.wait(timeout=5) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with emulator_process(tmp_path, real_data_dir, "--speed", "6", "--loop", "3", "--fanout", "20") \
+            as (stats_url, endpoints):
+        proc = tickvault("collect", env=collector_env(dsn, tmp_path, **endpoints), log=log)
+        rss = RssSampler(proc.pid)
+        try:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 6:
+                rss.sample(); time.sleep(0.25)
+            server.stop()
+            down_at = time.monotonic()
+            while time.monotonic() - down_at < 30:
+                rss.sample(); time.sleep(0.25)
+                assert proc.poll() is None, log.read_text()[-3000:]
+            server.start()
+            up_at = time.monotonic()
+            while httpx.get(stats_url).json()["replay"]["state"] != "finished" \
+                    and time.monotonic() - up_at < 120:
+                rss.sample(); time.sleep(0.25)
+            time.sleep(2)
+            stop_collector(proc, log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stats = httpx.get(stats_url).json()
     text = log.read_text()
-    line = next(l for l in text.splitlines() if l.strip().startswith("quotes:"))
-    written, received = int(line.split()[1]), int(line.split()[5])
+    sent = stats["totals"]["frames_by_instrument"]["ticker"]
+    assert stats["replay"]["state"] == "finished" and len(stats["clients"]) == 1
+    assert len(sent) == 7 * 20                                  # every fanned-out ETH option
     (stored, distinct), = counts(dsn, "SELECT count(*), count(DISTINCT (instrument_name, exchange_ts)) FROM quotes")
     assert "spooling batches" in text and "spool drained" in text
-    assert stored == distinct == written == received > 0
+    assert stored == distinct == sum(sent.values()) > 0         # none duplicated ...
+    assert_quotes_match_sent(dsn, sent)                         # ... none lost, per instrument
     peak_out = rss.peak(down_at, up_at)
     before = rss.peak(0, down_at)
     assert peak_out < 300, f"RSS during the outage {peak_out:.0f} MiB"
-    figures.update(rows_received=received, rows_stored=stored, duplicates=stored - distinct,
+    figures.update(rows_sent=sum(sent.values()), rows_stored=stored, duplicates=stored - distinct,
                    rss_before_mib=round(before), rss_peak_outage_mib=round(peak_out),
                    outage_s=round(up_at - down_at, 1))
 
@@ -125,40 +225,30 @@ def test_database_down_30s_spools_and_lands_everything(own_pg, tmp_path, real_da
 # 3 ----------------------------------------------------------------------------------------------
 def test_sigkill_loses_at_most_the_unflushed_tail(own_pg, tmp_path, real_data_dir, figures):
     server, dsn = own_pg
-    port = _free_port()
-    emulator = tickvault("emulate", str(real_data_dir / CAPTURE), "--port", str(port), "--speed", "8",
-                         "--loop", "4", "--fanout", "20",
-                         env=collector_env(dsn, tmp_path), log=tmp_path / "emulator.log")
-    env = collector_env(dsn, tmp_path, TICKVAULT_DERIBIT_WS_URL=f"ws://127.0.0.1:{port}/ws/api/v2",
-                        TICKVAULT_DERIBIT_REST_URL=f"http://127.0.0.1:{port}/api/v2", TICKVAULT_TOP_N="all",
-                        TICKVAULT_FLUSH_INTERVAL_S="1")
     log1, log2 = tmp_path / "collector1.log", tmp_path / "collector2.log"
-    stats_url = f"http://127.0.0.1:{port}/emulator/stats"
-    first = second = None
-    try:
-        _wait_http(stats_url)
+    with emulator_process(tmp_path, real_data_dir, "--speed", "8", "--loop", "4", "--fanout", "20") \
+            as (stats_url, endpoints):
+        env = collector_env(dsn, tmp_path, TICKVAULT_FLUSH_INTERVAL_S="1", **endpoints)
         first = tickvault("collect", env=env, log=log1)
-        started = time.monotonic()
-        time.sleep(6)
-        server.stop()                     # batches now go to the spool ...
-        time.sleep(3)
-        first.send_signal(signal.SIGKILL)  # ... and the process dies without any cleanup
-        lived_s = time.monotonic() - started
-        first.wait(timeout=10)
-        server.start()
-        second = tickvault("collect", env=env, log=log2)   # drains the spool, then collects on
-        deadline = time.monotonic() + 120
-        while httpx.get(stats_url).json()["replay"]["state"] != "finished" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(2)
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=60) == 0, log2.read_text()[-3000:]
-        stats = httpx.get(stats_url).json()
-    finally:
-        for p in (second, first, emulator):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout=30)
+        second = None
+        try:
+            started = time.monotonic()
+            time.sleep(6)
+            server.stop()                     # batches now go to the spool ...
+            time.sleep(3)
+            first.send_signal(signal.SIGKILL)  # ... and the process dies without any cleanup
+            lived_s = time.monotonic() - started
+            first.wait(timeout=10)
+            server.start()
+            second = tickvault("collect", env=env, log=log2)   # drains the spool, then collects on
+            wait_replay_finished(stats_url)
+            time.sleep(2)
+            stop_collector(second, log2)
+            stats = httpx.get(stats_url).json()
+        finally:
+            for p in (second, first):
+                if p is not None and p.poll() is None:
+                    p.kill()
     sent = sent_tickers(stats)
     sent_to_first = sum(stats["clients"][0]["frames_by_instrument"].get("ticker", {}).values())
     (stored,), = counts(dsn, "SELECT count(*) FROM quotes")
@@ -176,17 +266,30 @@ def test_sigkill_loses_at_most_the_unflushed_tail(own_pg, tmp_path, real_data_di
 
 # 4 ----------------------------------------------------------------------------------------------
 def test_sigterm_mid_replay_loses_nothing(migrated_db_url, tmp_path, real_data_dir, figures):
+    """SIGTERM while the emulator is still sending (~12 s of replay at 10x) and rows sit in a 5 s
+    flush buffer: every ticker the emulator sent to the collector is stored, per instrument."""
     log = tmp_path / "collector.log"
-    proc = tickvault("collect", "--replay", str(real_data_dir / CAPTURE), "--top-n", "all", "--speed", "10",
-                     env=collector_env(migrated_db_url, tmp_path, TICKVAULT_FLUSH_INTERVAL_S="5"), log=log)
-    time.sleep(4)   # mid-replay (~12 s at 10x); rows sit in a 5 s flush buffer
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
-    line = next(l for l in log.read_text().splitlines() if l.strip().startswith("quotes:"))
-    written, received = int(line.split()[1]), int(line.split()[5])
+    with emulator_process(tmp_path, real_data_dir, "--speed", "10") as (stats_url, endpoints):
+        proc = tickvault("collect", log=log, env=collector_env(
+            migrated_db_url, tmp_path, TICKVAULT_FLUSH_INTERVAL_S="5", **endpoints))
+        try:
+            deadline = time.monotonic() + 30
+            while httpx.get(stats_url).json()["replay"]["state"] != "running":
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
+            time.sleep(3)
+            stop_collector(proc, log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stats = httpx.get(stats_url).json()
+    (client,) = stats["clients"]
+    sent = client["frames_by_instrument"]["ticker"]
+    assert stats["replay"]["state"] == "running" and not client["connected"]   # really mid-replay
+    assert 0 < sum(sent.values()) < 197
+    assert_quotes_match_sent(migrated_db_url, sent)
     (stored,), = counts(migrated_db_url, "SELECT count(*) FROM quotes")
-    assert 0 < received < 197 and stored == written == received
-    figures.update(received=received, stored=stored)
+    figures.update(sent=sum(sent.values()), stored=stored)
 
 
 # 5 ----------------------------------------------------------------------------------------------
@@ -300,7 +403,8 @@ def test_silent_exchange_is_detected_and_reconnected(migrated_db_url, tmp_path, 
         assert 2.0 <= float(reason.split("for ")[1].split(" s")[0]) <= 3.1
     # the silence began after the 40th notification; detection within the 2 s limit + 1 s check
     first_silent = stats["clients"][0]["last_sent_ms"]
-    assert summary.rows_written["quotes"] == sent_tickers(stats)
+    assert stats["clients"][0]["notifications"] == 40            # then the first connection went silent
+    assert_quotes_match_sent(migrated_db_url, stats["totals"]["frames_by_instrument"]["ticker"])
     figures.update(watchdog_reconnects=len(watchdog), reason=watchdog[0][1], last_sent_ms=first_silent)
 
 
