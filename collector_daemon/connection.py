@@ -424,7 +424,7 @@ class Connection:
             log.warning("%s: rejected frame #%d: %s", self.connection_id, self.stats.rejected, reason)
         raw = frame[:REJECTED_RAW_CAP].replace("\x00", "\\x00")
         if self.pipeline.add(REJECTED_MESSAGES, [(receive_us, self.venue.name, self.connection_id,
-                                                  reason[:1000], raw, len(frame))]):
+                                                  reason[:1000], raw, len(frame.encode("utf-8", "surrogatepass")))]):
             await self.pipeline.seal(REJECTED_MESSAGES)
 
     async def _event(self, event: str, *, channels: list[str] | None = None,

@@ -94,13 +94,15 @@ class Collector:
         self.collector_id = settings.collector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = Stats(venue=self.protocol.name)
         self.writer = BatchWriter(settings.database_url.get_secret_value(), venue=self.protocol.name,
-                                  on_retry=self._on_db_retry)
+                                  on_retry=self._on_db_retry, write_timeout_s=settings.write_timeout_s)
         self.spool = Spool(settings.spool_dir / self.tag, max_bytes=settings.spool_max_bytes)
         self.pipeline = Pipeline(self.writer.write, batch_rows=settings.batch_rows,
                                  flush_interval_s=settings.flush_interval_s,
                                  queue_batches=settings.queue_batches, on_written=self._on_written,
                                  spool=self.spool)
         self.stats.queue_depth = lambda: self.pipeline.queue_depth
+        self.stats.spool = self.pipeline.spool_stats
+        self.stats.gaps_pending = lambda: self.gaps.pending if self.gaps is not None else 0
         self.stats.rows_written = self.writer.rows_written        # the writer's own counters,
         self.stats.rows_duplicate = self.writer.rows_duplicate    # updated in place per batch
         self._limiter = AsyncLimiter(SUBSCRIBE_BURST, SUBSCRIBE_PERIOD_S)  # shared by all sockets
@@ -142,7 +144,8 @@ class Collector:
         await self.writer.open()
         self.pipeline.start()
         self._start_metrics()
-        self.gaps = GapKeeper(self.protocol.name, self.writer.pool, self._recover)
+        self.gaps = GapKeeper(self.protocol.name, self.writer.pool, self._recover, spool=self.spool,
+                              write_timeout_s=self.settings.write_timeout_s)
         seeded = await self.gaps.seed()
         log.info("trade_seq tracking seeded for %d instruments", seeded)
         async with DeribitRest(self.rest_url, max_concurrency=self.settings.rest_max_concurrency) as rest:
@@ -160,9 +163,15 @@ class Collector:
             writer_task = self.pipeline.writer_task
             done, _ = await asyncio.wait([stop_task, ended_task, writer_task, *side_tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
+            failed: BaseException | None = None
             for task in done:  # a crashed writer/side task is fatal: surface it after flushing
                 if task is not stop_task and not task.cancelled() and task.exception():
+                    failed = failed or task.exception()
                     log.error("task %s failed: %r", task.get_name(), task.exception())
+            for task in self._conn_tasks:   # a connection task ends only at a replay's end
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    failed = failed or task.exception()
+                    log.error("connection task %s failed", task.get_name(), exc_info=task.exception())
             log.info("shutting down: stop reading, flush, then close the database pool")
             for conn in self.connections:
                 await conn.stop()
@@ -172,7 +181,7 @@ class Collector:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
-        if writer_task.done() and writer_task.exception():
+        if writer_task.done() and not writer_task.cancelled() and writer_task.exception():
             raise writer_task.exception()
         await self.pipeline.close()
         for conn in self.connections:
@@ -192,6 +201,8 @@ class Collector:
         if self._metrics is not None:
             self._metrics.stop()
         self._log_stats()
+        if failed is not None:
+            raise RuntimeError(f"collector stopped by a failed task: {failed!r}") from failed
         return Summary(time.monotonic() - started, self.stats.messages,
                        dict(self.stats.rows_received), dict(self.writer.rows_written),
                        dict(self.writer.rows_duplicate), self.stats.rejected, self.stats.reconnects)

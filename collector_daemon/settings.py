@@ -56,8 +56,11 @@ class Settings(BaseSettings):
     batch_rows: int = Field(10_000, ge=1, description="Rows per COPY batch.")
     flush_interval_s: float = Field(1.0, gt=0, description="A partial batch is flushed at least this often (s).")
     queue_batches: int = Field(4, ge=1, description="Sealed batches the writer queue holds before the reader waits.")
-    backoff_min_s: float = Field(1.0, gt=0, description="First reconnect delay (s); doubles with jitter.")
+    backoff_min_s: float = Field(1.0, gt=0, description=(
+        "Reconnect delays grow exponentially from this (s), with jitter, every delay within [min, max]."))
     backoff_max_s: float = Field(60.0, gt=0, description="Reconnect delay cap (s).")
+    write_timeout_s: float = Field(5.0, gt=0, description=(
+        "Longest one database write attempt may take before its batch goes to the spool (s)."))
     refused_retry_s: float = Field(10.0, gt=0, description="Channels the exchange refused are requested again after this long (s).")
     silence_reconnect_s: float = Field(30.0, gt=0, description=(
         "Reconnect when no frame at all (data or heartbeat) arrived for this long (s)."))
@@ -88,6 +91,8 @@ class Settings(BaseSettings):
     def _connection_budget(self) -> "Settings":
         # Deribit counts WebSockets and HTTP requests together, at most 32 per IP (reference A.4).
         # REST runs in two clients at once: the universe refresh and a gap recovery.
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("TICKVAULT_BACKOFF_MAX_S must be >= TICKVAULT_BACKOFF_MIN_S")
         used = self.max_connections + 2 * self.rest_max_concurrency
         if used > DERIBIT_CONNECTIONS_PER_IP:
             raise ValueError(

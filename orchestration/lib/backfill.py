@@ -303,9 +303,11 @@ def _resolve(conn: psycopg.Connection, gap: OpenGap, plan: RecoveryPlan, counts:
     else:
         status, note = "backfilled", (f"{plan.host} host by time window: {got} trades fetched, "
                                       f"{ins} new")
+    # gap_end as read: a re-audit that extended the gap meanwhile keeps it open (the next
+    # backfill fetches the longer window) instead of having it marked beyond what was fetched
     with conn.transaction():
         conn.execute(
             "UPDATE data_gaps SET status = %s, reason = coalesce(reason || ' | ', '') || %s, "
-            "resolved_at = now() WHERE gap_id = %s AND status = 'open'",
-            (status, "backfill: " + note, gap.gap_id))
+            "resolved_at = now() WHERE gap_id = %s AND status = 'open' AND gap_end = %s",
+            (status, "backfill: " + note, gap.gap_id, gap.gap_end))
     return GapOutcome(gap, plan, status, got, ins, note)

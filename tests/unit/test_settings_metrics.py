@@ -36,6 +36,18 @@ def test_bad_values_name_their_variable(monkeypatch, tmp_path) -> None:
     assert s.top_n is None and "secret" not in repr(s)      # the password never reaches logs
 
 
+def test_checks_across_variables_name_them(monkeypatch, tmp_path) -> None:
+    """Deribit's 32 connections per IP (WebSockets + both REST clients) and backoff bounds."""
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://u@h/db"
+    assert load_settings(database_url=url, max_connections=24, rest_max_concurrency=4).max_connections == 24
+    with pytest.raises(SettingsError) as err:
+        load_settings(database_url=url, max_connections=25, rest_max_concurrency=4)
+    assert "TICKVAULT_MAX_CONNECTIONS + 2 x TICKVAULT_REST_MAX_CONCURRENCY = 33" in str(err.value)
+    with pytest.raises(SettingsError, match="TICKVAULT_BACKOFF_MAX_S must be >= TICKVAULT_BACKOFF_MIN_S"):
+        load_settings(database_url=url, backoff_min_s=10, backoff_max_s=5)
+
+
 def test_latency_sample_percentiles() -> None:
     sample = LatencySample(capacity=1000, seed=1)
     sample.add_many([float(i) for i in range(1, 101)])
