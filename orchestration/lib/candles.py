@@ -71,8 +71,18 @@ class CandleReport:
     seconds: float = 0.0
 
 
+class CandleError(RuntimeError):
+    """The day's candles cannot be rebuilt from the trades in the database."""
+
+
 def build_candles(conn: psycopg.Connection, day: str | date) -> CandleReport:
-    """Compute and upsert every candle interval of ``day`` (all venues and instruments)."""
+    """Compute and upsert every candle interval of ``day`` (all venues and instruments).
+
+    Raises:
+        CandleError: the day's trades were exported with more rows than the database holds now
+            (retention dropped them; a later backfill added a few back): rebuilding would replace
+            the day's candles with candles of those few trades. Nothing is changed.
+    """
     started = time.monotonic()
     start, end = day_window(day)
     ts = has_timescaledb(conn)
@@ -84,6 +94,14 @@ def build_candles(conn: psycopg.Connection, day: str | date) -> CandleReport:
         report.trades, report.instruments = conn.execute(
             "SELECT count(*), count(DISTINCT (venue, instrument_name)) FROM trades "
             "WHERE exchange_ts >= %(start)s AND exchange_ts < %(end)s", p).fetchone()
+        exported = conn.execute(
+            "SELECT coalesce(sum(source_rows), 0) FROM export_manifest "
+            "WHERE table_name = 'trades' AND day = %(day)s", {"day": start.date()}).fetchone()[0]
+        if exported > report.trades:
+            raise CandleError(
+                f"candles of {start.date()}: the day's trades were exported with {exported} rows but "
+                f"the database holds {report.trades} now (dropped by retention); not rebuilding "
+                "candles from a partial day")
         report.rows["1m"] = conn.execute(f"""
             INSERT INTO candles ({_COLS})
             SELECT venue, instrument_name, '1m', {bucket_expr('1 minute', 'exchange_ts', ts)} AS b,

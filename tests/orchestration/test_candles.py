@@ -87,3 +87,29 @@ def test_candles_rerun_updates_and_drops_stale(migrated_db_url, deribit_dir):
         tn, tvol = conn.execute("SELECT count(*), sum(amount) FROM trades WHERE exchange_ts >= "
                                 "'2026-08-17'").fetchone()
     assert n == tn and vol == pytest.approx(tvol, rel=1e-12)
+
+
+def test_candles_are_not_rebuilt_from_a_day_retention_dropped(migrated_db_url, deribit_dir):
+    """The day's trades were exported (export_manifest) with more rows than the database holds
+    after retention and a small backfill: rebuilding would shrink the day's candles, so it is
+    refused and the candles stay as they were."""
+    from orchestration.lib.candles import CandleError, build_candles
+
+    trades = cyri113_trades(deribit_dir / CYRI113_CSV)
+    day17 = [t for t in trades if t.timestamp >= datetime(2026, 8, 17, tzinfo=UTC).timestamp() * 1000]
+    write(migrated_db_url, TRADES, trade_rows(day17))
+    with psycopg.connect(migrated_db_url) as conn:
+        build_candles(conn, "2026-08-17")
+        before = conn.execute("SELECT interval, count(*), sum(trade_count) FROM candles GROUP BY 1 ORDER BY 1").fetchall()
+        conn.execute(
+            "INSERT INTO export_manifest (venue, table_name, day, export_id, schema_version, source_rows, "
+            "rows, bytes, object_keys, object_bytes, object_sha256, object_etags, manifest_key, storage_url, "
+            "exported_at, verified_at) VALUES ('deribit', 'trades', '2026-08-17', 'x', 1, %s, %s, 1, "
+            "'{k}', '{1}', '{s}', '{e}', 'm', 'file:///x', now(), now())", (len(day17), len(day17)))
+        conn.execute("DELETE FROM trades WHERE exchange_ts >= '2026-08-17' AND trade_id <> %s",
+                     (str(day17[0].trade_id),))
+        conn.commit()
+        with pytest.raises(CandleError, match=f"exported with {len(day17)} rows but the database holds 1 now"):
+            build_candles(conn, "2026-08-17")
+        after = conn.execute("SELECT interval, count(*), sum(trade_count) FROM candles GROUP BY 1 ORDER BY 1").fetchall()
+    assert after == before and sum(r[2] for r in before if r[0] == "1d") == len(day17)
