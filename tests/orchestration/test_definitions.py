@@ -68,3 +68,20 @@ def test_resources_are_configurable_with_descriptions(defs):
     for cls in (DatabaseResource, DeribitApiResource, ObjectStorageResource):
         for name, field in cls.model_fields.items():
             assert field.description, f"{cls.__name__}.{name} has no description"
+
+
+def test_dagster_definitions_validate_passes(tmp_path):
+    """The CLI check the issue names: `dagster definitions validate` on workspace.yaml."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path),
+               TICKVAULT_DATABASE_URL=os.environ.get("TICKVAULT_DATABASE_URL", "postgresql://localhost/unused"))
+    done = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
+                           "-w", "workspace.yaml"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Validation successful" in done.stdout + done.stderr
