@@ -367,7 +367,7 @@ def test_fuzzed_garbage_is_kept_and_valid_data_complete(migrated_db_url, tmp_pat
                                         faults=Faults(seed=5, inject=tuple(frames))))
     rss_after = me.memory_info().rss / 2**20
     assert stats["totals"]["malformed_sent"] == 10_000 and summary.rejected == 10_000
-    (n, capped), = counts(migrated_db_url, "SELECT count(*), count(*) FILTER (WHERE raw_bytes > length(raw)) "
+    (n, capped), = counts(migrated_db_url, "SELECT count(*), count(*) FILTER (WHERE raw_bytes > octet_length(raw)) "
                           "FROM rejected_messages")
     assert n == 10_000 and capped == 20
     expected = capture_tickers(real_data_dir / CAPTURE, "ETH")
