@@ -208,6 +208,7 @@ class EmulatorServer:
             if client.silent or self.config.faults.ignore_heartbeat or not client.is_open:
                 continue
             if awaiting and not client.heartbeat_ok:
+                client.write_pending()   # what was counted as sent leaves before the close frame
                 await client.ws.close(4000, "heartbeat close")
                 return
             client.heartbeat_ok = False
