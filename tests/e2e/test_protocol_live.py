@@ -298,8 +298,11 @@ def test_unanswered_heartbeats_close_4000_and_the_collector_reconnects(migrated_
     assert len(closes) >= 4 and set(closes[:-1]) == {(4000, "heartbeat close")}
     assert closes[-1] == (1000, "replay finished")
     assert spy.of("public/test") == []
-    # every connection set its heartbeat again
-    assert Counter(c for c, _ in spy.of("public/set_heartbeat")) == Counter(range(1, len(closes) + 1))
+    # every connection set its heartbeat again, once (the last one may be closed with "replay
+    # finished" as it connects, before its set_heartbeat)
+    set_by = Counter(c for c, _ in spy.of("public/set_heartbeat"))
+    assert set(set_by.values()) == {1}
+    assert set(range(1, len(closes))) <= set(set_by) <= set(range(1, len(closes) + 1))
     assert summary.reconnects == len(closes) - 1
     events = rows(migrated_db_url, "SELECT event, reason, window_start, window_end FROM connection_events "
                   "ORDER BY event_id")
