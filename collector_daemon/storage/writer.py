@@ -273,29 +273,30 @@ class BatchWriter:
         return await self._write_staged(conn, table, rows)
 
     @staticmethod
-    async def _write_staged(conn: asyncpg.Connection, table: TableSpec,
-                            rows: Sequence[tuple]) -> int:
+    async def _via_stage(conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple],
+                         condition: str) -> int:
+        """COPY ``rows`` into the session's staging table, then insert those the ``condition``
+        tail (``ON CONFLICT ...`` or ``WHERE ...`` over stage alias ``s``) lets through; one
+        transaction. Returns the rows inserted."""
         stage = f"_stage_{table.name}"
         cols = ", ".join(table.columns)
         async with conn.transaction():
             await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
             status = await conn.execute(
-                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} "
-                f"ON CONFLICT DO NOTHING")
+                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} s {condition}")
         return int(status.rsplit(" ", 1)[1])
 
-    @staticmethod
-    async def _write_absent(conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
+    @classmethod
+    async def _write_staged(cls, conn: asyncpg.Connection, table: TableSpec,
+                            rows: Sequence[tuple]) -> int:
+        return await cls._via_stage(conn, table, rows, "ON CONFLICT DO NOTHING")
+
+    @classmethod
+    async def _write_absent(cls, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
         """Append-only rows, skipping those already stored identically (a spool replay)."""
-        stage = f"_stage_{table.name}"
-        cols = ", ".join(table.columns)
         indexed = ("venue", table.timestamp_columns[0])       # NOT NULL, in the table's index
         match = " AND ".join(
             f"t.{c} = s.{c}" if c in indexed else f"t.{c} IS NOT DISTINCT FROM s.{c}"
             for c in table.columns if c not in _MUTABLE.get(table.name, ()))
-        async with conn.transaction():
-            await conn.copy_records_to_table(stage, records=rows, columns=table.columns)
-            status = await conn.execute(
-                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE {match})")
-        return int(status.rsplit(" ", 1)[1])
+        return await cls._via_stage(conn, table, rows,
+                                    f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE {match})")
