@@ -153,13 +153,24 @@ def _status(args: argparse.Namespace) -> int:
     )
     settings = load_settings()
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
-        collectors = conn.execute(STATUS_COLLECTORS_SQL).fetchall()
-        streams = conn.execute(STATUS_STREAMS_SQL).fetchall()
-        rows = conn.execute(STATUS_INSTRUMENTS_SQL, {"hours": args.hours}).fetchall()
+        try:
+            collectors = conn.execute(STATUS_COLLECTORS_SQL).fetchall()
+            streams = conn.execute(STATUS_STREAMS_SQL).fetchall()
+            rows = conn.execute(STATUS_INSTRUMENTS_SQL, {"hours": args.hours}).fetchall()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+            print(f"tickvault status: the database schema is missing or older than this version "
+                  f"({exc.diag.message_primary}): run `tickvault migrate`", file=sys.stderr)
+            return 2
     print("collectors:")
-    for cid, venue, host, pid, started, age, stats in collectors:
+    for cid, venue, host, pid, started, age, stats, stopped_age in collectors:
         started_utc = started.astimezone(dt.timezone.utc)
-        print(f"  {cid} ({venue}) heartbeat {age.total_seconds():.0f} s ago, started {started_utc:%Y-%m-%d %H:%M:%S}Z, "
+        if stopped_age is not None:
+            state = f"stopped {stopped_age.total_seconds():.0f} s ago (clean shutdown)"
+        else:
+            state = f"heartbeat {age.total_seconds():.0f} s ago"
+            if age.total_seconds() > _STALE_HEARTBEAT_S:
+                state += " (no clean shutdown recorded: died, or cut off from the database)"
+        print(f"  {cid} ({venue}) {state}, started {started_utc:%Y-%m-%d %H:%M:%S}Z, "
               f"messages {stats.get('messages')}, rejected {stats.get('rejected')}, "
               f"reconnects {stats.get('reconnects')}")
     if not collectors:
@@ -181,6 +192,11 @@ def _status(args: argparse.Namespace) -> int:
     if not rows:
         print("  (none)")
     return 0
+
+
+#: A running collector's heartbeat older than this (s) is reported as suspicious by ``status``
+#: (the default heartbeat interval is 5 s).
+_STALE_HEARTBEAT_S = 60
 
 
 def _gaps(n: int, duration) -> str:

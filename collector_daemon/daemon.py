@@ -196,7 +196,10 @@ class Collector:
             log.error("gaps at shutdown not fully recorded/recovered: %r", exc)
         finally:
             give_up.cancel()
-        await self._heartbeat()
+        try:
+            await self._heartbeat(stopped=True)
+        except Exception as exc:  # noqa: BLE001 - the status row only; the data is flushed
+            log.warning("collector_status: could not record the shutdown: %s", exc)
         await self.writer.close()
         if self._metrics is not None:
             self._metrics.stop()
@@ -377,11 +380,11 @@ class Collector:
             except Exception as exc:  # noqa: BLE001 - the heartbeat must never stop collection
                 log.warning("collector_status heartbeat failed: %s", exc)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, stopped: bool = False) -> None:
         async with self.writer.pool.acquire() as conn:
             await queries.heartbeat(conn, self.collector_id, self.protocol.name, socket.gethostname(),
                                     os.getpid(), __version__, int(self.stats.started_at * 1e6),
-                                    self.stats.snapshot())
+                                    self.stats.snapshot(), stopped=stopped)
 
     def _log_stats(self) -> None:
         s = self.stats.snapshot()

@@ -39,16 +39,21 @@ async def upsert_instruments(conn: asyncpg.Connection, venue: str, rows: list[tu
 
 
 async def heartbeat(conn: asyncpg.Connection, collector_id: str, venue: str, hostname: str,
-                    pid: int, version: str, started_at_us: int, stats: dict) -> None:
-    """Upsert this collector's ``collector_status`` row (heartbeat_at = now)."""
+                    pid: int, version: str, started_at_us: int, stats: dict,
+                    stopped: bool = False) -> None:
+    """Upsert this collector's ``collector_status`` row (heartbeat_at = now, µs UTC).
+
+    ``stopped``: the last heartbeat of a clean shutdown (stopped_at = now); any other heartbeat
+    clears stopped_at (the same collector_id running again)."""
+    now_us = time.time_ns() // 1000
     await conn.execute(
         "INSERT INTO collector_status (collector_id, venue, hostname, pid, version, started_at, "
-        "heartbeat_at, stats) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) "
+        "heartbeat_at, stats, stopped_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) "
         "ON CONFLICT (collector_id) DO UPDATE SET venue = EXCLUDED.venue, hostname = EXCLUDED.hostname, "
         "pid = EXCLUDED.pid, version = EXCLUDED.version, started_at = EXCLUDED.started_at, "
-        "heartbeat_at = EXCLUDED.heartbeat_at, stats = EXCLUDED.stats",
-        collector_id, venue, hostname, pid, version, started_at_us, time.time_ns() // 1000,
-        json.dumps(stats))
+        "heartbeat_at = EXCLUDED.heartbeat_at, stats = EXCLUDED.stats, stopped_at = EXCLUDED.stopped_at",
+        collector_id, venue, hostname, pid, version, started_at_us, now_us,
+        json.dumps(stats), now_us if stopped else None)
 
 
 #: Per-instrument rows and freshness for ``tickvault status`` (psycopg, %(hours)s parameter):
@@ -103,6 +108,7 @@ ORDER BY 1, 2
 """
 
 STATUS_COLLECTORS_SQL = """
-SELECT collector_id, venue, hostname, pid, started_at, now() - heartbeat_at AS heartbeat_age, stats
+SELECT collector_id, venue, hostname, pid, started_at, now() - heartbeat_at AS heartbeat_age, stats,
+       now() - stopped_at AS stopped_age
 FROM collector_status ORDER BY heartbeat_at DESC
 """
