@@ -32,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 from picows import websockets
+from picows import WSParsedURL
 from picows.websockets import ClientConnection, connect
 
 from collector_daemon.metrics import Stats
@@ -55,6 +57,32 @@ _TS_INDEX = {t.name: t.columns.index("exchange_ts") for t in TABLES.values()
 #: Transport limit: larger frames close the socket (websockets error 1009), so keep it generous
 #: and reject oversized frames ourselves (``max_frame_chars``) without losing the connection.
 TRANSPORT_MAX_SIZE = 64 * 2**20
+
+
+def receive_buffer_socket_factory(recv_buffer_bytes: int) -> Callable[[WSParsedURL], Awaitable[socket.socket]]:
+    """A picows ``socket_factory``: an unconnected TCP socket (family of the host's first address)
+    with ``SO_RCVBUF = recv_buffer_bytes``, set before connecting so the TCP window is scaled to it.
+
+    Why: picows doubles its read buffer whenever a read fills it, and parses (and queues) every
+    frame of a read at once; its ``max_queue`` pause only stops the *next* read. With the
+    kernel's autotuned receive buffer (up to ``net.ipv4.tcp_rmem`` max, 32 MiB here) a saturated
+    collector's reads grew to tens of MB per socket: ~200 MB of queued frames at max speed
+    (docs/benchmarks.md). A fixed buffer bounds one read to about twice this size.
+
+    Raises:
+        OSError (``socket.gaierror``): the host does not resolve (a reconnect is attempted later).
+    """
+    async def factory(url: WSParsedURL) -> socket.socket:
+        infos = await asyncio.get_running_loop().getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_bytes)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return factory
 
 
 class ReplayFinished(Exception):
@@ -79,6 +107,8 @@ class Connection:
             :func:`backoff_delay` (``ValueError`` here when ``0 < min <= max`` does not hold).
         request_timeout_s: how long to wait for a subscribe/heartbeat acknowledgement.
         refused_retry_s: channels the exchange refused are requested again after this long.
+        recv_buffer_bytes: SO_RCVBUF of the socket (:func:`receive_buffer_socket_factory`);
+            0 = the OS's autotuned buffer.
         max_frame_chars: frames longer than this are rejected (kept, capped) without decoding.
         stop_on_replay_end: return from :meth:`run` when the server closes with code 1000 and
             reason 'replay finished' (``tickvault collect --replay``).
@@ -95,7 +125,7 @@ class Connection:
                  stats: Stats, subscribe_limiter: AsyncLimiter, *, backoff_min_s: float = 1.0,
                  backoff_max_s: float = 60.0, request_timeout_s: float = 10.0,
                  max_frame_chars: int = 2**20, stop_on_replay_end: bool = False,
-                 refused_retry_s: float = 10.0,
+                 refused_retry_s: float = 10.0, recv_buffer_bytes: int = 2**20,
                  watchdog: "Watchdog | None" = None,
                  observers: dict[str, Callable[[list[tuple]], None]] | None = None,
                  on_lost_window: Callable[[str, int, int | None, tuple[str, ...]], None] | None = None) -> None:
@@ -112,6 +142,8 @@ class Connection:
         self.max_frame_chars = max_frame_chars
         self.stop_on_replay_end = stop_on_replay_end
         self.refused_retry_s = refused_retry_s
+        self._socket_options = ({"socket_factory": receive_buffer_socket_factory(recv_buffer_bytes)}
+                                if recv_buffer_bytes > 0 else {})
         self.watchdog = watchdog
         self.observers = observers or {}
         self.on_lost_window = on_lost_window
@@ -153,7 +185,7 @@ class Connection:
         while not self._stopping:
             try:
                 async with connect(self.url, max_size=TRANSPORT_MAX_SIZE, compression=None,
-                                   open_timeout=10, close_timeout=2) as ws:
+                                   open_timeout=10, close_timeout=2, **self._socket_options) as ws:
                     self._ws = ws
                     self.down_since = None
                     self.connects += 1

@@ -230,6 +230,7 @@ class Collector:
             self._limiter, backoff_min_s=self.settings.backoff_min_s,
             backoff_max_s=self.settings.backoff_max_s, stop_on_replay_end=self.stop_on_replay_end,
             refused_retry_s=self.settings.refused_retry_s, watchdog=self._watchdog,
+            recv_buffer_bytes=self.settings.ws_recv_buffer_bytes,
             observers={TRADES.name: self._observe_trades}, on_lost_window=self._lost_window)
 
     def _live(self) -> tuple[int, ...]:

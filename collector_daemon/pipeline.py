@@ -3,7 +3,10 @@
 Readers append decoded rows to per-table buffers (a plain list append, no await). A buffer that
 reaches ``batch_rows`` is *sealed* into a batch and put on a bounded queue; when the queue is full,
 sealing waits, so the reader stops reading the socket (TCP backpressure reaches the exchange)
-instead of growing memory. A timer seals partial buffers every ``flush_interval_s`` so rows never
+instead of growing memory. A sealer waits for room *before* it takes the buffer, so several
+readers (connections) held back at once share one full buffer: rows in memory stay bounded by
+queue_batches + 1 batches (the queue and the batch being written) plus one buffer per table
+and a frame per reader, however many connections there are. A timer seals partial buffers every ``flush_interval_s`` so rows never
 wait longer than that for a write. Nothing is dropped: ``close()`` seals what is left and waits
 until the writer has written (or spooled) every batch.
 
@@ -61,8 +64,8 @@ class Pipeline:
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self._buffers: dict[str, tuple[TableSpec, list[tuple]]] = {}
-        self._queue: asyncio.Queue[tuple[TableSpec, list[tuple], float] | None] = asyncio.Queue(
-            maxsize=queue_batches)
+        self._queue: asyncio.Queue[tuple[TableSpec, list[tuple], float] | None] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(queue_batches)   # free places in the queue
         self._on_written = on_written
         self._tasks: list[asyncio.Task] = []
         self.spool = spool
@@ -95,7 +98,7 @@ class Pipeline:
     @property
     def full(self) -> bool:
         """True while readers are held back (the writer queue is full)."""
-        return self._queue.full()
+        return self._slots.locked()
 
     @property
     def spooling(self) -> bool:
@@ -130,18 +133,33 @@ class Pipeline:
         return len(entry[1]) >= self.batch_rows
 
     async def seal(self, table: TableSpec) -> None:
-        """Move the table's buffer to the writer queue, waiting while the queue is full."""
-        entry = self._buffers.pop(table.name, None)
-        if entry is None or not entry[1]:
-            return
-        if self._queue.full():
-            self.backpressure_waits += 1
-        await self._queue.put((entry[0], entry[1], time.monotonic()))
+        """Move the table's full buffer to the writer queue (after :meth:`add` returned True).
+
+        Waits for room in the queue first; the buffer stays in place meanwhile, so the other
+        readers append to it and wait here too. Once there is room, the buffer is sealed only if
+        it is still full: another waiter may have taken it, and a few rows are left to fill."""
+        await self._seal(table, full_only=True)
 
     async def seal_all(self) -> None:
-        """Seal every non-empty buffer."""
+        """Seal every non-empty buffer (flush timer, shutdown)."""
         for name in list(self._buffers):
-            await self.seal(self._buffers[name][0])
+            entry = self._buffers.get(name)
+            if entry is not None:
+                await self._seal(entry[0], full_only=False)
+
+    async def _seal(self, table: TableSpec, full_only: bool) -> None:
+        entry = self._buffers.get(table.name)
+        if entry is None or not entry[1]:
+            return
+        if self._slots.locked():
+            self.backpressure_waits += 1
+        await self._slots.acquire()
+        entry = self._buffers.get(table.name)
+        if entry is None or not entry[1] or (full_only and len(entry[1]) < self.batch_rows):
+            self._slots.release()
+            return
+        del self._buffers[table.name]
+        self._queue.put_nowait((entry[0], entry[1], time.monotonic()))
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Seal what is buffered, write (or spool) every batch, stop the tasks.
@@ -175,6 +193,7 @@ class Pipeline:
             item = await self._queue.get()
             if item is None:
                 return
+            self._slots.release()
             table, rows, sealed_at = item
             if self.spool is None:
                 inserted = await self._write(table, rows)

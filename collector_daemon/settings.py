@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     batch_rows: int = Field(10_000, ge=1, description="Rows per COPY batch.")
     flush_interval_s: float = Field(1.0, gt=0, description="A partial batch is flushed at least this often (s).")
     queue_batches: int = Field(4, ge=1, description="Sealed batches the writer queue holds before the reader waits.")
+    ws_recv_buffer_bytes: int = Field(2**20, ge=0, description=(
+        "SO_RCVBUF of each WebSocket (bytes; the kernel doubles it); 0 = the OS's autotuning. It "
+        "bounds what one socket read hands the client, which parses all of it at once."))
     backoff_min_s: float = Field(1.0, gt=0, description=(
         "Reconnect delays grow exponentially from this (s), with jitter, every delay within [min, max]."))
     backoff_max_s: float = Field(60.0, gt=0, description="Reconnect delay cap (s).")

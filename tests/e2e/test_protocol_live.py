@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import re
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import psycopg
 import pytest
 from aiolimiter import AsyncLimiter
 
+from collector_daemon import connection as connection_module
 from collector_daemon.connection import Connection
 from collector_daemon.daemon import Collector, Summary
 from collector_daemon.emulator.replay import Faults
@@ -380,3 +382,40 @@ def test_watchdog_warns_then_reconnects_when_tickers_stop_but_the_socket_lives(
     assert quotes_warn and finished + warn_s <= quotes_warn[0] < ts
     assert trades_warn                                  # warned, yet never a reconnect for trades
     assert_quotes_match_sent(migrated_db_url, ticker_frames(stats))
+
+
+# --- the socket's receive buffer -------------------------------------------------------------------
+
+@pytest.mark.parametrize("recv_buffer_bytes", [65_536, 0])
+def test_websocket_receive_buffer_is_fixed_unless_zero(migrated_db_url, tmp_path, real_data_dir,
+                                                       recv_buffer_bytes, monkeypatch):
+    """TICKVAULT_WS_RECV_BUFFER_BYTES: the socket picows connects is ours, with SO_RCVBUF set
+    before connecting (Linux reports twice the value); 0 = picows's own socket (autotuned)."""
+    made: list[socket.socket] = []
+    real_factory = connection_module.receive_buffer_socket_factory
+
+    def spying_factory(n: int):
+        inner = real_factory(n)
+
+        async def factory(url):
+            sock = await inner(url)
+            made.append(sock)
+            return sock
+        return factory
+
+    monkeypatch.setattr(connection_module, "receive_buffer_socket_factory", spying_factory)
+    seen: list[tuple] = []
+
+    async def until_subscribed(collector: Collector) -> None:
+        while not collector.connections or collector.stats.messages < 10:
+            await asyncio.sleep(0.05)
+        seen.extend((s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), s.getpeername()[1])
+                    for s in made)
+        seen.append(int(collector.connections[0].url.split(":")[2].split("/")[0]))
+
+    summary, _, _ = asyncio.run(collect(
+        migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, speed=10),
+        stop_when=until_subscribed, ws_recv_buffer_bytes=recv_buffer_bytes))
+    port = seen[-1]
+    assert seen[:-1] == ([(2 * recv_buffer_bytes, port)] if recv_buffer_bytes else [])
+    assert summary.rows_written.get("quotes", 0) > 0
