@@ -38,6 +38,7 @@ EXPECTED_DEPS = {
     "rejected_messages": set(), "collector_status": set(),
     "trade_gaps": {"quotes", "trades", "connection_events", "instrument_universe"},
     "trades_backfill": {"trade_gaps"}, "candles": {"trades", "trades_backfill"},
+    "parquet_export": {"quotes", "trades", "candles"},
 }
 
 ASSET_GRAPH_QUERY = """
@@ -110,7 +111,7 @@ def _gql(url: str, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
-@pytest.mark.timeout(120 + 15 * N_DAYS)
+@pytest.mark.timeout(180 + 15 * N_DAYS)
 def test_webserver_daemon_lineage_and_backfill(pg_timescale, migrated_db_url, trades_days,
                                                emu_trades, tmp_path):
     t_start = time.monotonic()
@@ -158,13 +159,15 @@ def test_webserver_daemon_lineage_and_backfill(pg_timescale, migrated_db_url, tr
             "quotes", "trades", "connection_events", "rejected_messages", "collector_status"}
         assert graph["trades"]["kinds"] == ["timescaledb"]
         assert all(graph[k]["isPartitioned"] for k in BACKFILLED)
-        checks = {k: sorted(c["name"] for c in graph[k]["assetChecksOrError"].get("checks", []))
-                  for k in BACKFILLED}
+        all_checks = {k: sorted(c["name"] for c in n["assetChecksOrError"].get("checks", []))
+                      for k, n in graph.items()}
+        checks = {k: all_checks[k] for k in BACKFILLED}
         assert sum(len(v) for v in checks.values()) == 10
+        assert len(all_checks["parquet_export"]) == 4
         print("\nGraphQL lineage:")
         for k in sorted(EXPECTED_DEPS):
             print(f"  {k:22s} <- {sorted(deps[k]) or '-'}  group={graph[k]['groupName']} "
-                  f"kinds={graph[k]['kinds']} checks={checks.get(k, [])}")
+                  f"kinds={graph[k]['kinds']} checks={all_checks[k]}")
 
         # A backfill of the three daily assets over DAYS, launched like the UI does.
         launched = _gql(url, LAUNCH, {"params": {"partitionsByAssets": [
@@ -176,7 +179,7 @@ def test_webserver_daemon_lineage_and_backfill(pg_timescale, migrated_db_url, tr
         t_daemon = time.monotonic()
         procs.append(Proc("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
                           env, tmp_path))
-        deadline = time.monotonic() + 60 + 15 * N_DAYS
+        deadline = time.monotonic() + 120 + 15 * N_DAYS
         status = None
         while time.monotonic() < deadline:
             status = _gql(url, BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]["status"]
