@@ -414,8 +414,9 @@ class Collector:
         if self.gaps is not None:
             self.gaps.lost_window(connection_id, start_us, end_us, tables)
 
-    async def _recover(self, gap_ids: list[int]) -> None:
-        """Resolve open trade gaps over REST with the shared backfill (in a worker thread)."""
+    async def _recover(self, gap_ids: list[int]) -> list[int]:
+        """Resolve open trade gaps over REST with the shared backfill (in a worker thread);
+        returns the ids left open because REST failed (the gap keeper tries them again)."""
         from orchestration.lib.backfill import RestConfig, backfill_gaps
         rest = RestConfig(self.rest_url, history_url=self.settings.deribit_history_url,
                           currency=",".join(self.protocol.currencies), kinds=self.protocol.trade_kinds,
@@ -429,6 +430,7 @@ class Collector:
         log.info("recovery: %d gap(s): %d backfilled, %d unrecoverable, %d open; %d trades fetched, "
                  "%d new", len(gap_ids), report.count("backfilled"), report.count("unrecoverable"),
                  report.count("open"), report.trades_fetched, report.trades_inserted)
+        return [o.gap.gap_id for o in report.errors if o.note.startswith("REST failed")]
 
     def _on_db_retry(self, exc: BaseException) -> None:
         self.stats.db_retries += 1

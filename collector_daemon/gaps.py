@@ -54,8 +54,13 @@ _TS = TRADES.columns.index("exchange_ts")
 #: pool whose connections a server restart broke (the writer's holds 2) heals within this many.
 _CLOSE_ATTEMPTS = 3
 
-#: ``recover(gap_ids) -> None``: resolves the given open gaps (runs the shared REST backfill).
-RecoverFn = Callable[[list[int]], Awaitable[None]]
+#: ``recover(gap_ids) -> retry_ids``: resolves the given open gaps (runs the shared REST
+#: backfill); returns the ids it left open because REST failed (to be tried again later).
+RecoverFn = Callable[[list[int]], Awaitable[list[int] | None]]
+
+#: Delays before a gap whose recovery failed (REST errors after the client's own retries) is
+#: tried again (s); after the last one it is left open for the Dagster backfill.
+RECOVERY_RETRY_DELAYS_S = (5.0, 20.0, 80.0, 320.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +91,16 @@ class GapKeeper:
         max_pending: most gaps held while the database is unavailable.
         retry_backoff_s: (first, max) delay between attempts to store pending gaps (s).
         write_timeout_s: longest one attempt may take (s); a hung database counts as down.
+        recovery_retry_delays_s: when ``recover`` reports gaps it could not resolve (REST
+            failed), each is tried again after these delays in turn (s), and once more at
+            :meth:`close`; then it stays open for the Dagster backfill.
     """
 
     def __init__(self, venue: str, pool: asyncpg.Pool, recover: RecoverFn | None = None, *,
                  seed_days: int = 3, spool: Spool | None = None, max_pending: int = 10_000,
                  retry_backoff_s: tuple[float, float] = (0.5, 10.0),
-                 write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
+                 write_timeout_s: float = WRITE_TIMEOUT_S,
+                 recovery_retry_delays_s: tuple[float, ...] = RECOVERY_RETRY_DELAYS_S) -> None:
         self.venue = venue
         self.pool = pool
         self.recover = recover
@@ -100,6 +109,10 @@ class GapKeeper:
         self.max_pending = max_pending
         self.retry_backoff_s = retry_backoff_s
         self.write_timeout_s = write_timeout_s
+        self.recovery_retry_delays_s = recovery_retry_delays_s
+        self._recovery_attempts: dict[int, int] = {}              # gap id -> failed recoveries
+        self._retry_timers: dict[int, asyncio.TimerHandle] = {}   # gap id -> its next try
+        self.recovery_retries = 0
         self.last: dict[str, tuple[int, int]] = {}     # instrument -> (trade_seq, exchange µs)
         self._pending: deque[PendingGap] = deque()
         self._unrecovered: list[int] = []   # stored open gaps whose recovery has not run yet
@@ -206,6 +219,10 @@ class GapKeeper:
         self._wake.set()
         if self._task is not None:
             await self._task
+        for gap_id, timer in self._retry_timers.items():   # their last try: now
+            timer.cancel()
+            self._unrecovered.append(gap_id)
+        self._retry_timers.clear()
         for _ in range(_CLOSE_ATTEMPTS):
             try:
                 await self.flush()
@@ -243,10 +260,31 @@ class GapKeeper:
         open_ids, self._unrecovered = self._unrecovered, []
         if open_ids and recover and self.recover is not None:
             try:
-                await self.recover(open_ids)
+                failed = await self.recover(open_ids)
             except Exception as exc:  # noqa: BLE001 - the gap stays open; Dagster retries it
                 log.error("recovery of gaps %s failed: %s", open_ids, exc)
+            else:
+                for gap_id in failed or ():
+                    self._retry_recovery_later(gap_id)
         return [i for i, _ in stored]
+
+    def _retry_recovery_later(self, gap_id: int) -> None:
+        n = self._recovery_attempts.get(gap_id, 0)
+        self._recovery_attempts[gap_id] = n + 1
+        if self._closing or n >= len(self.recovery_retry_delays_s):
+            log.warning("gaps: recovery of gap %d failed %d time(s); left open for the Dagster "
+                        "backfill", gap_id, n + 1)
+            return
+        delay = self.recovery_retry_delays_s[n]
+        log.warning("gaps: recovery of gap %d failed; trying again in %.0f s", gap_id, delay)
+        self._retry_timers[gap_id] = asyncio.get_running_loop().call_later(
+            delay, self._requeue, gap_id)
+
+    def _requeue(self, gap_id: int) -> None:
+        self._retry_timers.pop(gap_id, None)
+        self.recovery_retries += 1
+        self._unrecovered.append(gap_id)
+        self._wake.set()
 
     async def _store(self, stored: list[tuple[int, PendingGap]]) -> None:
         """Insert pending gaps oldest first, popping each once stored (appended to ``stored``)."""

@@ -170,6 +170,49 @@ def test_gap_found_while_database_is_down_lands_when_it_is_back(own_pg, figures)
     figures.update(landed_after_restart_s=round(landed_s, 2))
 
 
+@pytest.mark.parametrize("failures, delays, running, total, status", [
+    (2, (0.2, 0.4), 3, 3, "backfilled"),   # tried again after 0.2 s and 0.4 s: the 3rd try works
+    (5, (0.2, 0.4), 3, 3, "open"),         # 3 failures use up the delays: left open for Dagster
+    (1, (30.0,), 1, 2, "backfilled"),      # a try still waiting at close is made at once
+])
+def test_a_gap_whose_recovery_failed_is_tried_again(migrated_db_url, failures, delays, running,
+                                                    total, status):
+    """REST failing past the client's own retries leaves a gap open: the keeper tries it again
+    after each of ``recovery_retry_delays_s`` in turn, and makes a try still waiting at close."""
+    t0 = 1_617_644_856_302_000
+    calls: list[tuple[float, list[int]]] = []
+
+    async def main():
+        writer = BatchWriter(migrated_db_url, venue="deribit")
+        await writer.open()
+
+        async def recover(ids: list[int]) -> list[int]:
+            calls.append((time.monotonic(), list(ids)))
+            if len(calls) <= failures:
+                return ids                              # REST failed: still open
+            async with writer.pool.acquire() as conn:
+                await conn.execute("UPDATE data_gaps SET status = 'backfilled' "
+                                   "WHERE gap_id = ANY($1::bigint[])", ids)
+            return []
+
+        gaps = GapKeeper("deribit", writer.pool, recover, recovery_retry_delays_s=delays)
+        gaps.start()
+        gaps.lost_window("deribit-btc-0", t0, t0 + 1_000_000, ("trades",))
+        await wait_for(lambda: len(calls) >= running, 10, "recovery tries")
+        await asyncio.sleep(0.6)                        # nothing more before close
+        tries_running = len(calls)
+        await gaps.close()
+        await writer.close()
+        return tries_running
+
+    tries_running = asyncio.run(main())
+    (gap_id, stored_status), = query(migrated_db_url, "SELECT gap_id, status FROM data_gaps")
+    assert all(ids == [gap_id] for _, ids in calls)
+    assert (tries_running, len(calls), stored_status) == (running, total, status)
+    waits = [b - a for (a, _), (b, _) in zip(calls[:running], calls[1:running])]
+    assert all(w >= d for w, d in zip(waits, delays)), waits
+
+
 def test_gaps_pending_at_shutdown_with_database_down_land_at_next_start(own_pg, tmp_path):
     server, dsn = own_pg
     t0 = 1_617_644_856_302_000
