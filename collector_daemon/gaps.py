@@ -92,8 +92,8 @@ class GapKeeper:
         retry_backoff_s: (first, max) delay between attempts to store pending gaps (s).
         write_timeout_s: longest one attempt may take (s); a hung database counts as down.
         recovery_retry_delays_s: when ``recover`` reports gaps it could not resolve (REST
-            failed), each is tried again after these delays in turn (s), and once more at
-            :meth:`close`; then it stays open for the Dagster backfill.
+            failed), each is tried again after these delays in turn (s); a try still waiting at
+            :meth:`close` is made then. After that the gap stays open for the Dagster backfill.
     """
 
     def __init__(self, venue: str, pool: asyncpg.Pool, recover: RecoverFn | None = None, *,
@@ -264,14 +264,19 @@ class GapKeeper:
             except Exception as exc:  # noqa: BLE001 - the gap stays open; Dagster retries it
                 log.error("recovery of gaps %s failed: %s", open_ids, exc)
             else:
-                for gap_id in failed or ():
-                    self._retry_recovery_later(gap_id)
+                failed = set(failed or ())
+                for gap_id in open_ids:
+                    if gap_id in failed:
+                        self._retry_recovery_later(gap_id)
+                    else:
+                        self._recovery_attempts.pop(gap_id, None)
         return [i for i, _ in stored]
 
     def _retry_recovery_later(self, gap_id: int) -> None:
         n = self._recovery_attempts.get(gap_id, 0)
         self._recovery_attempts[gap_id] = n + 1
         if self._closing or n >= len(self.recovery_retry_delays_s):
+            del self._recovery_attempts[gap_id]
             log.warning("gaps: recovery of gap %d failed %d time(s); left open for the Dagster "
                         "backfill", gap_id, n + 1)
             return

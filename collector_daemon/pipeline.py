@@ -6,9 +6,9 @@ sealing waits, so the reader stops reading the socket (TCP backpressure reaches 
 instead of growing memory. A sealer waits for room *before* it takes the buffer, so several
 readers (connections) held back at once share one full buffer: rows in memory stay bounded by
 queue_batches + 1 batches (the queue and the batch being written) plus one buffer per table
-and a frame per reader, however many connections there are. A timer seals partial buffers every ``flush_interval_s`` so rows never
-wait longer than that for a write. Nothing is dropped: ``close()`` seals what is left and waits
-until the writer has written (or spooled) every batch.
+and a frame per reader, however many connections there are. A timer seals partial buffers every
+``flush_interval_s`` so rows never wait longer than that for a write. Nothing is dropped:
+``close()`` seals what is left and waits until the writer has written (or spooled) every batch.
 
 With a :class:`~collector_daemon.storage.spool.Spool`, a batch the database cannot take (a
 transient error: server down, connection lost, disk full on the server) is appended to the spool
