@@ -60,8 +60,8 @@ TRANSPORT_MAX_SIZE = 64 * 2**20
 
 
 def receive_buffer_socket_factory(recv_buffer_bytes: int) -> Callable[[WSParsedURL], Awaitable[socket.socket]]:
-    """A picows ``socket_factory``: an unconnected TCP socket (family of the host's first address)
-    with ``SO_RCVBUF = recv_buffer_bytes``, set before connecting so the TCP window is scaled to it.
+    """A picows ``socket_factory``: a TCP socket to the host's first address, with
+    ``SO_RCVBUF = recv_buffer_bytes`` set before connecting so the TCP window is scaled to it.
 
     Why: picows doubles its read buffer whenever a read fills it, and parses (and queues) every
     frame of a read at once; its ``max_queue`` pause only stops the *next* read. With the
@@ -70,15 +70,19 @@ def receive_buffer_socket_factory(recv_buffer_bytes: int) -> Callable[[WSParsedU
     (docs/benchmarks.md). A fixed buffer bounds one read to about twice this size.
 
     Raises:
-        OSError (``socket.gaierror``): the host does not resolve (a reconnect is attempted later).
+        OSError (``socket.gaierror``, ``ConnectionRefusedError``, ...): the host does not resolve
+            or refuses (a reconnect is attempted later).
     """
     async def factory(url: WSParsedURL) -> socket.socket:
-        infos = await asyncio.get_running_loop().getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
-        sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
+        loop = asyncio.get_running_loop()
+        family, _, _, _, address = (await loop.getaddrinfo(url.host, url.port,
+                                                           type=socket.SOCK_STREAM))[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_bytes)
             sock.setblocking(False)
-        except OSError:
+            await loop.sock_connect(sock, address)   # resolved once, here
+        except BaseException:
             sock.close()
             raise
         return sock

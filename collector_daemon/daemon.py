@@ -430,7 +430,8 @@ class Collector:
         log.info("recovery: %d gap(s): %d backfilled, %d unrecoverable, %d open; %d trades fetched, "
                  "%d new", len(gap_ids), report.count("backfilled"), report.count("unrecoverable"),
                  report.count("open"), report.trades_fetched, report.trades_inserted)
-        return [o.gap.gap_id for o in report.errors if o.note.startswith("REST failed")]
+        # (a recovery stopped by the shutdown is open too: the keeper no longer retries then)
+        return [o.gap.gap_id for o in report.errors]
 
     def _on_db_retry(self, exc: BaseException) -> None:
         self.stats.db_retries += 1

@@ -18,6 +18,7 @@ import re
 import socket
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -411,7 +412,7 @@ def test_websocket_receive_buffer_is_fixed_unless_zero(migrated_db_url, tmp_path
             await asyncio.sleep(0.05)
         seen.extend((s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), s.getpeername()[1])
                     for s in made)
-        seen.append(int(collector.connections[0].url.split(":")[2].split("/")[0]))
+        seen.append(urlsplit(collector.connections[0].url).port)
 
     summary, _, _ = asyncio.run(collect(
         migrated_db_url, tmp_path, EmulatorConfig(capture=real_data_dir / CAPTURE, speed=10),
