@@ -37,6 +37,11 @@ def _speed(value: str) -> float | str:
     return "max" if value == "max" else float(value)
 
 
+def _venue_names() -> list[str]:
+    from collector_daemon.venues import venues
+    return list(venues())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from collector_daemon.emulator import server as emulator
@@ -48,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply the schema (TICKVAULT_DATABASE_URL)")
 
     collect = sub.add_parser("collect", help="stream market data into the database")
-    collect.add_argument("--currency", help="currencies, comma-separated (default ETH; TICKVAULT_CURRENCY)")
-    collect.add_argument("--kind", help="instrument kinds, comma-separated (default option; TICKVAULT_KIND)")
+    collect.add_argument("--venue", help=f"venue to collect (TICKVAULT_VENUE; default deribit): "
+                                         f"{', '.join(_venue_names())}")
+    collect.add_argument("--currency", help="Deribit: currencies, comma-separated (default ETH; TICKVAULT_CURRENCY)")
+    collect.add_argument("--kind", help="Deribit: instrument kinds, comma-separated (default option; TICKVAULT_KIND)")
     collect.add_argument("--shard", help="k/n: collect shard k of n of the universe (TICKVAULT_SHARD)")
     collect.add_argument("--top-n", type=_top_n,
                          help="instruments by open interest to subscribe, or 'all' (default 50)")
@@ -112,24 +119,24 @@ def _migrate() -> int:
 
 async def _collect(args: argparse.Namespace) -> int:
     from collector_daemon.daemon import Collector
-    settings = load_settings(currency=args.currency, kind=args.kind, shard=args.shard, top_n=args.top_n)
+    from collector_daemon.venues import get_venue
+    settings = load_settings(venue=args.venue, currency=args.currency, kind=args.kind,
+                             shard=args.shard, top_n=args.top_n)
     logging.getLogger().setLevel(settings.log_level)
+    venue = get_venue(settings.venue)
     if args.replay is None:
         if args.trades is not None:
             raise SettingsError("--trades needs --replay")
-        import httpx
-
-        from collector_daemon.venues.deribit.rest import DeribitRestError
         try:
             summary = await Collector(settings).run()
-        except (httpx.HTTPError, DeribitRestError) as exc:
-            print(f"tickvault: cannot load the instrument universe from {settings.deribit_rest_url} "
-                  f"({type(exc).__name__}: {exc}); without internet, replay a capture: "
-                  "tickvault collect --replay CAPTURE", file=sys.stderr)
+        except venue.rest_errors as exc:
+            print(f"tickvault: cannot load the instrument universe from "
+                  f"{settings.venue_settings.rest_url} ({type(exc).__name__}: {exc}); without "
+                  "internet, replay a capture: tickvault collect --replay CAPTURE", file=sys.stderr)
             return 1
     else:
         from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
-        server = EmulatorServer(EmulatorConfig(capture=args.replay, trades=args.trades,
+        server = EmulatorServer(EmulatorConfig(venue=venue.name, capture=args.replay, trades=args.trades,
                                                speed=args.speed, loop=args.loop,
                                                fanout=args.fanout, close_when_done=True))
         await server.start(host="127.0.0.1", port=0)
@@ -149,14 +156,16 @@ def _status(args: argparse.Namespace) -> int:
     import psycopg
 
     from collector_daemon.storage.queries import (
-        STATUS_COLLECTORS_SQL, STATUS_INSTRUMENTS_SQL, STATUS_STREAMS_SQL,
+        STATUS_COLLECTORS_SQL, status_instruments, status_streams,
     )
+    from collector_daemon.venues import venues
     settings = load_settings()
+    registered = list(venues().values())
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         try:
             collectors = conn.execute(STATUS_COLLECTORS_SQL).fetchall()
-            streams = conn.execute(STATUS_STREAMS_SQL).fetchall()
-            rows = conn.execute(STATUS_INSTRUMENTS_SQL, {"hours": args.hours}).fetchall()
+            streams = status_streams(conn, registered)
+            stream_names, rows = status_instruments(conn, registered, args.hours)
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
             print(f"tickvault status: the database schema is missing or older than this version "
                   f"({exc.diag.message_primary}): run `tickvault migrate`", file=sys.stderr)
@@ -184,11 +193,13 @@ def _status(args: argparse.Namespace) -> int:
     if not streams:
         print("  (none)")
     print(f"instruments, last {args.hours:g} h of data:")
-    print(f"  {'venue':8} {'instrument':28} {'quotes':>9} {'trades':>7}  {'newest exchange_ts (UTC)':26} {'received':>10}")
-    for venue, name, nq, nt, last, age in rows:
+    counts = " ".join(f"{s:>9}" for s in stream_names)
+    print(f"  {'venue':8} {'instrument':28} {counts}  {'newest exchange_ts (UTC)':26} {'received':>10}")
+    for venue, name, per_stream, last, age in rows:
         age_s = f"{age.total_seconds():.0f} s ago" if age is not None else "-"
         last_s = last.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if last else "-"
-        print(f"  {venue:8} {name:28} {nq:9d} {nt:7d}  {last_s:26} {age_s:>10}")
+        counts = " ".join(f"{per_stream.get(s, 0):9d}" for s in stream_names)
+        print(f"  {venue:8} {name:28} {counts}  {last_s:26} {age_s:>10}")
     if not rows:
         print("  (none)")
     return 0

@@ -2,9 +2,12 @@
 
 One :class:`Connection` owns a set of channels on one socket and keeps them subscribed:
 
-connect -> venue open requests (heartbeat setup) -> subscribe in frames of at most
+connect -> a new decoder (per-connection state) -> venue open requests (heartbeat setup,
+authentication) -> client pings every ``venue.ping_interval_s`` if the venue wants them ->
+subscribe in frames of at most
 ``venue.max_channels_per_subscribe`` channels, paced by a shared rate limiter -> diff every ack
-against the request (refused channels are recorded and retried on the next reconcile) -> read
+against the request, over every response it gets (Kraken acknowledges per symbol; refused
+channels are recorded and retried on the next reconcile) -> read
 frames until the socket closes -> record the disconnect -> capped exponential backoff with jitter
 (:func:`backoff_delay`: every delay within [backoff_min_s, backoff_max_s]) -> reconnect and
 resubscribe.
@@ -44,15 +47,12 @@ from picows.websockets import ClientConnection, connect
 
 from collector_daemon.metrics import Stats
 from collector_daemon.pipeline import Pipeline
-from collector_daemon.rows import CONNECTION_EVENTS, REJECTED_MESSAGES, REJECTED_RAW_CAP, TABLES
+from collector_daemon.rows import CONNECTION_EVENTS, REJECTED_MESSAGES, REJECTED_RAW_CAP
 from collector_daemon.venues import (
     Data, IdSource, RejectedFrame, Request, Response, VenueProtocol,
 )
 
 log = logging.getLogger(__name__)
-
-_TS_INDEX = {t.name: t.columns.index("exchange_ts") for t in TABLES.values()
-             if "exchange_ts" in t.columns}
 
 #: Transport limit: larger frames close the socket (websockets error 1009), so keep it generous
 #: and reject oversized frames ourselves (``max_frame_chars``) without losing the connection.
@@ -118,11 +118,14 @@ class Connection:
             reason 'replay finished' (``tickvault collect --replay``).
         watchdog: staleness limits (:class:`Watchdog`); None = no watchdog.
         observers: table name -> callback given the rows of every frame for that table (the
-            trade_seq gap detector watches ``trades``).
-        on_lost_window: called ``(connection_id, start_us, end_us, tables)`` with the window a
+            sequence gap detector watches the venue's sequenced streams).
+        on_lost_window: called ``(connection_id, start_us, end_us, streams)`` with the window a
             reconnect lost **in exchange time** (µs): from the newest exchange timestamp received
             before the disconnect to the exchange timestamp of the first data frame after the
             resubscription (``end_us`` None when the connection stopped before one arrived).
+        stream_tables: stream name -> table name of the venue's streams (default: a stream is
+            named after its table); the watchdog's limits are per table.
+        endpoint: the venue's endpoint key this connection serves (``VenueProtocol.endpoint_of``).
     """
 
     def __init__(self, venue: VenueProtocol, url: str, connection_id: str, pipeline: Pipeline,
@@ -132,7 +135,8 @@ class Connection:
                  refused_retry_s: float = 10.0, recv_buffer_bytes: int = 2**20,
                  watchdog: "Watchdog | None" = None,
                  observers: dict[str, Callable[[list[tuple]], None]] | None = None,
-                 on_lost_window: Callable[[str, int, int | None, tuple[str, ...]], None] | None = None) -> None:
+                 on_lost_window: Callable[[str, int, int | None, tuple[str, ...]], None] | None = None,
+                 stream_tables: dict[str, str] | None = None, endpoint: str = "public") -> None:
         self.venue = venue
         self.url = url
         self.connection_id = connection_id
@@ -151,6 +155,8 @@ class Connection:
         self.watchdog = watchdog
         self.observers = observers or {}
         self.on_lost_window = on_lost_window
+        self.stream_tables = stream_tables or {}
+        self.endpoint = endpoint
         self._last_by_table: dict[str, int] = {}
         self.watchdog_reconnects = 0
         self.desired: list[str] = []
@@ -160,8 +166,10 @@ class Connection:
         # (data may arrive right behind the subscribe ack, before the ack is processed)
         self._accepting: set[str] = set()
         self._ws: ClientConnection | None = None
+        self._decoder = venue.decoder()
         self._ids = IdSource()
-        self._pending: dict[int, asyncio.Future[Response]] = {}
+        # request id -> (future, responses so far, responses expected)
+        self._pending: dict[int | str, tuple[asyncio.Future[list[Response]], list[Response], int]] = {}
         self._reconcile_lock = asyncio.Lock()
         self._retry_task: asyncio.Task | None = None
         self._disconnect_reason: str | None = None
@@ -195,10 +203,16 @@ class Connection:
                     self.connects += 1
                     self.stats.connected += 1
                     await self._event("connect")
+                    self._decoder = self.venue.decoder()   # no state from a dead socket
+                    helpers: list[asyncio.Task] = []
                     try:
                         reader = asyncio.create_task(self._read(ws), name=f"read-{self.connection_id}")
-                        watch = (asyncio.create_task(self._watch(ws), name=f"watch-{self.connection_id}")
-                                 if self.watchdog is not None else None)
+                        if self.watchdog is not None:
+                            helpers.append(asyncio.create_task(self._watch(ws),
+                                                               name=f"watch-{self.connection_id}"))
+                        if self.venue.ping_interval_s:
+                            helpers.append(asyncio.create_task(self._ping(ws),
+                                                               name=f"ping-{self.connection_id}"))
                         await self._open(ws)
                         attempt = 0
                         await reader
@@ -208,8 +222,8 @@ class Connection:
                         self.down_since = time.monotonic()
                         self._fail_pending()
                         reader.cancel()
-                        if watch is not None:
-                            watch.cancel()
+                        for task in helpers:
+                            task.cancel()
             except ReplayFinished:
                 await self._event("disconnect", reason="replay finished")
                 return
@@ -257,8 +271,8 @@ class Connection:
             step = self.venue.max_channels_per_subscribe
             for i in range(0, len(extra), step):
                 chunk = extra[i:i + step]
-                response = await self._request(ws, self.venue.unsubscribe_request(chunk, self._ids))
-                gone = set(self.venue.acknowledged_channels(response)) if response.error is None else set()
+                request = self.venue.unsubscribe_request(chunk, self._ids)
+                gone = set(self.venue.acknowledged_channels(request, await self._request(ws, request)))
                 self.subscribed -= gone
                 self._accepting -= gone
                 await self._event("unsubscribed", channels=sorted(gone))
@@ -266,9 +280,10 @@ class Connection:
                 chunk = missing[i:i + step]
                 async with self.subscribe_limiter:
                     self._accepting.update(chunk)
-                    response = await self._request(ws, self.venue.subscribe_request(chunk, self._ids))
-                acked = (set(self.venue.acknowledged_channels(response)) & set(chunk)
-                         if response.error is None else set())
+                    request = self.venue.subscribe_request(chunk, self._ids)
+                    responses = await self._request(ws, request)
+                acked = set(self.venue.acknowledged_channels(request, responses)) & set(chunk)
+                errors = [r.error for r in responses if r.error is not None]
                 refused = [c for c in chunk if c not in acked]
                 self.subscribed |= acked
                 self.refused = (self.refused - acked) | set(refused)
@@ -276,13 +291,13 @@ class Connection:
                     self.stats.refused_channels += len(refused)
                     log.warning("%s: exchange refused %d of %d channels (%s)%s", self.connection_id,
                                 len(refused), len(chunk), ", ".join(refused[:3]),
-                                f"; error {response.error}" if response.error else "")
+                                f"; error {errors[0]}" if errors else "")
                 window_start = window_end = None
                 if self._lost_since_us is not None and acked:
                     window_start, window_end = self._lost_since_us, _now_us()
                     self._lost_since_us = None
                 await self._event("subscribed", channels=sorted(acked), refused_channels=refused,
-                                  reason=None if response.error is None else str(response.error),
+                                  reason=str(errors[0]) if errors else None,
                                   window_start=window_start, window_end=window_end)
             if self.refused and (self._retry_task is None or self._retry_task.done()):
                 self._retry_task = asyncio.create_task(self._retry_refused(),
@@ -300,30 +315,67 @@ class Connection:
                 log.warning("%s: retry of refused channels failed: %s", self.connection_id, exc)
 
     async def _open(self, ws: ClientConnection) -> None:
-        for request in self.venue.open_requests(self._ids):
-            response = await self._request(ws, request)
-            if response.error is not None:
-                log.error("%s: setup request failed: %s", self.connection_id, response.error)
+        for request in await self.venue.open_requests(self._ids):
+            for response in await self._request(ws, request):
+                if response.error is not None:
+                    log.error("%s: setup request failed: %s", self.connection_id, response.error)
         self.subscribed.clear()
         self._accepting.clear()
         now = _now_us()
         # in place: the reader task (already running) holds a reference to this dict
         self._last_by_table.clear()
-        self._last_by_table.update(
-            {t: now for c in self.desired if (t := self.venue.table_of(c)) is not None})
+        self._last_by_table.update({t: now for t in self._tables_of(self.desired)})
         await self.reconcile()
 
-    async def _request(self, ws: ClientConnection, request: Request) -> Response:
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._pending[request.request_id] = future
+    def _tables_of(self, channels: list[str]) -> set[str]:
+        """Tables fed by ``channels`` (the watchdog's keys)."""
+        return {t for c in channels if (t := self.watchdog_table(c)) is not None}
+
+    def watchdog_table(self, channel: str) -> str | None:
+        """The table a channel's data lands in, per the venue's channel -> stream map."""
+        stream = self.venue.stream_of(channel)
+        return None if stream is None else self.stream_tables.get(stream, stream)
+
+    async def _request(self, ws: ClientConnection, request: Request) -> list[Response]:
+        """Send ``request``; the responses that answer it (``request.responses`` of them, or
+        those that arrived within ``request_timeout_s``).
+
+        Raises:
+            TimeoutError: no response at all within ``request_timeout_s``.
+            ConnectionError: the socket closed meanwhile.
+        """
+        future: asyncio.Future[list[Response]] = asyncio.get_running_loop().create_future()
+        got: list[Response] = []
+        self._pending[request.request_id] = (future, got, request.responses)
         try:
             await ws.send(request.frame)
-            return await asyncio.wait_for(future, self.request_timeout_s)
+            try:
+                return await asyncio.wait_for(future, self.request_timeout_s)
+            except TimeoutError:
+                if got:
+                    return list(got)   # the rest never came: those channels are refused
+                raise
         finally:
             self._pending.pop(request.request_id, None)
 
+    def _answer(self, response: Response) -> None:
+        entry = self._pending.get(response.request_id)
+        if entry is not None:
+            future, got, expected = entry
+            got.append(response)
+            if len(got) >= expected and not future.done():
+                future.set_result(list(got))
+
+    async def _ping(self, ws: ClientConnection) -> None:
+        """Send the venue's application ping every ``ping_interval_s`` (its answer is a Control)."""
+        while True:
+            await asyncio.sleep(self.venue.ping_interval_s)
+            frame = self.venue.ping_frame(self._ids)
+            if frame is not None:
+                await ws.send(frame)
+
     def _fail_pending(self) -> None:
-        for future in self._pending.values():
+        for future, _, _ in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionError("connection closed"))
         self._pending.clear()
@@ -338,8 +390,8 @@ class Connection:
         """Hand the exchange-time window lost by the last reconnect to ``on_lost_window``."""
         start, self._lost_exchange_from = self._lost_exchange_from, None
         if start is not None and self.on_lost_window is not None:
-            tables = tuple(sorted({t for c in self.desired if (t := self.venue.table_of(c)) is not None}))
-            self.on_lost_window(self.connection_id, start, end_us, tables)
+            streams = tuple(sorted({s for c in self.desired if (s := self.venue.stream_of(c)) is not None}))
+            self.on_lost_window(self.connection_id, start, end_us, streams)
 
     @property
     def exchange_clock_us(self) -> int:
@@ -352,7 +404,7 @@ class Connection:
             self._report_window(None)
 
     async def _read(self, ws: ClientConnection) -> None:
-        decode = self.venue.decode
+        decode = self._decoder.decode
         pipeline = self.pipeline
         stats = self.stats
         max_chars = self.max_frame_chars
@@ -360,7 +412,7 @@ class Connection:
         accepting = self._accepting
         observers = self.observers
         last_by_table = self._last_by_table
-        ts_index = _TS_INDEX
+        ts_index: dict[str, int | None] = {}
         try:
             async for frame in ws:
                 receive_us = time.time_ns() // 1000
@@ -390,7 +442,10 @@ class Connection:
                         if not rows:   # e.g. Deribit trades "data":[]: alive, nothing to store
                             continue
                         rows_received[table.name] = rows_received.get(table.name, 0) + len(rows)
-                        exchange_us = rows[-1][ts_index[table.name]]
+                        ts = ts_index.get(table.name)
+                        if ts is None:
+                            ts = ts_index[table.name] = table.exchange_ts_index
+                        exchange_us = rows[-1][ts]
                         if exchange_us > self._max_exchange_us:
                             self._max_exchange_us = exchange_us
                         if self._lost_exchange_from is not None:
@@ -401,9 +456,7 @@ class Connection:
                         if pipeline.add(table, rows):
                             await pipeline.seal(table)
                     elif type(item) is Response:
-                        future = self._pending.get(item.request_id)
-                        if future is not None and not future.done():
-                            future.set_result(item)
+                        self._answer(item)
                     elif item.reply is not None:
                         await ws.send(item.reply)
                 except websockets.exceptions.WebSocketException:

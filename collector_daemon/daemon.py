@@ -1,5 +1,6 @@
-"""The collector process: universe -> connection(s) -> pipeline -> writer, with stats, metrics,
-a collector_status heartbeat and a clean shutdown.
+"""The collector process for one venue of the registry (``TICKVAULT_VENUE``): universe ->
+connection(s) per endpoint -> pipeline -> writer, with gap detection and in-loop recovery,
+stats, metrics, a collector_status heartbeat and a clean shutdown.
 
 Shutdown (SIGTERM/SIGINT, or the end of a replay) runs in this order so the tail is never lost:
 stop reading the sockets, flush every buffered and queued batch, write the last heartbeat, and
@@ -15,33 +16,28 @@ import math
 import os
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import asyncpg
 from aiolimiter import AsyncLimiter
 
 from collector_daemon import __version__
 from collector_daemon.connection import Connection, Watchdog
+from collector_daemon.core.recovery import GapRecovery
+from collector_daemon.core.universe import UNIVERSE_CHANNEL, apply_universe, read_universe
 from collector_daemon.gaps import GapKeeper
 from collector_daemon.sharding import assign, shard_of
 from collector_daemon.metrics import MetricsServer, Stats
 from collector_daemon.pipeline import Pipeline
-from collector_daemon.rows import QUOTES, TRADES, TableSpec
+from collector_daemon.rows import TableSpec
 from collector_daemon.settings import Settings
 from collector_daemon.storage import queries
 from collector_daemon.storage.spool import Spool
 from collector_daemon.storage.writer import BatchWriter
-from collector_daemon.venues.deribit.protocol import DeribitProtocol
-from collector_daemon.venues.deribit.rest import DeribitRest
-from collector_daemon.venues.deribit.universe import fetch_universe
+from collector_daemon.venues import RestClient, get_venue
 
 log = logging.getLogger(__name__)
-
-#: Deribit's subscribe credit: burst 10, refill ~3.3/s (docs.deribit.com/articles/rate-limits).
-SUBSCRIBE_BURST, SUBSCRIBE_PERIOD_S = 10, 3.0
 
 
 @dataclass
@@ -69,32 +65,46 @@ class Summary:
 
 
 class Collector:
-    """One collector process: one venue, one or more currencies and kinds, one shard of the
-    universe, spread over as many WebSocket connections as the subscription set needs.
+    """One collector process: one venue, its universe groups (currencies, categories), one shard
+    of the universe, spread over as many WebSocket connections per endpoint as the subscription
+    set needs.
 
     Args:
-        settings: configuration (database URL, universe, sharding, batching, backoff, metrics).
-        ws_url / rest_url: override the venue endpoints (the emulator in replay mode).
+        settings: configuration (database URL, venue and its settings, sharding, batching,
+            backoff, metrics), from :func:`collector_daemon.settings.load_settings`.
+        ws_url / rest_url: override the venue endpoints (the emulator in replay mode): one URL
+            for every WebSocket endpoint, or a dict per endpoint key.
         stop_on_replay_end: finish when the server ends the replay (``collect --replay``).
         fresh_universe: take the first universe from REST and write it to the table even when
             the table holds one (``collect --replay``: the emulator is another world).
     """
 
-    def __init__(self, settings: Settings, *, ws_url: str | None = None, rest_url: str | None = None,
-                 stop_on_replay_end: bool = False, fresh_universe: bool = False) -> None:
+    def __init__(self, settings: Settings, *, ws_url: str | dict[str, str] | None = None,
+                 rest_url: str | None = None, stop_on_replay_end: bool = False,
+                 fresh_universe: bool = False) -> None:
         self.settings = settings
-        self.protocol = DeribitProtocol(settings.currencies, settings.kinds, heartbeat_s=settings.heartbeat_s)
-        self.ws_url = ws_url or settings.deribit_ws_url
-        self.rest_url = rest_url or settings.deribit_rest_url
+        self.venue = get_venue(settings.venue)
+        self.venue_settings = vs = settings.venue_settings
+        self.protocol = self.venue.protocol(vs)
+        endpoints = self.venue.ws_endpoints(vs)
+        if isinstance(ws_url, str):
+            endpoints = {key: ws_url for key in endpoints}
+        elif ws_url:
+            endpoints = {**endpoints, **ws_url}
+        self.ws_urls = endpoints
+        self.rest_url = rest_url or vs.rest_url
+        self.streams = self.venue.streams(vs)
         self.stop_on_replay_end = stop_on_replay_end
         self.fresh_universe = fresh_universe
         k, n = settings.shard_index
-        self.tag = "-".join([self.protocol.name, *(c.lower() for c in settings.currencies)]
+        self.tag = "-".join([self.venue.name, *(g.lower() for g in vs.universe_groups() if g != "*")]
                             + ([f"shard{k}of{n}"] if n > 1 else []))
         self.collector_id = settings.collector_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.stats = Stats(venue=self.protocol.name)
-        self.writer = BatchWriter(settings.database_url.get_secret_value(), venue=self.protocol.name,
-                                  on_retry=self._on_db_retry, write_timeout_s=settings.write_timeout_s)
+        self.stats = Stats(venue=self.venue.name)
+        # pool: the pipeline's writes, the gap keeper and the in-loop recovery, one each
+        self.writer = BatchWriter(settings.database_url.get_secret_value(), venue=self.venue.name,
+                                  pool_size=3, on_retry=self._on_db_retry,
+                                  write_timeout_s=settings.write_timeout_s)
         self.spool = Spool(settings.spool_dir / self.tag, max_bytes=settings.spool_max_bytes)
         self.pipeline = Pipeline(self.writer.write, batch_rows=settings.batch_rows,
                                  flush_interval_s=settings.flush_interval_s,
@@ -105,19 +115,21 @@ class Collector:
         self.stats.gaps_pending = lambda: self.gaps.pending if self.gaps is not None else 0
         self.stats.rows_written = self.writer.rows_written        # the writer's own counters,
         self.stats.rows_duplicate = self.writer.rows_duplicate    # updated in place per batch
-        self._limiter = AsyncLimiter(SUBSCRIBE_BURST, SUBSCRIBE_PERIOD_S)  # shared by all sockets
+        limits = self.venue.limits   # the subscribe budget is shared by all sockets
+        self._limiter = AsyncLimiter(limits.subscribe_burst, limits.subscribe_period_s)
         self._watchdog = Watchdog(settings.silence_reconnect_s, {
-            QUOTES.name: (settings.quotes_stale_warn_s, settings.quotes_stale_reconnect_s),
-            TRADES.name: (settings.trades_stale_warn_s, None)})
+            s.table.name: (s.stale_warn_s, s.stale_reconnect_s) for s in self.streams})
         self.gaps: GapKeeper | None = None    # needs the pool: created in run()
-        self._give_up = threading.Event()     # set when shutdown_recovery_s has passed
+        self.recovery: GapRecovery | None = None
+        self._give_up = asyncio.Event()       # set when shutdown_recovery_s has passed
         self.connections: list[Connection] = []
         self._conn_tasks: list[asyncio.Task] = []
         self._running = False
         self.stats.subscribed_channels = lambda: sum(len(c.subscribed) for c in self.connections)
-        #: the subscription set per currency, highest open interest first (before sharding)
+        self._stream_tables = {s.table.name for s in self.streams}
+        #: the subscription set per universe group, highest open interest first (before sharding)
         self.universe: dict[str, list[str]] = {}
-        self._unserved_warned: set[str] = set()  # currencies warned about a set not serving us
+        self._unserved_warned: set[str] = set()  # groups warned about a set not serving us
         self.selected: list[str] = []        # this shard's instruments
         self.channels: list[str] = []        # this shard's channels
         self._alive: tuple[int, ...] = ()
@@ -133,7 +145,7 @@ class Collector:
         """Run until stopped (signal or end of replay); returns what was collected.
 
         Raises:
-            collector_daemon.venues.deribit.rest.DeribitRestError: the first universe fetch failed.
+            the venue's ``rest_errors``: the first universe fetch failed.
             asyncpg errors that are not transient (e.g. the schema is missing).
         """
         started = time.monotonic()
@@ -144,11 +156,19 @@ class Collector:
         await self.writer.open()
         self.pipeline.start()
         self._start_metrics()
-        self.gaps = GapKeeper(self.protocol.name, self.writer.pool, self._recover, spool=self.spool,
-                              write_timeout_s=self.settings.write_timeout_s)
+        self.gaps = GapKeeper(self.venue.name, self.writer.pool, self._recover, streams=self.streams,
+                              spool=self.spool, write_timeout_s=self.settings.write_timeout_s)
         seeded = await self.gaps.seed()
-        log.info("trade_seq tracking seeded for %d instruments", seeded)
-        async with DeribitRest(self.rest_url, max_concurrency=self.settings.rest_max_concurrency) as rest:
+        log.info("sequence tracking (%s) seeded for %d instruments",
+                 ", ".join(self.gaps.sequenced_streams) or "no sequenced stream", seeded)
+        concurrency = self.settings.rest_max_concurrency
+        history = (self.venue.rest_client(self.venue_settings, base_url=self.venue_settings.history_url,
+                                          max_concurrency=concurrency)
+                   if self.venue_settings.history_url else None)
+        async with self.venue.rest_client(self.venue_settings, base_url=self.rest_url,
+                                          max_concurrency=concurrency) as rest:
+            self.recovery = GapRecovery(self.venue, self.venue_settings, self.writer.sibling(), rest,
+                                        history, max_concurrency=concurrency)
             await self._refresh_universe(rest)
             self._running = True
             for conn in self.connections:
@@ -181,21 +201,26 @@ class Collector:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
-        if writer_task.done() and not writer_task.cancelled() and writer_task.exception():
-            raise writer_task.exception()
-        await self.pipeline.close()
-        for conn in self.connections:
-            conn.close_pending_window()
-        # record the gaps found at the very end and recover what REST can in shutdown_recovery_s;
-        # then the recovery gives up (within ~0.2 s) and leaves the rest open for Dagster
-        give_up = asyncio.get_running_loop().call_later(self.settings.shutdown_recovery_s,
-                                                        self._give_up.set)
-        try:
-            await self.gaps.close()
-        except Exception as exc:  # noqa: BLE001 - open gaps are left to the Dagster backfill
-            log.error("gaps at shutdown not fully recorded/recovered: %r", exc)
-        finally:
-            give_up.cancel()
+            if writer_task.done() and not writer_task.cancelled() and writer_task.exception():
+                if history is not None:
+                    await history.aclose()
+                raise writer_task.exception()
+            await self.pipeline.close()
+            for conn in self.connections:
+                conn.close_pending_window()
+            # record the gaps found at the very end and recover what REST can in
+            # shutdown_recovery_s; then the recovery gives up (within ~0.2 s) and leaves the rest
+            # open for Dagster
+            give_up = asyncio.get_running_loop().call_later(self.settings.shutdown_recovery_s,
+                                                            self._give_up.set)
+            try:
+                await self.gaps.close()
+            except Exception as exc:  # noqa: BLE001 - open gaps are left to the Dagster backfill
+                log.error("gaps at shutdown not fully recorded/recovered: %r", exc)
+            finally:
+                give_up.cancel()
+                if history is not None:
+                    await history.aclose()
         try:
             await self._heartbeat(stopped=True)
         except Exception as exc:  # noqa: BLE001 - the status row only; the data is flushed
@@ -224,14 +249,19 @@ class Collector:
             await asyncio.sleep(0.2)
 
     # ------------------------------------------------------------------ connections
-    def _connection(self, index: int) -> Connection:
-        return Connection(
-            self.protocol, self.ws_url, f"{self.tag}-{index}", self.pipeline, self.stats,
+    def _connection(self, endpoint: str, index: int) -> Connection:
+        name = f"{self.tag}-{index}" if len(self.ws_urls) == 1 else f"{self.tag}-{endpoint}-{index}"
+        observers = {s.table.name: obs for s in self.streams
+                     if self.gaps is not None and (obs := self.gaps.observer(s.table.name)) is not None}
+        conn = Connection(
+            self.protocol, self.ws_urls[endpoint], name, self.pipeline, self.stats,
             self._limiter, backoff_min_s=self.settings.backoff_min_s,
             backoff_max_s=self.settings.backoff_max_s, stop_on_replay_end=self.stop_on_replay_end,
             refused_retry_s=self.settings.refused_retry_s, watchdog=self._watchdog,
-            recv_buffer_bytes=self.settings.ws_recv_buffer_bytes,
-            observers={TRADES.name: self._observe_trades}, on_lost_window=self._lost_window)
+            recv_buffer_bytes=self.settings.ws_recv_buffer_bytes, observers=observers,
+            on_lost_window=self._lost_window,
+            stream_tables={s.name: s.table.name for s in self.streams}, endpoint=endpoint)
+        return conn
 
     def _live(self) -> tuple[int, ...]:
         """Indices of connections that are up or not down for longer than ``failover_s``."""
@@ -241,20 +271,32 @@ class Collector:
         return live or tuple(range(len(self.connections)))
 
     async def _rebalance(self) -> None:
-        """Spread ``self.channels`` over the live connections, opening connections as needed.
-        Connections that gain channels are updated first, so a moved channel is subscribed on its
-        new connection before it is dropped from the old one."""
-        needed = min(self.settings.max_connections,
-                     max(1, math.ceil(len(self.channels) / self.settings.channels_per_connection)))
-        while len(self.connections) < needed:
-            conn = self._connection(len(self.connections))
-            self.connections.append(conn)
-            if self._running:
-                self._conn_tasks.append(asyncio.create_task(conn.run(), name=conn.connection_id))
+        """Spread ``self.channels`` over the live connections of each endpoint, opening
+        connections as needed. Connections that gain channels are updated first, so a moved
+        channel is subscribed on its new connection before it is dropped from the old one."""
+        by_endpoint: dict[str, list[str]] = {key: [] for key in self.ws_urls}
+        for channel in self.channels:
+            by_endpoint.setdefault(self.protocol.endpoint_of(channel), []).append(channel)
+        live = set(self._live())
+        plan: dict[int, list[str]] = {}
+        for endpoint, channels in by_endpoint.items():
+            mine = [i for i, c in enumerate(self.connections) if c.endpoint == endpoint]
+            if not channels and not mine:
+                continue
+            needed = min(self.settings.max_connections,
+                         max(1, math.ceil(len(channels) / self.settings.channels_per_connection)))
+            while len(mine) < needed:
+                conn = self._connection(endpoint, len(mine))
+                self.connections.append(conn)
+                mine.append(len(self.connections) - 1)
+                live.add(mine[-1])
+                if self._running:
+                    self._conn_tasks.append(asyncio.create_task(conn.run(), name=conn.connection_id))
+            targets = [i for i in mine if i in live] or mine
+            plan.update(assign(channels, targets))
+            for i in mine:
+                plan.setdefault(i, [])
         self._alive = self._live()
-        plan = assign(self.channels, list(self._alive))
-        for i in range(len(self.connections)):
-            plan.setdefault(i, [])
         order = sorted(plan, key=lambda i: -len(set(plan[i]) - self.connections[i].subscribed))
         for i in order:
             await self.connections[i].set_channels(plan[i])
@@ -273,30 +315,29 @@ class Collector:
                 await self._rebalance()
 
     # ------------------------------------------------------------------ periodic work
-    async def _refresh_universe(self, rest: DeribitRest) -> None:
-        """Load the subscription set of every currency, keep this shard's part, and spread it
-        over the connections.
+    async def _refresh_universe(self, rest: RestClient) -> None:
+        """Load the subscription set of every universe group (currency, category), keep this
+        shard's part, and spread it over the connections.
 
         The ``universe_versions`` table is authoritative (the Dagster ``instrument_universe``
         asset writes it hourly, announcing changes by NOTIFY). REST is the fallback:
 
-        * no set for the venue and currency yet, nobody refreshed the table for
+        * no set for the venue and group yet, nobody refreshed the table for
           ``universe_stale_s`` (no Dagster running), or the first refresh with
-          ``fresh_universe``: fetch, and write the table as the asset
-          would (same function);
+          ``fresh_universe``: fetch, and write the table as the asset would (same function);
         * a set that does not serve this collector's kinds or top N
-          (:meth:`~orchestration.lib.universe.UniverseVersion.serves`): fetch and subscribe
+          (:meth:`~collector_daemon.core.universe.UniverseVersion.serves`): fetch and subscribe
           without writing, so the collector and Dagster do not overwrite each other's set.
         """
-        from orchestration.lib.universe import apply_universe, read_universe
-        venue, kinds, top_n = self.protocol.name, self.protocol.trade_kinds, self.settings.top_n
+        venue, vs = self.venue, self.venue_settings
+        kinds, top_n = venue.universe_kinds(vs), vs.top_n
         universe: dict[str, list[str]] = {}
-        for currency in self.settings.currencies:
+        for group in vs.universe_groups():
             async with self.writer.pool.acquire() as conn:
-                current = await read_universe(conn, venue, currency)
+                current = await read_universe(conn, venue.name, group)
                 last_refresh_us = await conn.fetchval(
                     "SELECT max(updated_at) FROM instruments WHERE venue = $1 AND base_currency = $2",
-                    venue, currency)
+                    venue.name, group)
             age_s = (time.time_ns() // 1000 - last_refresh_us) / 1e6 if last_refresh_us else None
             served = current.serves(kinds, top_n) if current is not None else None
             if current is None or age_s is None or age_s > self.settings.universe_stale_s or (
@@ -304,26 +345,26 @@ class Collector:
                 if current is not None and age_s is not None and age_s > self.settings.universe_stale_s:
                     log.warning("universe %s: table last refreshed %.0f s ago (is Dagster's "
                                 "instrument_universe schedule running?); refreshing it from REST",
-                                currency, age_s)
-                fetched = await fetch_universe(rest, currency, kinds, top_n=top_n)
+                                group, age_s)
+                fetched = await venue.fetch_universe(rest, vs, group)
                 async with self.writer.pool.acquire() as conn:
-                    refresh = await apply_universe(conn, fetched, venue=venue, currency=currency,
+                    refresh = await apply_universe(conn, fetched, venue=venue.name, currency=group,
                                                    top_n=top_n, kinds=kinds)
-                universe[currency], source = refresh.selected, f"REST, version {refresh.version}"
+                universe[group], source = refresh.selected, f"REST, version {refresh.version}"
             elif served is None:
-                if currency not in self._unserved_warned:
-                    self._unserved_warned.add(currency)
+                if group not in self._unserved_warned:
+                    self._unserved_warned.add(group)
                     log.warning("universe %s: universe_versions %d (kinds %s, top_n %s) does not serve "
                                 "kinds %s, top_n %s; subscribing from REST without writing it (give "
-                                "Dagster the same TICKVAULT_KIND and TICKVAULT_TOP_N)", currency,
+                                "Dagster the same kinds and top N settings)", group,
                                 current.version, ",".join(current.kinds or ["option"]),
                                 current.top_n or "all", ",".join(kinds), top_n or "all")
-                fetched = await fetch_universe(rest, currency, kinds, top_n=top_n)
-                universe[currency], source = list(fetched.selected), "REST, not written"
+                fetched = await venue.fetch_universe(rest, vs, group)
+                universe[group], source = list(fetched.selected), "REST, not written"
             else:
-                universe[currency], source = served, f"universe_versions {current.version}"
-            if universe[currency] != self.universe.get(currency):
-                log.info("universe %s (%s): %d instruments", currency, source, len(universe[currency]))
+                universe[group], source = served, f"universe_versions {current.version}"
+            if universe[group] != self.universe.get(group):
+                log.info("universe %s (%s): %d instruments", group, source, len(universe[group]))
         self.universe = universe
         k, n = self.settings.shard_index
         selected = [name for names in universe.values() for name in names
@@ -335,9 +376,8 @@ class Collector:
                      len(self.channels))
             await self._rebalance()
 
-    async def _universe_loop(self, rest: DeribitRest) -> None:
+    async def _universe_loop(self, rest: RestClient) -> None:
         """Refresh on NOTIFY tickvault_universe (immediately) or every ``universe_refresh_s``."""
-        from orchestration.lib.universe import UNIVERSE_CHANNEL
         changed = asyncio.Event()
         listener: asyncpg.Connection | None = None
         try:
@@ -383,7 +423,7 @@ class Collector:
 
     async def _heartbeat(self, stopped: bool = False) -> None:
         async with self.writer.pool.acquire() as conn:
-            await queries.heartbeat(conn, self.collector_id, self.protocol.name, socket.gethostname(),
+            await queries.heartbeat(conn, self.collector_id, self.venue.name, socket.gethostname(),
                                     os.getpid(), __version__, int(self.stats.started_at * 1e6),
                                     self.stats.snapshot(), stopped=stopped)
 
@@ -398,16 +438,12 @@ class Collector:
 
     # ------------------------------------------------------------------ callbacks
     def _on_written(self, table: TableSpec, rows: list[tuple], inserted: int, sealed_at: float) -> None:
-        if table is QUOTES or table is TRADES:
+        if table.name in self._stream_tables:
             now_us = time.time_ns() // 1000
-            ex, rx = table.columns.index("exchange_ts"), table.columns.index("receive_ts")
+            ex, rx = table.exchange_ts_index, table.columns.index("receive_ts")
             sample = rows[::max(1, len(rows) // 200)]
             self.stats.exchange_latency.add_many([(r[rx] - r[ex]) / 1000 for r in sample])
             self.stats.commit_latency.add_many([(now_us - r[rx]) / 1000 for r in sample])
-
-    def _observe_trades(self, rows: list[tuple]) -> None:
-        if self.gaps is not None:
-            self.gaps.observe_trades(rows)
 
     def _lost_window(self, connection_id: str, start_us: int, end_us: int | None,
                      tables: tuple[str, ...]) -> None:
@@ -415,19 +451,14 @@ class Collector:
             self.gaps.lost_window(connection_id, start_us, end_us, tables)
 
     async def _recover(self, gap_ids: list[int]) -> list[int]:
-        """Resolve open trade gaps over REST with the shared backfill (in a worker thread);
-        returns the ids left open because REST failed (the gap keeper tries them again)."""
-        from orchestration.lib.backfill import RestConfig, backfill_gaps
-        rest = RestConfig(self.rest_url, history_url=self.settings.deribit_history_url,
-                          currency=",".join(self.protocol.currencies), kinds=self.protocol.trade_kinds,
-                          max_concurrency=self.settings.rest_max_concurrency)
-        # "now" for the 24 h horizon is the venue's clock as observed (the newest exchange
-        # timestamp received): the wall clock live, the capture's clock in a replay
+        """Resolve open gaps over REST on this loop, pool and REST client (at most
+        ``rest_max_concurrency`` gaps at once); returns the ids left open because REST failed
+        (the gap keeper tries them again)."""
+        # "now" for the venue's REST horizon is the venue's clock as observed (the newest
+        # exchange timestamp received): the wall clock live, the capture's clock in a replay
         venue_now_us = max((c.exchange_clock_us for c in self.connections), default=0) or time.time_ns() // 1000
-        report = await asyncio.to_thread(
-            backfill_gaps, self.settings.database_url.get_secret_value(), self.protocol.name, gap_ids,
-            rest, now=datetime.fromtimestamp(venue_now_us / 1e6, timezone.utc), give_up=self._give_up)
-        log.info("recovery: %d gap(s): %d backfilled, %d unrecoverable, %d open; %d trades fetched, "
+        report = await self.recovery.recover_ids(gap_ids, now_us=venue_now_us, give_up=self._give_up)
+        log.info("recovery: %d gap(s): %d backfilled, %d unrecoverable, %d open; %d rows fetched, "
                  "%d new", len(gap_ids), report.count("backfilled"), report.count("unrecoverable"),
                  report.count("open"), report.trades_fetched, report.trades_inserted)
         # (a recovery stopped by the shutdown is open too: the keeper no longer retries then)

@@ -1,22 +1,24 @@
 """Gap detection in the daemon, and recovery right after it.
 
-What is detected (recorded in ``data_gaps`` with exact bounds, ``detected_by`` naming the rule):
+What is detected (one :class:`~collector_daemon.core.gaps.Gap` each, stored in ``data_gaps``
+with exact bounds, ``detected_by`` naming the rule), following each stream's policy
+(:class:`~collector_daemon.venues.StreamSpec`):
 
-* ``trade_seq``: trade_seq is per instrument and +1 per trade (measured on the real captures,
-  docs/reliability.md). The last stored trade_seq per instrument is kept (seeded from the
-  database at start); a jump opens a ``trades`` gap for that instrument with the missing range
-  ``seq_from..seq_to`` (inclusive) and the exchange times of the trades around it. A trade_seq
-  at or below the last one is a duplicate (reconnect overlap, REST) and is ignored.
+* sequence jumps (``detected_by`` = the sequence column, e.g. ``trade_seq``) on streams with
+  ``Recovery.SEQUENCE``: the number is per instrument and +1 per row (Deribit's trade_seq,
+  measured on the real captures, docs/reliability.md). The last stored number per instrument is
+  kept (seeded from the database at start); a jump opens a gap for that instrument with the
+  missing range ``seq_from..seq_to`` (inclusive) and the exchange times of the rows around it.
+  A number at or below the last one is a duplicate (reconnect overlap, REST) and is ignored.
 * ``disconnect``: every window between the last frame before a disconnect and the confirmed
-  resubscription is a gap for every stream of that connection: ``quotes`` (``unrecoverable``: the
-  venue serves no ticker history) and ``trades`` (``open``, recovered below), instrument ``*``.
+  resubscription is a gap for every stream of that connection, instrument ``*``:
+  ``unrecoverable`` with the stream's reason when the venue serves no history of it (Deribit
+  tickers), else ``open`` and recovered below.
 
-Recovery: open trade gaps are handed, oldest first, to the shared REST backfill
-(``orchestration.lib.backfill.backfill_gaps``: by trade_seq range when known, else by currency
-and time window within Deribit's 24 h horizon; paging, credit pacing, retries and
-insert-if-absent writes with ``source = 'rest'``), which marks each gap ``backfilled`` or
-``unrecoverable`` with the reason. Windows beyond the horizon stay ``open`` for the Dagster
-``trades_backfill`` asset, which owns history.
+Recovery: open gaps are handed, oldest first, to ``recover`` (the collector's
+:class:`~collector_daemon.core.recovery.GapRecovery` on its own event loop, pool and REST
+client), which marks each gap ``backfilled`` or ``unrecoverable`` with the reason. Windows beyond
+the venue's REST horizon stay ``open`` for the Dagster backfill asset, which owns history.
 
 Database outages: a gap leaves the pending list only once its row is stored. When the database
 is down (or hangs: each attempt is bounded by ``write_timeout_s``), the gaps stay pending, in
@@ -35,20 +37,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import astuple, dataclass
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from collector_daemon.rows import DATA_GAPS, TRADES
+from collector_daemon.core.gaps import Gap, GapStatus, insert_gap
+from collector_daemon.rows import DATA_GAPS
 from collector_daemon.storage.spool import Spool
 from collector_daemon.storage.writer import WRITE_TIMEOUT_S, is_bad_data, bounded_connection
+from collector_daemon.venues import Recovery, StreamSpec, get_venue
 
 log = logging.getLogger(__name__)
-
-_SEQ = TRADES.columns.index("trade_seq")
-_NAME = TRADES.columns.index("instrument_name")
-_TS = TRADES.columns.index("exchange_ts")
 
 #: Attempts to store the last gaps at close: a failed attempt terminates its connection, so a
 #: pool whose connections a server restart broke (the writer's holds 2) heals within this many.
@@ -63,26 +62,13 @@ RecoverFn = Callable[[list[int]], Awaitable[list[int] | None]]
 RECOVERY_RETRY_DELAYS_S = (5.0, 20.0, 80.0, 320.0)
 
 
-@dataclass(frozen=True, slots=True)
-class PendingGap:
-    """A gap found in the stream, not yet stored. Times in µs since the epoch (UTC)."""
-
-    stream: str
-    instrument_name: str
-    gap_start_us: int
-    gap_end_us: int
-    seq_from: int | None
-    seq_to: int | None
-    detected_by: str
-    status: str
-    reason: str
-
-
 class GapKeeper:
-    """Watches the trade stream for trade_seq jumps, records gaps and triggers their recovery.
+    """Watches the sequenced streams for jumps, records gaps and triggers their recovery.
 
     Args:
         venue: venue name stored in ``data_gaps``.
+        streams: the venue's streams (gap policy per stream); default: those of the registered
+            venue called ``venue`` with its settings from the environment.
         pool: an asyncpg pool whose connections use ``writer.init_connection`` (µs timestamps).
         recover: coroutine that resolves open gap ids over REST; None = record only.
         seed_days: how far back the last trade_seq per instrument is looked up at start.
@@ -97,11 +83,19 @@ class GapKeeper:
     """
 
     def __init__(self, venue: str, pool: asyncpg.Pool, recover: RecoverFn | None = None, *,
-                 seed_days: int = 3, spool: Spool | None = None, max_pending: int = 10_000,
+                 streams: Sequence[StreamSpec] | None = None, seed_days: int = 3, spool: Spool | None = None, max_pending: int = 10_000,
                  retry_backoff_s: tuple[float, float] = (0.5, 10.0),
                  write_timeout_s: float = WRITE_TIMEOUT_S,
                  recovery_retry_delays_s: tuple[float, ...] = RECOVERY_RETRY_DELAYS_S) -> None:
         self.venue = venue
+        if streams is None:
+            streams = get_venue(venue).stream_specs()
+        self.streams = {s.name: s for s in streams}
+        # table name -> (stream, sequence column index, instrument index, exchange_ts index)
+        self._sequenced = {
+            s.table.name: (s, s.table.columns.index(s.sequence_column),
+                           s.table.columns.index("instrument_name"), s.table.exchange_ts_index)
+            for s in streams if s.recovery is Recovery.SEQUENCE}
         self.pool = pool
         self.recover = recover
         self.seed_days = seed_days
@@ -113,8 +107,9 @@ class GapKeeper:
         self._recovery_attempts: dict[int, int] = {}              # gap id -> failed recoveries
         self._retry_timers: dict[int, asyncio.TimerHandle] = {}   # gap id -> its next try
         self.recovery_retries = 0
-        self.last: dict[str, tuple[int, int]] = {}     # instrument -> (trade_seq, exchange µs)
-        self._pending: deque[PendingGap] = deque()
+        #: stream -> instrument -> (last sequence number, its exchange µs)
+        self.last: dict[str, dict[str, tuple[int, int]]] = {s: {} for s in self.sequenced_streams}
+        self._pending: deque[Gap] = deque()
         self._unrecovered: list[int] = []   # stored open gaps whose recovery has not run yet
         self._wake = asyncio.Event()
         self._closing = False
@@ -125,54 +120,72 @@ class GapKeeper:
         self.store_failures = 0
 
     @property
+    def sequenced_streams(self) -> list[str]:
+        """The streams checked for sequence jumps."""
+        return [s.name for s, *_ in self._sequenced.values()]
+
+    @property
     def pending(self) -> int:
         """Gaps found but not stored yet (the database is unavailable)."""
         return len(self._pending)
 
     async def seed(self) -> int:
-        """Load the newest stored trade_seq per instrument; returns how many instruments."""
+        """Load the newest stored sequence number per instrument of each sequenced stream;
+        returns how many instruments."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT DISTINCT ON (instrument_name) instrument_name, trade_seq, exchange_ts "
-                "FROM trades WHERE venue = $1 AND trade_seq IS NOT NULL "
-                "AND exchange_ts > now() - make_interval(days => $2) "
-                "ORDER BY instrument_name, trade_seq DESC", self.venue, self.seed_days)
-        self.last = {r["instrument_name"]: (r["trade_seq"], r["exchange_ts"]) for r in rows}
-        return len(self.last)
+            for table, (spec, *_) in self._sequenced.items():
+                col = spec.sequence_column
+                rows = await conn.fetch(
+                    f"SELECT DISTINCT ON (instrument_name) instrument_name, {col}, exchange_ts "
+                    f"FROM {table} WHERE venue = $1 AND {col} IS NOT NULL "
+                    "AND exchange_ts > now() - make_interval(days => $2) "
+                    f"ORDER BY instrument_name, {col} DESC", self.venue, self.seed_days)
+                self.last[spec.name] = {r[0]: (r[1], r[2]) for r in rows}
+        return sum(len(v) for v in self.last.values())
 
-    def observe_trades(self, rows: list[tuple]) -> None:
-        """Check the trade_seq of live trade rows (``rows.TRADES`` order). Called per frame."""
-        last = self.last
-        for row in rows:
-            seq = row[_SEQ]
-            if seq is None:
-                continue
-            name = row[_NAME]
-            prev = last.get(name)
-            if prev is None or seq > prev[0]:
-                last[name] = (seq, row[_TS])
-                if prev is not None and seq > prev[0] + 1:
-                    self.seq_gaps += 1
-                    self._add(PendingGap("trades", name, prev[1], row[_TS], prev[0] + 1, seq - 1,
-                                         "trade_seq", "open",
-                                         f"trade_seq jumped from {prev[0]} to {seq}"))
+    def observer(self, table: str) -> Callable[[list[tuple]], None] | None:
+        """The per-frame check of ``table``'s rows (None when its stream has no sequence)."""
+        entry = self._sequenced.get(table)
+        if entry is None:
+            return None
+        spec, seq_i, name_i, ts_i = entry
+        last = self.last[spec.name]
+        col = spec.sequence_column
+
+        def observe(rows: list[tuple]) -> None:
+            for row in rows:
+                seq = row[seq_i]
+                if seq is None:
+                    continue
+                name = row[name_i]
+                prev = last.get(name)
+                if prev is None or seq > prev[0]:
+                    last[name] = (seq, row[ts_i])
+                    if prev is not None and seq > prev[0] + 1:
+                        self.seq_gaps += 1
+                        self._add(Gap(self.venue, spec.name, name, prev[1], row[ts_i], prev[0] + 1,
+                                      seq - 1, col, GapStatus.OPEN,
+                                      f"{col} jumped from {prev[0]} to {seq}"))
+        return observe
 
     def lost_window(self, connection_id: str, start_us: int, end_us: int | None,
-                    streams: tuple[str, ...] = ("quotes", "trades")) -> None:
-        """Record the window a reconnect lost, in exchange time (µs). ``end_us`` None (the
-        connection stopped before data resumed) extends the window to now."""
+                    streams: tuple[str, ...] | None = None) -> None:
+        """Record the window a reconnect lost, in exchange time (µs), for ``streams`` (default:
+        every stream of the venue). ``end_us`` None (the connection stopped before data resumed)
+        extends the window to now."""
         if end_us is None:
             end_us = max(start_us, time.time_ns() // 1000)
-        for stream in streams:
-            if stream == "quotes":
-                self._add(PendingGap("quotes", "*", start_us, end_us, None, None, "disconnect",
-                                     "unrecoverable", f"{connection_id} disconnected; the venue "
-                                     "serves no ticker history"))
+        for name in (self.streams if streams is None else streams):
+            spec = self.streams[name]
+            if spec.recoverable:
+                self._add(Gap(self.venue, name, "*", start_us, end_us, None, None, "disconnect",
+                              GapStatus.OPEN, f"{connection_id} disconnected"))
             else:
-                self._add(PendingGap("trades", "*", start_us, end_us, None, None, "disconnect",
-                                     "open", f"{connection_id} disconnected"))
+                self._add(Gap(self.venue, name, "*", start_us, end_us, None, None, "disconnect",
+                              GapStatus.UNRECOVERABLE, f"{connection_id} disconnected; "
+                              f"{spec.unrecoverable_reason or 'the venue serves no history of it'}"))
 
-    def _add(self, gap: PendingGap) -> None:
+    def _add(self, gap: Gap) -> None:
         if len(self._pending) >= self.max_pending:
             lost = self._pending.popleft()
             self.gaps_lost += 1
@@ -231,7 +244,7 @@ class GapKeeper:
                 error = exc
         if self.spool is None:
             raise error
-        rows = [(self.venue, *astuple(g)) for g in self._pending]
+        rows = [g.row() for g in self._pending]
         self.spool.append(DATA_GAPS, rows, over_cap=True)
         self.spool.close()
         self._pending.clear()
@@ -246,17 +259,15 @@ class GapKeeper:
             Exception: a database error (transient or not) or ``TimeoutError`` (an attempt took
                 over ``write_timeout_s``); the gaps not stored stay pending, in order.
         """
-        stored: list[tuple[int, PendingGap]] = []
+        stored: list[Gap] = []
         try:
             if self._pending:
                 await self._store(stored)
         finally:
             self.gaps_recorded += len(stored)
-            self._unrecovered += [i for i, g in stored if g.status == "open"]
-            for _, g in stored:
-                log.warning("gap: %s %s %s..%s%s (%s)", g.stream, g.instrument_name, g.gap_start_us,
-                            g.gap_end_us, f" seq {g.seq_from}..{g.seq_to}" if g.seq_from is not None else "",
-                            g.detected_by)
+            self._unrecovered += [g.gap_id for g in stored if g.status is GapStatus.OPEN]
+            for g in stored:
+                log.warning("gap: %s", g.describe())
         open_ids, self._unrecovered = self._unrecovered, []
         if open_ids and recover and self.recover is not None:
             try:
@@ -270,7 +281,7 @@ class GapKeeper:
                         self._retry_recovery_later(gap_id)
                     else:
                         self._recovery_attempts.pop(gap_id, None)
-        return [i for i, _ in stored]
+        return [g.gap_id for g in stored]
 
     def _retry_recovery_later(self, gap_id: int) -> None:
         n = self._recovery_attempts.get(gap_id, 0)
@@ -291,17 +302,13 @@ class GapKeeper:
         self._unrecovered.append(gap_id)
         self._wake.set()
 
-    async def _store(self, stored: list[tuple[int, PendingGap]]) -> None:
+    async def _store(self, stored: list[Gap]) -> None:
         """Insert pending gaps oldest first, popping each once stored (appended to ``stored``)."""
         async with bounded_connection(self.pool, self.write_timeout_s) as conn:
             while self._pending:
                 g = self._pending[0]
                 try:
-                    gap_id = await conn.fetchval(
-                        "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, "
-                        "seq_from, seq_to, detected_by, status, reason, resolved_at) VALUES ($1, $2, "
-                        "$3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $9 = 'open' THEN NULL ELSE now() "
-                        "END) RETURNING gap_id", self.venue, *astuple(g))
+                    gap_id = await insert_gap(conn, g)
                 except asyncpg.PostgresError as exc:
                     if not is_bad_data(exc):
                         raise
@@ -310,4 +317,4 @@ class GapKeeper:
                     log.error("gaps: the database refused %s: %s; dropped", g, exc)
                     continue
                 self._pending.popleft()
-                stored.append((gap_id, g))
+                stored.append(g.stored(gap_id))

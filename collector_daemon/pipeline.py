@@ -16,8 +16,9 @@ and the pipeline keeps going. From then on every batch goes to the spool behind 
 order, while a drainer retries the database with backoff and replays the spool oldest first; when
 it is empty, writes go direct again. A spool left by a crash is drained before new data; replayed
 batches are written insert-if-absent whatever their table (``write(..., replay=True)``). If the
-spool is full, the batch is dropped and its time range becomes an ``unrecoverable`` (quotes) or
-``open`` (trades, recoverable by REST) row in ``data_gaps``, and an error is logged every minute.
+spool is full, the batch is dropped and its time range becomes a ``data_gaps`` row of its stream,
+``open`` when the venue can serve it again over REST (trades) else ``unrecoverable`` (quotes), and
+an error is logged every minute.
 That gap row is appended to the spool at once, past its cap (``Spool.append(over_cap=True)``), so
 it survives a shutdown with the database still down or a crash; only if the disk refuses even
 that is it kept in memory and written when the database is back.
@@ -30,7 +31,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from collector_daemon.rows import DATA_GAPS, QUOTES, TRADES, TableSpec
+from collector_daemon.core.gaps import Gap, GapStatus
+from collector_daemon.rows import DATA_GAPS, TableSpec
 from collector_daemon.storage.spool import Spool
 from collector_daemon.storage.writer import is_transient
 
@@ -276,11 +278,18 @@ class Pipeline:
 
 
 def _gap_row(table: TableSpec, rows: list[tuple]) -> tuple | None:
-    """A data_gaps row covering the exchange time range of a dropped quotes/trades batch."""
-    if table is not QUOTES and table is not TRADES:
+    """A data_gaps row covering the exchange time range of a dropped batch of a venue stream
+    (None for other tables: events, rejected frames). The venue is the rows' first column."""
+    from collector_daemon.venues import UnknownVenue, get_venue
+    try:
+        venue = get_venue(rows[0][0])
+    except (UnknownVenue, IndexError, TypeError):
         return None
-    ts = table.columns.index("exchange_ts")
+    spec = next((s for s in venue.stream_specs() if s.table.name == table.name), None)
+    if spec is None:
+        return None
+    ts = table.exchange_ts_index
     start, end = min(r[ts] for r in rows), max(r[ts] for r in rows)
-    status = "open" if table is TRADES else "unrecoverable"
-    return (rows[0][0], table.name, "*", start, end, None, None, "spool_full", status,
-            f"spool full: {len(rows)} rows dropped")
+    status = GapStatus.OPEN if spec.recoverable else GapStatus.UNRECOVERABLE
+    return Gap(venue.name, spec.name, "*", start, end, None, None, "spool_full", status,
+               f"spool full: {len(rows)} rows dropped").row()

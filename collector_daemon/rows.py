@@ -30,6 +30,11 @@ class TableSpec:
     timestamp_columns: tuple[str, ...] = ()
 
     @property
+    def exchange_ts_index(self) -> int | None:
+        """Position of ``exchange_ts`` in the row tuples (None when the table has none)."""
+        return self.columns.index("exchange_ts") if "exchange_ts" in self.columns else None
+
+    @property
     def keyed(self) -> bool:
         """True when rows must be written insert-if-absent (the table has a natural key)."""
         return bool(self.natural_key)
@@ -95,10 +100,24 @@ INSTRUMENTS = TableSpec(
     timestamp_columns=("expiration_timestamp", "creation_timestamp"),
 )
 
-#: Every table the collector's writer handles, by name.
+#: Every table the collector's writer handles, by name: the shared ones above, plus the tables
+#: venues add with :func:`register_table` (the writer's staging tables and the spool's replay
+#: look tables up here).
 TABLES: dict[str, TableSpec] = {
     t.name: t for t in (QUOTES, TRADES, CONNECTION_EVENTS, REJECTED_MESSAGES, DATA_GAPS)
 }
+
+
+def register_table(table: TableSpec) -> TableSpec:
+    """Add a venue's own table to :data:`TABLES` (idempotent for an equal spec); returns it.
+
+    Raises:
+        ValueError: another table of that name with other columns is registered.
+    """
+    other = TABLES.setdefault(table.name, table)
+    if other != table:
+        raise ValueError(f"table {table.name} registered twice with different columns")
+    return table
 
 #: The most of a rejected frame kept in rejected_messages.raw (characters).
 REJECTED_RAW_CAP = 65_536

@@ -1,6 +1,11 @@
 """Configuration of the collector, read from the environment (prefix ``TICKVAULT_``) or a ``.env``
 file by pydantic-settings. Every variable is documented in the README's configuration table.
 
+Two layers: :class:`Settings` holds what every collector has (database, batching, backoff,
+sharding, metrics, spool); the venue named by ``TICKVAULT_VENUE`` brings its own settings model
+(``TICKVAULT_<VENUE>_*``: endpoints, universe, heartbeats, staleness limits), loaded by
+:func:`load_settings` into :attr:`Settings.venue_settings`.
+
 A missing or invalid value fails at start with the variable's name (``SettingsError``); nothing
 has a default password, and the database URL has no default at all.
 """
@@ -10,12 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-#: Deribit: WebSockets and HTTP requests together, per IP (docs: connection management).
-DERIBIT_CONNECTIONS_PER_IP = 32
 
 
 class SettingsError(RuntimeError):
@@ -29,11 +30,8 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = Field(
         description="PostgreSQL/TimescaleDB URL, e.g. postgresql://user:pw@host:5432/tickvault. Required.")
-    venue: Literal["deribit"] = Field("deribit", description="Exchange to collect from.")
-    deribit_ws_url: str = Field("wss://www.deribit.com/ws/api/v2", description="Deribit WebSocket endpoint.")
-    deribit_rest_url: str = Field("https://www.deribit.com/api/v2", description="Deribit REST base URL.")
-    currency: str = Field("ETH", description="Currencies collected, comma-separated (ETH or ETH,BTC).")
-    kind: str = Field("option", description="Instrument kinds collected, comma-separated (option or option,future).")
+    venue: str = Field("deribit", description=(
+        "Exchange to collect from: a registered venue (collector_daemon/venues/<name>/)."))
     shard: str = Field("1/1", description=(
         "k/n: this daemon owns the instruments whose name hashes to shard k of n (scale-out; "
         "every shard also takes the chain-wide trades channels, deduplicated by the database)."))
@@ -41,18 +39,16 @@ class Settings(BaseSettings):
         "Channels per WebSocket connection; the subscription set is spread over "
         "ceil(channels / this) connections (at most max_connections)."))
     max_connections: int = Field(16, ge=1, le=28, description=(
-        "Most WebSocket connections per daemon (Deribit allows 32 per IP, REST included: this + "
-        "2 x TICKVAULT_REST_MAX_CONCURRENCY must stay within 32, checked at start)."))
+        "Most WebSocket connections per daemon and endpoint (checked at start against the "
+        "venue's connections per IP; Deribit counts REST too: this + 2 x "
+        "TICKVAULT_REST_MAX_CONCURRENCY must stay within 32)."))
     failover_s: float = Field(30.0, gt=0, description=(
         "A connection down this long hands its channels to the other connections (s)."))
-    top_n: int | None = Field(
-        50, description="Keep the top N instruments by open interest; empty or 'all' = the whole chain.")
     universe_refresh_s: float = Field(300.0, gt=0, description=(
         "Seconds between re-reads of the universe table (a NOTIFY from Dagster is acted on at once)."))
     universe_stale_s: float = Field(5400.0, gt=0, description=(
         "Refresh the universe from REST itself when nobody (Dagster's hourly instrument_universe) "
         "refreshed the table for this long (s); REST is otherwise used only while the table is empty."))
-    heartbeat_s: int = Field(10, ge=10, description="Deribit public/set_heartbeat interval (s, >= 10).")
     batch_rows: int = Field(10_000, ge=1, description="Rows per COPY batch.")
     flush_interval_s: float = Field(1.0, gt=0, description="A partial batch is flushed at least this often (s).")
     queue_batches: int = Field(4, ge=1, description="Sealed batches the writer queue holds before the reader waits.")
@@ -67,16 +63,9 @@ class Settings(BaseSettings):
     refused_retry_s: float = Field(10.0, gt=0, description="Channels the exchange refused are requested again after this long (s).")
     silence_reconnect_s: float = Field(30.0, gt=0, description=(
         "Reconnect when no frame at all (data or heartbeat) arrived for this long (s)."))
-    quotes_stale_warn_s: float = Field(60.0, gt=0, description="Warn when no ticker arrived for this long (s).")
-    quotes_stale_reconnect_s: float = Field(600.0, gt=0, description="Reconnect when no ticker arrived for this long (s).")
-    trades_stale_warn_s: float = Field(3600.0, gt=0, description=(
-        "Warn when no trade arrived for this long (s); trades never force a reconnect (quiet nights)."))
     rest_max_concurrency: int = Field(4, ge=1, le=16, description=(
         "Concurrent REST requests per client (the universe refresh and a gap recovery may run at "
-        "once; each request counts toward Deribit's 32 connections per IP)."))
-    deribit_history_url: str | None = Field(None, description=(
-        "Archive REST host for trade windows older than 24 h (e.g. https://history.deribit.com/api/v2); "
-        "empty = such windows are left to the Dagster backfill."))
+        "once; on Deribit each request counts toward its 32 connections per IP)."))
     shutdown_recovery_s: float = Field(30.0, ge=0, description=(
         "At shutdown, how long to spend recovering the last gaps before leaving them to Dagster (s)."))
     metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /healthz.")
@@ -90,33 +79,19 @@ class Settings(BaseSettings):
         "<dir>/<venue>-<currency> and locks it."))
     spool_max_bytes: int = Field(2 * 2**30, gt=0, description="Spool size cap in bytes (default 2 GiB).")
 
+    _venue_settings: object = PrivateAttr(None)
+
     @model_validator(mode="after")
-    def _connection_budget(self) -> "Settings":
-        # Deribit counts WebSockets and HTTP requests together, at most 32 per IP (reference A.4).
-        # REST runs in two clients at once: the universe refresh and a gap recovery.
+    def _backoff_bounds(self) -> "Settings":
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("TICKVAULT_BACKOFF_MAX_S must be >= TICKVAULT_BACKOFF_MIN_S")
-        used = self.max_connections + 2 * self.rest_max_concurrency
-        if used > DERIBIT_CONNECTIONS_PER_IP:
-            raise ValueError(
-                f"TICKVAULT_MAX_CONNECTIONS + 2 x TICKVAULT_REST_MAX_CONCURRENCY = {used} exceeds "
-                f"Deribit's {DERIBIT_CONNECTIONS_PER_IP} connections per IP")
         return self
 
-    @field_validator("top_n", mode="before")
-    @classmethod
-    def _top_n(cls, value: object) -> object:
-        if value in ("", "all", "ALL", None):
-            return None
-        return value
-
-    @field_validator("currency", "kind")
-    @classmethod
-    def _csv(cls, value: str) -> str:
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        if not items:
-            raise ValueError("must name at least one value")
-        return ",".join(items)
+    @property
+    def venue_settings(self):
+        """The venue's own settings (a ``collector_daemon.venues.VenueSettings``), set by
+        :func:`load_settings`."""
+        return self._venue_settings
 
     @field_validator("shard")
     @classmethod
@@ -128,16 +103,6 @@ class Settings(BaseSettings):
         if not 1 <= k <= n:
             raise ValueError("needs 1 <= k <= n")
         return f"{k}/{n}"
-
-    @property
-    def currencies(self) -> tuple[str, ...]:
-        """``currency`` split: ``("ETH", "BTC")``."""
-        return tuple(self.currency.split(","))
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        """``kind`` split: ``("option", "future")``."""
-        return tuple(self.kind.split(","))
 
     @property
     def shard_index(self) -> tuple[int, int]:
@@ -159,18 +124,81 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings, applying ``overrides`` (CLI flags) on top of the environment.
+    """Read the settings and the venue's (``TICKVAULT_VENUE``) settings, applying ``overrides``
+    (CLI flags, tests) on top of the environment. An override that is no collector setting goes
+    to the venue's settings, with or without the venue's prefix (``history_url`` or
+    ``deribit_history_url``).
 
     Raises:
-        SettingsError: naming every ``TICKVAULT_*`` variable that is missing or invalid.
+        SettingsError: naming every variable that is missing or invalid, an unknown venue (with
+            the known ones), an unknown override, or a check across variables that fails
+            (e.g. the venue's connections per IP).
     """
+    from collector_daemon.venues import UnknownVenue, get_venue
+    given = {k: v for k, v in overrides.items() if v is not None}
+    core = {k: v for k, v in given.items() if k in Settings.model_fields}
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**core)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            if err["loc"]:
-                problems.append(f"TICKVAULT_{str(err['loc'][0]).upper()}: {err['msg']}")
-            else:  # a check across variables names them in its message
-                problems.append(str(err["msg"]).removeprefix("Value error, "))
-        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+        problems += _problems(exc, lambda field: f"TICKVAULT_{field.upper()}")
+    venue_name = settings.venue if settings is not None else str(core.get("venue", "deribit"))
+    try:
+        venue = get_venue(venue_name)
+    except UnknownVenue as exc:
+        raise SettingsError(f"invalid configuration: TICKVAULT_VENUE: {exc}") from None
+    prefix = f"{venue.name}_"
+    fields = venue.settings_class.model_fields
+    rest = {}
+    for key, value in given.items():
+        if key in core:
+            continue
+        name = key.removeprefix(prefix) if key.removeprefix(prefix) in fields else key
+        if name not in fields:
+            raise SettingsError(f"invalid configuration: unknown setting {key!r} (venue {venue.name})")
+        rest[name] = value
+    venue_settings = None
+    try:
+        venue_settings = venue.load_settings(**rest)
+    except ValidationError as exc:
+        problems += _problems(exc, lambda loc: _venue_variables(venue, loc))
+    if problems:
+        raise SettingsError("invalid configuration: " + "; ".join(problems))
+    limit = venue.limits.connections_per_ip
+    if limit is not None:
+        used = settings.max_connections + (2 * settings.rest_max_concurrency
+                                           if venue.limits.rest_counts_as_connection else 0)
+        if used > limit:
+            what = ("TICKVAULT_MAX_CONNECTIONS + 2 x TICKVAULT_REST_MAX_CONCURRENCY"
+                    if venue.limits.rest_counts_as_connection else "TICKVAULT_MAX_CONNECTIONS")
+            raise SettingsError(f"invalid configuration: {what} = {used} exceeds "
+                                f"{venue.name.capitalize()}'s {limit} connections per IP")
+    settings._venue_settings = venue_settings
+    return settings
+
+
+def _venue_variables(venue, loc: str) -> str:
+    """The variables a venue setting is read from: ``TICKVAULT_DERIBIT_HEARTBEAT_S (or
+    TICKVAULT_HEARTBEAT_S)``; ``loc`` is its field name or the alias that was read."""
+    prefix = venue.settings_class.model_config.get("env_prefix", "")
+    field = loc.lower().removeprefix(prefix.lower()).removeprefix("tickvault_")
+    info = venue.settings_class.model_fields.get(field)
+    names = [f"{prefix}{field}".upper()]
+    alias = getattr(info, "validation_alias", None) if info is not None else None
+    for choice in getattr(alias, "choices", ()):
+        if isinstance(choice, str) and choice.upper() not in names and choice.startswith("TICKVAULT_"):
+            names.append(choice.upper())
+    return names[0] + (f" (or {', '.join(names[1:])})" if len(names) > 1 else "")
+
+
+def _problems(exc: ValidationError, variable) -> list[str]:
+    """One ``VARIABLE: message`` per error; ``variable(loc)`` names the variable of a location
+    (a field name, or the alias that was read)."""
+    out = []
+    for err in exc.errors():
+        if err["loc"]:
+            out.append(f"{variable(str(err['loc'][0]))}: {err['msg']}")
+        else:  # a check across variables names them in its message
+            out.append(str(err["msg"]).removeprefix("Value error, "))
+    return out

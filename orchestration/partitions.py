@@ -2,14 +2,17 @@
 
 import dagster as dg
 
+from collector_daemon.venues import venues
+
 #: First day with data worth auditing; earlier partitions are never materialised.
 START_DATE = "2021-01-01"
 
 #: One partition per UTC day.
 daily = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)
 
-#: Venues the daily assets audit, backfill and check. Per-venue results are rows (a ``venue``
-#: column in data_gaps, candles, ...) and per-venue metadata, not a partition dimension: one
-#: venue has a REST backfill today, a day is complete when every venue is, and a date x venue
-#: grid would multiply runs and break single-key schedules and backfills for no gain yet.
-VENUES: tuple[str, ...] = ("deribit",)
+#: Venues the daily assets audit, backfill and check: every registered venue
+#: (``collector_daemon.venues``). Per-venue results are rows (a ``venue`` column in data_gaps,
+#: candles, ...) and per-venue metadata, not a partition dimension: a day is complete when every
+#: venue is, and a date x venue grid would multiply runs and break single-key schedules and
+#: backfills (docs/venues.md says when that changes).
+VENUES: tuple[str, ...] = tuple(venues())

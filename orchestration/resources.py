@@ -12,8 +12,7 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
-from collector_daemon.venues.deribit.rest import DeribitRest
-from orchestration.lib.backfill import RestConfig
+from collector_daemon.venues import RestClient, Venue, VenueSettings, get_venue
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -28,36 +27,55 @@ class DatabaseResource(dg.ConfigurableResource):
             yield conn
 
 
-class DeribitApiResource(dg.ConfigurableResource):
-    """Deribit REST API (or the emulator standing in for it), through the collector's one REST
-    client ``collector_daemon.venues.deribit.rest.DeribitRest`` (pacing, retries, paging)."""
+class VenueApiResource(dg.ConfigurableResource):
+    """A venue's REST API (or the emulator standing in for it), through the venue's one REST
+    client (``collector_daemon.venues.<name>``: pacing, retries, paging). One resource per
+    registered venue, keyed by the venue's name. The venue's own settings
+    (``TICKVAULT_<VENUE>_*``, e.g. Deribit's currency, kinds and top N) are read from the
+    environment as the collector reads them, with ``options`` on top."""
 
-    base_url: str = Field("https://www.deribit.com/api/v2",
-                          description="REST base URL; the emulator's rest_url in tests and replays.")
+    venue: str = Field(description="Registered venue name (collector_daemon/venues/<name>/).")
+    base_url: str | None = Field(
+        None, description="REST base URL; empty = the venue's setting (the emulator's rest_url in "
+                          "tests and replays).")
     history_url: str | None = Field(
-        None, description="Archive host for trades older than 24 h (https://history.deribit.com/api/v2); "
-                          "empty = such gaps are marked unrecoverable.")
-    currency: str = Field("ETH", description="Currency whose options are tracked.")
-    kinds: list[str] = Field(["option"], description="Instrument kinds tracked (universe, trade backfill).")
-    top_n: int | None = Field(50, description="Subscription set size by open interest; None = all.")
-    max_concurrency: int = Field(4, description="Concurrent REST requests (count toward 32 per IP).")
+        None, description="Archive host for data older than the venue's REST horizon; empty = "
+                          "the venue's setting.")
+    options: dict[str, str] = Field(
+        default_factory=dict, description="More of the venue's settings by field name, e.g. "
+                                          "{'currency': 'BTC', 'top_n': '5'}.")
+    max_concurrency: int = Field(4, description="Concurrent REST requests (some venues count them "
+                                                "toward their connections per IP).")
 
-    def client(self, history: bool = False) -> DeribitRest:
-        """A new ``DeribitRest`` on the main (or history) host; use as ``async with``.
+    @property
+    def registered(self) -> Venue:
+        """The venue object of the registry.
 
         Raises:
-            ValueError: ``history`` asked but no ``history_url`` configured.
+            collector_daemon.venues.UnknownVenue: ``venue`` is not registered.
         """
-        if history and not self.history_url:
-            raise ValueError("no history_url configured")
-        return DeribitRest(self.history_url if history else self.base_url,
-                           max_concurrency=self.max_concurrency)
+        return get_venue(self.venue)
 
-    def rest_config(self) -> RestConfig:
-        """The plain settings the backfill library takes."""
-        return RestConfig(base_url=self.base_url, history_url=self.history_url or None,
-                          currency=self.currency, kinds=tuple(self.kinds),
-                          max_concurrency=self.max_concurrency)
+    def settings(self) -> VenueSettings:
+        """The venue's settings: environment, then ``options``, ``base_url``, ``history_url``."""
+        over: dict = dict(self.options)
+        if self.base_url:
+            over["rest_url"] = self.base_url
+        if self.history_url:
+            over["history_url"] = self.history_url
+        return self.registered.load_settings(**over)
+
+    def client(self, history: bool = False) -> RestClient:
+        """A new REST client on the main (or history) host; use as ``async with``.
+
+        Raises:
+            ValueError: ``history`` asked but no history host configured.
+        """
+        settings = self.settings()
+        if history and not settings.history_url:
+            raise ValueError("no history_url configured")
+        return self.registered.rest_client(settings, base_url=settings.history_url if history else None,
+                                           max_concurrency=self.max_concurrency)
 
 
 class ObjectStorageResource(dg.ConfigurableResource):

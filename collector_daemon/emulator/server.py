@@ -65,7 +65,7 @@ class EmulatorConfig:
         wait_for_clients: the replay clock starts when this many connections hold a subscription.
         close_when_done: close every connection with 1000 "replay finished" after the last frame.
         faults: fault injection (:class:`~collector_daemon.emulator.replay.Faults`).
-        venue: venue emulation (module ``collector_daemon.venues.<venue>.emulation``).
+        venue: a registered venue (``collector_daemon.venues``) whose emulation is used.
         start_grace: after the start condition, wait until no subscribe request came for this
             many seconds (a client subscribing in several requests misses nothing).
         heartbeat_unit: wall seconds per second of a client's heartbeat interval (1.0 like the
@@ -270,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(Deribit: get_last_trades_* JSON or cyri113-style CSV)")
     parser.add_argument("--align-trades", action="store_true",
                         help="time-shift the trade source to start with the capture")
-    parser.add_argument("--venue", default="deribit", help="venue emulation (default deribit)")
+    parser.add_argument("--venue", default="deribit", help="registered venue to emulate (default deribit)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--speed", type=_speed, default=1.0,

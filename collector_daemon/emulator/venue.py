@@ -3,9 +3,9 @@
 The generic part (:mod:`.replay`, :mod:`.server`) knows nothing about any exchange's wire format. It
 plays a time-ordered list of :class:`Event` objects, routes each one to the clients whose subscribed
 channels map to one of the event's *routes*, counts what it sent and injects faults. Everything that
-depends on the exchange lives in one :class:`VenueEmulation` subclass per venue, in
-``collector_daemon/venues/<venue>/emulation.py``, which exposes the class as ``EMULATION``.
-Adding Bybit v5 or Kraken is one such file and no change here.
+depends on the exchange lives in one :class:`VenueEmulation` subclass per venue, in the venue's
+folder, which its :class:`~collector_daemon.venues.Venue` returns from ``emulation()``.
+Adding Bybit v5 or Kraken needs no change here.
 
 Times are integers in **milliseconds since the Unix epoch (UTC)** unless a name says otherwise
 (``*_us`` = microseconds).
@@ -13,7 +13,6 @@ Times are integers in **milliseconds since the Unix epoch (UTC)** unless a name 
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -205,14 +204,17 @@ class VenueEmulation(ABC):
 
 
 def load_venue(name: str, fanout: int = 1, churn: bool = False) -> VenueEmulation:
-    """Instantiate ``collector_daemon.venues.<name>.emulation.EMULATION`` (by convention, so a new
-    venue needs no registration here)."""
-    module_name = f"collector_daemon.venues.{name}.emulation"
+    """The emulation of the registered venue ``name`` (:meth:`collector_daemon.venues.Venue.emulation`).
+
+    Raises:
+        ValueError: no such venue (the message lists the known ones), or it has no emulation.
+    """
+    from collector_daemon.venues import UnknownVenue, get_venue
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise  # the emulation exists but one of its imports is missing
+        venue = get_venue(name)
+    except UnknownVenue as exc:
+        raise ValueError(f"no emulation for venue {name!r}: {exc}") from None
+    try:
+        return venue.emulation(fanout=fanout, churn=churn)
+    except NotImplementedError as exc:
         raise ValueError(f"no emulation for venue {name!r}") from exc
-    cls: type[VenueEmulation] = module.EMULATION
-    return cls(fanout=fanout, churn=churn)

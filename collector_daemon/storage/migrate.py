@@ -38,15 +38,23 @@ def _yoyo_url(dsn: str) -> str:
     return "postgresql+psycopg://" + rest
 
 
+def migration_dirs(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
+    """``schema_dir`` then the migration folder of every registered venue that has one
+    (``Venue.schema_dir``: a venue's own tables), in that order."""
+    from collector_daemon.venues import venues
+    return [schema_dir] + [v.schema_dir for v in venues().values() if v.schema_dir is not None]
+
+
 def migrate(dsn: str, schema_dir: Path = SCHEMA_DIR) -> MigrationReport:
-    """Apply every pending migration of ``schema_dir`` to the database at ``dsn``.
+    """Apply every pending migration of ``schema_dir`` and of the registered venues' migration
+    folders (:func:`migration_dirs`) to the database at ``dsn``.
 
     Raises:
         psycopg.Error / yoyo exceptions: the database is unreachable or a migration failed (the
             failing migration's transaction is rolled back).
     """
     backend = get_backend(_yoyo_url(dsn))
-    migrations = read_migrations(str(schema_dir))
+    migrations = read_migrations(*map(str, migration_dirs(schema_dir)))
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)

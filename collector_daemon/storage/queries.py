@@ -56,56 +56,69 @@ async def heartbeat(conn: asyncpg.Connection, collector_id: str, venue: str, hos
         json.dumps(stats), now_us if stopped else None)
 
 
-#: Per-instrument rows and freshness for ``tickvault status`` (psycopg, %(hours)s parameter):
-#: the last ``hours`` of data, counted back from the newest exchange timestamp stored (so a
-#: replay of old captures shows too; the time index makes max() cheap).
-STATUS_INSTRUMENTS_SQL = """
-WITH bounds AS (
-    SELECT greatest((SELECT max(exchange_ts) FROM quotes), (SELECT max(exchange_ts) FROM trades))
-           - make_interval(secs => %(hours)s * 3600) AS since
-), q AS (
-    SELECT venue, instrument_name, count(*) AS quotes, max(exchange_ts) AS last_quote,
-           max(receive_ts) AS last_quote_received
-    FROM quotes, bounds WHERE exchange_ts >= bounds.since GROUP BY venue, instrument_name
-), t AS (
-    SELECT venue, instrument_name, count(*) AS trades, max(exchange_ts) AS last_trade
-    FROM trades, bounds WHERE exchange_ts >= bounds.since GROUP BY venue, instrument_name
-)
-SELECT coalesce(q.venue, t.venue) AS venue, coalesce(q.instrument_name, t.instrument_name) AS instrument_name,
-       coalesce(q.quotes, 0) AS quotes, coalesce(t.trades, 0) AS trades,
-       greatest(q.last_quote, t.last_trade) AS last_exchange_ts,
-       now() - q.last_quote_received AS received_age
-FROM q FULL JOIN t ON q.venue = t.venue AND q.instrument_name = t.instrument_name
-ORDER BY 1, 2
-"""
+def _stream_tables(venues) -> list[tuple[str, str, str]]:
+    """``(venue, stream, table)`` of every registered venue's streams."""
+    return [(v.name, s.name, s.table.name) for v in venues for s in v.stream_specs()]
 
-#: Per venue and stream for ``tickvault status``: newest data, rows today (UTC), gaps by status
-#: with their total duration.
-STATUS_STREAMS_SQL = """
-WITH s AS (
-    SELECT venue, 'quotes' AS stream, max(receive_ts) AS last_received,
-           count(*) FILTER (WHERE exchange_ts >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS rows_today
-    FROM quotes WHERE exchange_ts >= (SELECT max(exchange_ts) FROM quotes) - interval '1 day' GROUP BY venue
-    UNION ALL
-    SELECT venue, 'trades', max(receive_ts),
-           count(*) FILTER (WHERE exchange_ts >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
-    FROM trades WHERE exchange_ts >= (SELECT max(exchange_ts) FROM trades) - interval '1 day' GROUP BY venue
-), g AS (
-    SELECT venue, stream,
-           count(*) FILTER (WHERE status = 'open') AS open_n,
-           coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'open'), interval '0') AS open_d,
-           count(*) FILTER (WHERE status = 'backfilled') AS backfilled_n,
-           coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'backfilled'), interval '0') AS backfilled_d,
-           count(*) FILTER (WHERE status = 'unrecoverable') AS unrecoverable_n,
-           coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'unrecoverable'), interval '0') AS unrecoverable_d
-    FROM data_gaps GROUP BY venue, stream
-)
-SELECT coalesce(s.venue, g.venue), coalesce(s.stream, g.stream), now() - s.last_received,
-       coalesce(s.rows_today, 0), coalesce(g.open_n, 0), g.open_d, coalesce(g.backfilled_n, 0),
-       g.backfilled_d, coalesce(g.unrecoverable_n, 0), g.unrecoverable_d
-FROM s FULL JOIN g ON s.venue = g.venue AND s.stream = g.stream
-ORDER BY 1, 2
-"""
+
+def status_streams(conn, venues) -> list[tuple]:
+    """Per venue and stream for ``tickvault status`` (psycopg): ``(venue, stream, age of the
+    newest row received, rows today (UTC), open n, open duration, backfilled n, duration,
+    unrecoverable n, duration)``; gaps by status with their total duration. Streams come from
+    the venue registry (``venues``); only the last day of data (back from the newest exchange
+    timestamp stored) is read."""
+    data: dict[tuple[str, str], tuple] = {}
+    for venue, stream, table in _stream_tables(venues):
+        row = conn.execute(
+            f"SELECT now() - max(receive_ts), count(*) FILTER (WHERE exchange_ts >= "
+            f"date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'), count(*) "
+            f"FROM {table}, (SELECT max(exchange_ts) AS newest FROM {table} WHERE venue = %(v)s) m "
+            f"WHERE venue = %(v)s AND exchange_ts >= m.newest - interval '1 day'",
+            {"v": venue}).fetchone()
+        if row[2]:
+            data[(venue, stream)] = row[:2]
+    gaps = {(r[0], r[1]): r[2:] for r in conn.execute(
+        "SELECT venue, stream, count(*) FILTER (WHERE status = 'open'), "
+        "coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'open'), interval '0'), "
+        "count(*) FILTER (WHERE status = 'backfilled'), "
+        "coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'backfilled'), interval '0'), "
+        "count(*) FILTER (WHERE status = 'unrecoverable'), "
+        "coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'unrecoverable'), interval '0') "
+        "FROM data_gaps GROUP BY venue, stream")}
+    out = []
+    for key in sorted(set(data) | set(gaps)):
+        age, today = data.get(key, (None, 0))
+        g = gaps.get(key, (0, None, 0, None, 0, None))
+        out.append((*key, age, today, *g))
+    return out
+
+
+def status_instruments(conn, venues, hours: float) -> tuple[list[str], list[tuple]]:
+    """Per-instrument rows and freshness for ``tickvault status`` (psycopg): the last ``hours``
+    of data, counted back from the newest exchange timestamp stored. Returns the stream names
+    (column order) and rows ``(venue, instrument_name, {stream: rows}, newest exchange_ts, age
+    of the newest row received)``."""
+    tables = _stream_tables(venues)
+    newest = [conn.execute(f"SELECT max(exchange_ts) FROM {t}").fetchone()[0]
+              for t in dict.fromkeys(t for _, _, t in tables)]
+    newest = [n for n in newest if n is not None]
+    streams = list(dict.fromkeys(s for _, s, _ in tables))
+    if not newest:
+        return streams, []
+    since = max(newest)
+    per: dict[tuple[str, str], list] = {}
+    for venue, stream, table in tables:
+        for name, n, last, age in conn.execute(
+                f"SELECT instrument_name, count(*), max(exchange_ts), now() - max(receive_ts) "
+                f"FROM {table} WHERE venue = %(v)s AND exchange_ts >= %(since)s - "
+                f"make_interval(secs => %(hours)s * 3600) GROUP BY instrument_name",
+                {"v": venue, "since": since, "hours": hours}).fetchall():
+            entry = per.setdefault((venue, name), [{}, None, None])
+            entry[0][stream] = n
+            entry[1] = last if entry[1] is None else max(entry[1], last)
+            entry[2] = age if entry[2] is None else min(entry[2], age)
+    return streams, [(v, name, *e) for (v, name), e in sorted(per.items())]
+
 
 STATUS_COLLECTORS_SQL = """
 SELECT collector_id, venue, hostname, pid, started_at, now() - heartbeat_at AS heartbeat_age, stats,

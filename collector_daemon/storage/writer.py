@@ -160,6 +160,7 @@ class BatchWriter:
         self._staging_until: dict[str, float] = {}
         self._on_retry = on_retry
         self.pool: asyncpg.Pool | None = None
+        self._owns_pool = True
         self.rows_written: dict[str, int] = {}
         self.rows_duplicate: dict[str, int] = {}
         self.rows_refused = 0
@@ -182,11 +183,21 @@ class BatchWriter:
             await conn.execute(f"CREATE TEMP TABLE _stage_{table.name} ON COMMIT DELETE ROWS AS "
                                f"SELECT {', '.join(table.columns)} FROM {table.name} WITH NO DATA")
 
+    def sibling(self, *, conflict_cooldown_s: float = 3600.0) -> "BatchWriter":
+        """Another writer on this writer's (open) pool, with its own counters and conflict state:
+        the collector's gap recovery writes REST rows through it, so they share the pool but not
+        the stream's figures. Closing it leaves the pool open."""
+        other = BatchWriter(self._dsn, venue=self._venue, conflict_cooldown_s=conflict_cooldown_s,
+                            on_retry=self._on_retry, write_timeout_s=self.write_timeout_s)
+        other.pool, other._owns_pool = self.pool, False
+        return other
+
     async def close(self) -> None:
-        """Close the pool. Call only after the pipeline has flushed every batch."""
-        if self.pool is not None:
+        """Close the pool (a :meth:`sibling` only lets go of it). Call only after the pipeline
+        has flushed every batch."""
+        if self.pool is not None and self._owns_pool:
             await self.pool.close()
-            self.pool = None
+        self.pool = None
 
     def _retrying(self) -> AsyncRetrying:
         def before_sleep(state) -> None:

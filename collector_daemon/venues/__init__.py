@@ -1,15 +1,45 @@
-"""The venue boundary. Each exchange lives in one sub-package (``deribit/``; ``bybit/`` and
-``kraken/`` later) that provides a :class:`VenueProtocol`: how to name channels, build
-subscribe/heartbeat frames, and decode frames into rows. The connection lifecycle
-(``collector_daemon.connection``), the pipeline and the storage are shared and venue-agnostic.
+"""The venue boundary and the venue registry.
+
+Each exchange is one package ``collector_daemon/venues/<name>/`` that exports ``VENUE``, an
+instance of :class:`Venue`: its settings (own ``TICKVAULT_<NAME>_*`` variables), WebSocket
+endpoints, connection limits, wire protocol (:class:`VenueProtocol`), the streams it produces
+with their tables and gap policy (:class:`StreamSpec`), its REST client, universe fetch and gap
+recovery strategy, and its emulation. The daemon, ``tickvault collect --venue NAME``, the
+emulator, ``tickvault status`` and the Dagster definitions are all built from the registry
+(:func:`venues`, :func:`get_venue`); nothing outside a venue's folder names it.
+
+Discovery: every sub-package of ``collector_daemon.venues`` that exports ``VENUE``, plus the
+modules named in ``TICKVAULT_VENUE_PLUGINS`` (comma-separated, e.g. a venue kept outside this
+repository, or the fake venue of the tests). ``docs/venues.md`` has the checklist for a new venue
+and the path a frame takes.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+import enum
+import importlib
+import os
+import pkgutil
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from pydantic_settings import BaseSettings
 
 from collector_daemon.rows import TableSpec
+
+if TYPE_CHECKING:   # only for annotations: the core modules import this one
+    from collector_daemon.core.gaps import Gap
+    from collector_daemon.core.universe import FetchedUniverse
+
+
+def _stream_of(channel_streams: Mapping[str, str], channel: str) -> str | None:
+    for prefix, stream in channel_streams.items():
+        if channel.startswith(prefix):
+            return stream
+    return None
 
 
 class RejectedFrame(Exception):
@@ -25,9 +55,11 @@ class Data(NamedTuple):
 
 
 class Response(NamedTuple):
-    """Answer to one of our requests: ``result`` (decoded JSON) or ``error`` (dict with code, message)."""
+    """Answer to one of our requests: ``result`` (decoded JSON) or ``error`` (dict with code,
+    message). ``request_id`` is the id of the :class:`Request` it answers (int or str, as the
+    venue's protocol chose)."""
 
-    request_id: int
+    request_id: int | str
     result: Any
     error: dict | None
 
@@ -39,48 +71,20 @@ class Control(NamedTuple):
 
 
 class Request(NamedTuple):
-    """A frame we send that expects a Response: ``frame`` text, plus the channels it (un)subscribes."""
+    """A frame we send that expects answers: ``frame`` text, the channels it (un)subscribes, and
+    how many :class:`Response` frames answer it (Kraken v2 acknowledges a subscription once per
+    symbol; most venues once per request)."""
 
-    request_id: int
+    request_id: int | str
     frame: str
     channels: tuple[str, ...] = ()
+    responses: int = 1
 
 
-class VenueProtocol(abc.ABC):
-    """What the shared connection needs to know about one exchange's WebSocket protocol.
-
-    Implementations are stateless apart from configuration; one instance may serve several
-    connections.
-    """
-
-    #: Short venue name stored in every row (``deribit``, ``bybit``, ``kraken``).
-    name: str
-    #: The most channels one subscribe frame may carry.
-    max_channels_per_subscribe: int
-
-    @abc.abstractmethod
-    def channels_for(self, instruments: list[str]) -> list[str]:
-        """The channels to subscribe for a universe of instrument names (plus any chain-wide ones)."""
-
-    @abc.abstractmethod
-    def open_requests(self, next_id: "IdSource") -> list[Request]:
-        """Frames to send right after connecting, before subscribing (e.g. heartbeat setup)."""
-
-    @abc.abstractmethod
-    def subscribe_request(self, channels: list[str], next_id: "IdSource") -> Request:
-        """One subscribe frame for at most ``max_channels_per_subscribe`` channels."""
-
-    @abc.abstractmethod
-    def unsubscribe_request(self, channels: list[str], next_id: "IdSource") -> Request:
-        """One unsubscribe frame."""
-
-    @abc.abstractmethod
-    def acknowledged_channels(self, response: Response) -> list[str]:
-        """The channels a subscribe/unsubscribe response confirms."""
-
-    @abc.abstractmethod
-    def table_of(self, channel: str) -> str | None:
-        """The table (``quotes``, ``trades``) a channel's data lands in; None for other channels."""
+class Decoder(abc.ABC):
+    """Turns the frames of ONE connection into rows; may keep state across frames (e.g. Bybit's
+    linear tickers are a snapshot followed by deltas per symbol). A new decoder is made for every
+    (re)connection, so state never leaks from a dead socket into a new one."""
 
     @abc.abstractmethod
     def decode(self, frame: str | bytes, receive_us: int) -> Data | Response | Control:
@@ -95,6 +99,63 @@ class VenueProtocol(abc.ABC):
         """
 
 
+class VenueProtocol(abc.ABC):
+    """What the shared connection needs to know about one exchange's WebSocket protocol.
+
+    One instance serves every connection of a daemon; per-connection state lives in the
+    :class:`Decoder` that :meth:`decoder` makes.
+    """
+
+    #: Short venue name stored in every row (``deribit``, ``bybit``, ``kraken``).
+    name: str
+    #: The most channels one subscribe frame may carry.
+    max_channels_per_subscribe: int
+    #: Seconds between client pings (:meth:`ping_frame`); None = the venue pings us (or needs none).
+    ping_interval_s: float | None = None
+    #: Channel prefix -> stream name: which stream a subscribed channel feeds (the venue's one
+    #: map, as data; :attr:`Venue.channel_streams` is the same object).
+    channel_streams: Mapping[str, str] = {}
+
+    def stream_of(self, channel: str) -> str | None:
+        """The stream a channel feeds, None for control channels."""
+        return _stream_of(self.channel_streams, channel)
+
+    @abc.abstractmethod
+    def channels_for(self, instruments: list[str]) -> list[str]:
+        """The channels to subscribe for a universe of instrument names (plus any chain-wide ones)."""
+
+    def endpoint_of(self, channel: str) -> str:
+        """Which of the venue's WebSocket endpoints (:meth:`Venue.ws_endpoints` key) serves
+        ``channel``; one endpoint ``"public"`` unless the venue has several."""
+        return "public"
+
+    @abc.abstractmethod
+    async def open_requests(self, next_id: "IdSource") -> list[Request]:
+        """Frames to send right after connecting, before subscribing (heartbeat setup, an
+        authentication request whose signature or token may need I/O to obtain)."""
+
+    @abc.abstractmethod
+    def subscribe_request(self, channels: list[str], next_id: "IdSource") -> Request:
+        """One subscribe frame for at most ``max_channels_per_subscribe`` channels."""
+
+    @abc.abstractmethod
+    def unsubscribe_request(self, channels: list[str], next_id: "IdSource") -> Request:
+        """One unsubscribe frame."""
+
+    @abc.abstractmethod
+    def acknowledged_channels(self, request: Request, responses: list[Response]) -> list[str]:
+        """The channels of ``request`` that its ``responses`` confirm (the rest were refused)."""
+
+    def ping_frame(self, next_id: "IdSource") -> str | None:
+        """The application-level ping sent every ``ping_interval_s`` (its answer decodes to a
+        :class:`Control`)."""
+        return None
+
+    @abc.abstractmethod
+    def decoder(self) -> Decoder:
+        """A decoder for one new connection."""
+
+
 class IdSource:
     """Monotonic request ids for one connection (JSON-RPC ``id``, Bybit ``req_id``, ...)."""
 
@@ -106,3 +167,336 @@ class IdSource:
     def __call__(self) -> int:
         self._next += 1
         return self._next
+
+
+class Recovery(enum.Enum):
+    """How a stream's lost data can be fetched again.
+
+    * ``SEQUENCE``: rows carry a per-instrument sequence number rising by exactly 1
+      (:attr:`StreamSpec.sequence_column`); a jump is a gap with exact bounds, fetched by
+      sequence range; disconnect windows are fetched by time.
+    * ``TIME``: fetched by time window only.
+    * ``NONE``: the venue serves no history of it; its gaps are recorded ``unrecoverable``.
+    """
+
+    SEQUENCE = "sequence"
+    TIME = "time"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream a venue produces: the ``data_gaps.stream`` name, its table and gap policy.
+
+    Attributes:
+        name: stream name (``quotes``, ``trades``, ...), unique within the venue.
+        table: where its rows go.
+        recovery: gap policy (:class:`Recovery`).
+        sequence_column: with ``Recovery.SEQUENCE``, the per-instrument column that rises by 1.
+        unrecoverable_reason: with ``Recovery.NONE``, why (stored with each of its gaps).
+        stale_warn_s / stale_reconnect_s: the watchdog warns / reconnects when no data of the
+            stream arrived on a connection for this long (None = never); quiet streams (trades
+            at night, private wallet updates) must never force a reconnect.
+        per_instrument: rows arrive per instrument at a steady pace (tickers), so the daily audit
+            looks for silences of each instrument.
+    """
+
+    name: str
+    table: TableSpec
+    recovery: Recovery
+    sequence_column: str | None = None
+    unrecoverable_reason: str = ""
+    stale_warn_s: float | None = None
+    stale_reconnect_s: float | None = None
+    per_instrument: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.recovery is Recovery.SEQUENCE) != (self.sequence_column is not None):
+            raise ValueError(f"stream {self.name}: a sequence_column goes with Recovery.SEQUENCE")
+        for col in ("venue", "instrument_name", "exchange_ts", "receive_ts"):
+            if col not in self.table.columns:
+                raise ValueError(f"stream {self.name}: table {self.table.name} lacks column {col}")
+
+    @property
+    def recoverable(self) -> bool:
+        """True unless the venue serves no history of this stream."""
+        return self.recovery is not Recovery.NONE
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """A venue's limits on connections and subscriptions (its docs' numbers).
+
+    Attributes:
+        connections_per_ip: the most WebSocket connections per IP (None = no documented limit).
+        rest_counts_as_connection: concurrent REST requests count toward ``connections_per_ip``
+            (Deribit).
+        subscribe_burst / subscribe_period_s: subscribe frames: ``burst`` per ``period`` (a token
+            bucket shared by the daemon's connections).
+    """
+
+    connections_per_ip: int | None = None
+    rest_counts_as_connection: bool = False
+    subscribe_burst: int = 10
+    subscribe_period_s: float = 1.0
+
+
+class RecoveryPlan(NamedTuple):
+    """How one gap can be recovered.
+
+    Attributes:
+        method: ``seq`` (by sequence range), ``time`` (by time window) or ``none``.
+        host: which REST host (``main`` or ``history``); None for ``none``.
+        reason: why not, for ``none``.
+    """
+
+    method: str
+    host: str | None = None
+    reason: str | None = None
+
+    @property
+    def recoverable(self) -> bool:
+        """True unless ``method`` is ``none``."""
+        return self.method != "none"
+
+
+class VenueSettings(BaseSettings):
+    """Base of a venue's settings (a pydantic-settings model with the venue's own env prefix,
+    ``TICKVAULT_<NAME>_``). Subclasses add their fields; these are common to every venue."""
+
+    top_n: int | None = None
+    rest_url: str = ""
+    history_url: str | None = None
+
+    def universe_groups(self) -> tuple[str, ...]:
+        """The groups the universe is kept in (``universe_versions.currency``): currencies,
+        categories, ... One group ``"*"`` unless the venue says otherwise."""
+        return ("*",)
+
+
+class RestClient(abc.ABC):
+    """What the shared code needs of a venue's REST client: an async context manager with
+    request counters. The venue's own methods are used by its own universe and recovery code."""
+
+    calls: int
+    retries: int
+
+    async def __aenter__(self) -> "RestClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+
+
+class Venue(abc.ABC):
+    """One exchange, as the daemon, the emulator, ``status`` and Dagster see it.
+
+    Subclasses set the class attributes and implement the methods; an instance is exported as
+    ``VENUE`` from ``collector_daemon/venues/<name>/__init__.py``.
+    """
+
+    #: Registry name, also the ``venue`` column of every row.
+    name: ClassVar[str]
+    #: The settings model (own env prefix).
+    settings_class: ClassVar[type[VenueSettings]]
+    #: Connection and subscription limits.
+    limits: ClassVar[ConnectionLimits]
+    #: Channel prefix -> stream name: which stream a subscribed channel feeds (as data; the
+    #: daily audit reads disconnect windows through it).
+    channel_streams: ClassVar[Mapping[str, str]]
+    #: REST errors a recovery survives (the gap stays open and is retried); others propagate.
+    rest_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Folder of the venue's own migrations (its tables), applied after ``schema/``; None = none.
+    schema_dir: ClassVar[Path | None] = None
+    #: How far back the venue's main REST host serves a time window (s); None = no limit.
+    recent_horizon_s: ClassVar[float | None] = None
+
+    def load_settings(self, **overrides: Any) -> VenueSettings:
+        """The venue's settings from the environment with ``overrides`` on top.
+
+        Raises:
+            pydantic.ValidationError: a value is missing or invalid.
+        """
+        return self.settings_class(**{k: v for k, v in overrides.items() if v is not None})
+
+    @abc.abstractmethod
+    def streams(self, settings: VenueSettings) -> tuple[StreamSpec, ...]:
+        """The streams this venue produces (with watchdog limits from ``settings``)."""
+
+    def stream_of_channel(self, channel: str) -> str | None:
+        """The stream a channel feeds (:attr:`channel_streams` by prefix), None for control channels."""
+        return _stream_of(self.channel_streams, channel)
+
+    def channel_instrument(self, channel: str) -> str | None:
+        """The instrument of a per-instrument channel; None for chain-wide ones."""
+        return None
+
+    @abc.abstractmethod
+    def ws_endpoints(self, settings: VenueSettings) -> dict[str, str]:
+        """WebSocket URL per endpoint key (:meth:`VenueProtocol.endpoint_of`)."""
+
+    @abc.abstractmethod
+    def protocol(self, settings: VenueSettings) -> VenueProtocol:
+        """The wire protocol configured by ``settings``."""
+
+    @abc.abstractmethod
+    def rest_client(self, settings: VenueSettings, *, base_url: str | None = None,
+                    max_concurrency: int = 4) -> RestClient:
+        """A new REST client (``base_url`` overrides the settings', e.g. the history host)."""
+
+    @abc.abstractmethod
+    async def fetch_universe(self, rest: RestClient, settings: VenueSettings,
+                             group: str) -> "FetchedUniverse":
+        """The live instruments of one universe group and the ranked subscription set."""
+
+    def universe_kinds(self, settings: VenueSettings) -> tuple[str, ...]:
+        """Instrument kinds the universe is chosen from (stored with each universe version)."""
+        return ("*",)
+
+    def plan_recovery(self, gap: "Gap", stream: StreamSpec, *, now_us: int,
+                      history_available: bool) -> RecoveryPlan:
+        """How ``gap`` can be recovered over REST at venue time ``now_us`` (µs), or why not.
+
+        The default: nothing for a ``Recovery.NONE`` stream; by sequence range when the gap has
+        one; by time window while the window is within :attr:`recent_horizon_s` (less a
+        10-minute margin: a recovery takes time) on the main host, else on the history host when
+        one is configured, else unrecoverable.
+        """
+        if stream.recovery is Recovery.NONE:
+            return RecoveryPlan("none", reason=stream.unrecoverable_reason or
+                                f"{self.name} serves no history of {stream.name}")
+        horizon = self.recent_horizon_s
+        recent = horizon is None or gap.gap_start >= now_us - int((horizon - 600) * 1e6)
+        if (stream.recovery is Recovery.SEQUENCE and gap.instrument_name != "*"
+                and gap.seq_from is not None and gap.seq_to is not None):
+            return RecoveryPlan("seq", "main" if recent or not history_available else "history")
+        if recent:
+            return RecoveryPlan("time", "main")
+        if history_available:
+            return RecoveryPlan("time", "history")
+        return RecoveryPlan("none", reason=self.horizon_reason())
+
+    def horizon_reason(self) -> str:
+        """Why a window older than :attr:`recent_horizon_s` cannot be recovered without a history host."""
+        return (f"window older than {self.recent_horizon_s / 3600:g} h: {self.name}'s REST serves "
+                "only more recent data and no history host is configured")
+
+    @abc.abstractmethod
+    def recovery_pages(self, rest: RestClient, gap: "Gap", plan: RecoveryPlan,
+                       settings: VenueSettings,
+                       instrument_groups: Mapping[str, tuple[str, str]]) -> AsyncIterator[list[tuple]]:
+        """Rows of ``gap``'s stream table fetched over REST for ``plan``, page by page, already
+        limited to the gap (its instrument, sequence range or time window), stamped with the
+        receive time (µs, when the page arrived) and the source ``rest``.
+        ``instrument_groups`` maps the instrument names of specific gaps to
+        ``(universe group, kind)`` as stored in ``instruments``."""
+
+    async def open_interest(self, rest: RestClient, settings: VenueSettings) -> dict[str, float] | None:
+        """Open interest per instrument now, from REST (the ``open_interest_vs_rest`` check);
+        None when the venue offers no such snapshot."""
+        return None
+
+    def emulation(self, fanout: int = 1, churn: bool = False) -> Any:
+        """The venue's emulation for ``tickvault emulate`` (a
+        :class:`collector_daemon.emulator.venue.VenueEmulation`).
+
+        Raises:
+            NotImplementedError: the venue has no emulation.
+        """
+        raise NotImplementedError(f"venue {self.name} has no emulation")
+
+    def stream_specs(self) -> tuple[StreamSpec, ...]:
+        """The streams with the settings' defaults (their tables and gap policies do not depend
+        on settings; only watchdog limits do)."""
+        return self.streams(self.settings_class.model_construct())
+
+    def stream(self, settings: VenueSettings, name: str) -> StreamSpec:
+        """The stream called ``name``.
+
+        Raises:
+            KeyError: the venue has no such stream.
+        """
+        for spec in self.streams(settings):
+            if spec.name == name:
+                return spec
+        raise KeyError(f"venue {self.name} has no stream {name!r}")
+
+
+# ------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Venue] = {}
+_discovered = False
+
+
+class UnknownVenue(ValueError):
+    """A venue name that is not registered; the message lists the known ones."""
+
+
+def register(venue: Venue) -> Venue:
+    """Add ``venue`` to the registry (idempotent for the same object); returns it.
+
+    Raises:
+        ValueError: another venue is registered under the same name.
+    """
+    other = _REGISTRY.get(venue.name)
+    if other is not None and other is not venue:
+        raise ValueError(f"venue {venue.name!r} registered twice ({type(other).__name__}, "
+                         f"{type(venue).__name__})")
+    _REGISTRY[venue.name] = venue
+    return venue
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules(__path__, __name__ + "."):
+        if info.ispkg:
+            module = importlib.import_module(info.name)
+            if isinstance(getattr(module, "VENUE", None), Venue):
+                register(module.VENUE)
+    for name in filter(None, (s.strip() for s in os.environ.get("TICKVAULT_VENUE_PLUGINS", "").split(","))):
+        module = importlib.import_module(name)
+        venue = getattr(module, "VENUE", None)
+        if not isinstance(venue, Venue):
+            raise ValueError(f"TICKVAULT_VENUE_PLUGINS: module {name} exports no VENUE")
+        register(venue)
+
+
+def venues() -> dict[str, Venue]:
+    """Every registered venue by name (built-in packages and ``TICKVAULT_VENUE_PLUGINS``)."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_venue(name: str) -> Venue:
+    """The venue called ``name``.
+
+    Raises:
+        UnknownVenue: no such venue; the message lists the known ones.
+    """
+    known = venues()
+    try:
+        return known[name]
+    except KeyError:
+        raise UnknownVenue(f"unknown venue {name!r}; known venues: {', '.join(known)}") from None
+
+
+def stream_names() -> set[str]:
+    """Every stream name any registered venue produces (validates ``data_gaps.stream``)."""
+    out: set[str] = set()
+    for venue in venues().values():
+        out |= {s.name for s in venue.stream_specs()}
+    return out
+
+
+__all__: Sequence[str] = (
+    "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
+    "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec", "UnknownVenue", "Venue",
+    "VenueProtocol", "VenueSettings", "get_venue", "register", "stream_names", "venues",
+)

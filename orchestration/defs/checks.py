@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import dagster as dg
 
-from collector_daemon.venues.deribit.messages import VENUE
-from orchestration.lib import days, quality
-from orchestration.lib.days import day_window
+from collector_daemon.core import days
+from collector_daemon.core.days import day_window
+from orchestration.lib import quality
 from orchestration.partitions import VENUES, daily
-from orchestration.resources import DatabaseResource, DeribitApiResource
+from orchestration.resources import DatabaseResource
 
 WARN = dg.AssetCheckSeverity.WARN
 ERROR = dg.AssetCheckSeverity.ERROR
@@ -77,28 +77,40 @@ def quotes_no_duplicates(context: dg.AssetCheckExecutionContext,
         return _result(quality.quote_duplicates(conn, context.partition_key), ERROR)
 
 
-@dg.asset_check(asset="trade_gaps", partitions_def=daily,
+@dg.asset_check(asset="trade_gaps", partitions_def=daily, required_resource_keys={"database", *VENUES},
                 description="Current day: sum of open interest of the latest quotes within 5% of the REST book summary.")
-def open_interest_vs_rest(context: dg.AssetCheckExecutionContext, database: DatabaseResource,
-                          deribit: DeribitApiResource) -> dg.AssetCheckResult:
+def open_interest_vs_rest(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     now = days.utcnow()
     start, end = day_window(context.partition_key)
     if not (start <= now < end):
         return dg.AssetCheckResult(passed=True, severity=WARN, metadata={
             "evaluated": False,
             "note": "REST reports open interest now; the comparison runs for the current UTC day only"})
-    with database.connect() as conn:
-        quoted = quality.latest_open_interest(conn, VENUE, max(start, now - timedelta(minutes=15)), now)
+    quoted: dict[str, dict] = {}
+    venue_oi: dict[str, dict] = {}
+    for name in VENUES:
+        api = getattr(context.resources, name)
 
-    async def summary():
-        async with deribit.client() as rest:
-            rows = []
-            for kind in deribit.kinds:
-                rows += await rest.get_book_summary_by_currency(deribit.currency, kind=kind)
-            return {r.instrument_name: r.open_interest for r in rows if r.open_interest is not None}
+        async def snapshot():
+            async with api.client() as rest:
+                return await api.registered.open_interest(rest, api.settings())
 
-    outcome = quality.open_interest_vs_rest(quoted, asyncio.run(summary()))
+        rest_oi = asyncio.run(snapshot())
+        if rest_oi is None:          # the venue offers no open interest snapshot
+            continue
+        with context.resources.database.connect() as conn:
+            quoted[name] = quality.latest_open_interest(conn, name, max(start, now - timedelta(minutes=15)), now)
+        venue_oi[name] = rest_oi
+
+    def keyed(per_venue: dict[str, dict]) -> dict:
+        # instrument names may repeat across venues (option names): prefix when several compare
+        if len(per_venue) == 1:
+            return next(iter(per_venue.values()))
+        return {f"{v}:{k}": x for v, d in per_venue.items() for k, x in d.items()}
+
+    outcome = quality.open_interest_vs_rest(keyed(quoted), keyed(venue_oi))
     outcome.metadata["evaluated"] = True
+    outcome.metadata["venues"] = sorted(venue_oi)
     return _result(outcome, WARN)
 
 

@@ -1,21 +1,18 @@
 """Resource instances of the code location, configured from the environment.
 
-Variables: TICKVAULT_DATABASE_URL (required, secret), TICKVAULT_DERIBIT_REST_URL,
-TICKVAULT_DERIBIT_HISTORY_URL (empty = no archive host), TICKVAULT_CURRENCY (ETH),
-TICKVAULT_KIND (comma-separated, option; as the collector), TICKVAULT_TOP_N (50; "all"), and the
-TICKVAULT_EXPORT_* / TICKVAULT_S3_* variables of the export.
+Variables: TICKVAULT_DATABASE_URL (required, secret); per registered venue its own
+``TICKVAULT_<VENUE>_*`` settings, read by the venue's settings model as the collector reads them
+(Deribit: TICKVAULT_DERIBIT_REST_URL, TICKVAULT_DERIBIT_HISTORY_URL, TICKVAULT_CURRENCY,
+TICKVAULT_KIND, TICKVAULT_TOP_N, ...); and the TICKVAULT_EXPORT_* / TICKVAULT_S3_* variables of
+the export.
 """
 
 import os
 
 import dagster as dg
 
-from orchestration.resources import DatabaseResource, DeribitApiResource, ObjectStorageResource
-
-
-def _top_n(value: str) -> int | None:
-    """TICKVAULT_TOP_N: a number, or "all" / empty for every live instrument."""
-    return None if value.strip().lower() in ("", "all") else int(value)
+from collector_daemon.venues import venues
+from orchestration.resources import DatabaseResource, ObjectStorageResource, VenueApiResource
 
 
 def _secret(name: str) -> dg.EnvVar | None:
@@ -28,12 +25,7 @@ def _secret(name: str) -> dg.EnvVar | None:
 def resources() -> dg.Definitions:
     return dg.Definitions(resources={
         "database": DatabaseResource(url=dg.EnvVar("TICKVAULT_DATABASE_URL")),
-        "deribit": DeribitApiResource(
-            base_url=dg.EnvVar("TICKVAULT_DERIBIT_REST_URL").get_value("https://www.deribit.com/api/v2"),
-            history_url=dg.EnvVar("TICKVAULT_DERIBIT_HISTORY_URL").get_value(None),
-            currency=dg.EnvVar("TICKVAULT_CURRENCY").get_value("ETH"),
-            kinds=dg.EnvVar("TICKVAULT_KIND").get_value("option").split(","),
-            top_n=_top_n(dg.EnvVar("TICKVAULT_TOP_N").get_value("50"))),
+        **{name: VenueApiResource(venue=name) for name in venues()},
         "object_storage": ObjectStorageResource(
             bucket=dg.EnvVar("TICKVAULT_EXPORT_BUCKET").get_value(None),
             prefix=dg.EnvVar("TICKVAULT_EXPORT_PREFIX").get_value("tickvault"),

@@ -28,7 +28,7 @@ from datetime import date
 
 import psycopg
 
-from orchestration.lib.days import day_window
+from collector_daemon.core.days import day_window
 
 #: Candle interval label -> PostgreSQL interval. 1m first: the others roll up from it.
 INTERVALS: dict[str, str] = {

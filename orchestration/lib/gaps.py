@@ -31,37 +31,44 @@ What is already resolved (backfilled / unrecoverable) stays resolved and is not 
 such a gap has grown since, only the part after the resolved one is a new open row. Gaps
 detected by the collector are never touched.
 
-:func:`plan_recovery` says how the REST backfill can recover a gap (or why it cannot).
+Which tables and columns are read comes from the venue registry: sequence holes in every
+stream with ``Recovery.SEQUENCE`` (its ``sequence_column``), silences in every
+``per_instrument`` stream, channels mapped to streams by the venue's ``channel_streams``.
+How a gap is recovered (or why it cannot be) is the venue's ``plan_recovery``
+(:func:`summarize_open`).
 
 All functions take a psycopg (v3) connection; times are aware UTC datetimes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Literal
 
+import asyncpg
 import psycopg
 
-from orchestration.lib import days
-from orchestration.lib.days import day_window
-
-#: How channel names map to streams, per venue (prefix -> stream), and how to get the
-#: instrument out of a per-instrument channel.
-CHANNEL_STREAMS: dict[str, dict[str, str]] = {
-    "deribit": {"trades.": "trades", "ticker.": "quotes"},
-}
+from collector_daemon.core import days
+from collector_daemon.core.days import day_window, to_us
+from collector_daemon.core.gaps import Gap, GapStatus, insert_gaps_sync
+from collector_daemon.core.recovery import open_gaps
+from collector_daemon.storage.writer import init_connection
+from collector_daemon.venues import Recovery, StreamSpec, get_venue
 
 
-def channel_instrument(venue: str, channel: str) -> str | None:
-    """The instrument of a per-instrument ticker channel (Deribit ``ticker.{name}.{interval}``)."""
-    if venue == "deribit" and channel.startswith("ticker."):
-        parts = channel.split(".")
-        return parts[1] if len(parts) >= 3 else None
-    return None
+def _specs(venue: str) -> tuple[StreamSpec, ...]:
+    return get_venue(venue).stream_specs()
+
+
+def _sequenced(venue: str) -> list[StreamSpec]:
+    return [s for s in _specs(venue) if s.recovery is Recovery.SEQUENCE]
+
+
+def _per_instrument(venue: str) -> list[StreamSpec]:
+    return [s for s in _specs(venue) if s.per_instrument]
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,12 @@ class GapFinding:
     seq_to: int | None
     kind: str
     reason: str
+
+    def to_gap(self, day: date) -> Gap:
+        """The open ``data_gaps`` row of this finding (``detected_by = 'audit'``)."""
+        return Gap(self.venue, self.stream, self.instrument_name, to_us(self.gap_start),
+                   to_us(self.gap_end), self.seq_from, self.seq_to, "audit", GapStatus.OPEN,
+                   self.reason, audit_day=day)
 
     def key(self) -> tuple:
         """Identity of the finding across re-audits (see :func:`finding_key`)."""
@@ -189,6 +202,14 @@ def expected_instruments(conn: psycopg.Connection, venue: str, start: datetime,
 
 
 def _trade_seq_holes(conn, venue, start, end, rule) -> list[GapFinding]:
+    out = []
+    for spec in _sequenced(venue):
+        out += _sequence_holes(conn, venue, spec, start, end, rule)
+    return out
+
+
+def _sequence_holes(conn, venue, spec: StreamSpec, start, end, rule) -> list[GapFinding]:
+    # table and column names come from the venue registry (code), never from input
     rows = conn.execute(
         """
         WITH day AS (
@@ -216,24 +237,25 @@ def _trade_seq_holes(conn, venue, start, end, rule) -> list[GapFinding]:
         SELECT instrument_name, prev_seq + 1, trade_seq - 1, prev_ts, exchange_ts
         FROM firsts WHERE trade_seq > prev_seq + 1
         ORDER BY 1, 2
-        """,
+        """.replace("trades", spec.table.name).replace("trade_seq", spec.sequence_column),
         {"venue": venue, "start": start, "end": end,
          "lookback": start - timedelta(seconds=rule.trade_lookback_s)}).fetchall()
     out = []
     for name, seq_from, seq_to, prev_ts, next_ts in rows:
         n = seq_to - seq_from + 1
-        out.append(GapFinding(venue, "trades", name, min(prev_ts, next_ts), max(prev_ts, next_ts),
-                              seq_from, seq_to, "trade_seq",
-                              f"trade_seq hole: {n} trade(s) missing ({seq_from}..{seq_to})"))
+        col = spec.sequence_column
+        out.append(GapFinding(venue, spec.name, name, min(prev_ts, next_ts), max(prev_ts, next_ts),
+                              seq_from, seq_to, col,
+                              f"{col} hole: {n} row(s) missing ({seq_from}..{seq_to})"))
     return out
 
 
 def _streams_of(venue: str, channels: list[str] | None) -> list[str]:
-    mapping = CHANNEL_STREAMS.get(venue, {})
-    if not channels:
-        return ["trades", "quotes"]
-    streams = {s for ch in channels for prefix, s in mapping.items() if ch.startswith(prefix)}
-    return sorted(streams) or ["trades", "quotes"]
+    """The streams fed by ``channels`` (the venue's channel map); all of them when unknown."""
+    v = get_venue(venue)
+    every = sorted(s.name for s in v.stream_specs())
+    streams = {s for ch in channels or () if (s := v.stream_of_channel(ch)) is not None}
+    return sorted(streams) or every
 
 
 def _disconnects(conn, venue, start, end) -> list[GapFinding]:
@@ -273,7 +295,7 @@ def _disconnects(conn, venue, start, end) -> list[GapFinding]:
         if ts >= end:
             continue
         why = f" ({reason})" if reason else ""
-        for stream in ("quotes", "trades"):
+        for stream in sorted(s.name for s in _specs(venue)):
             out.append(GapFinding(
                 venue, stream, "*", ts, end, None, None, "unresolved_disconnect",
                 f"unresolved_disconnect: connection {conn_id} disconnected{why} and nothing was "
@@ -281,7 +303,8 @@ def _disconnects(conn, venue, start, end) -> list[GapFinding]:
     return out
 
 
-def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[GapFinding], int, int]:
+def _quote_silences(conn, venue, spec: StreamSpec, start, end, rule,
+                    star_windows) -> tuple[list[GapFinding], int, int]:
     params = {"venue": venue, "start": start, "end": end, "floor": rule.floor_s,
               "lookback": start - timedelta(seconds=rule.quote_lookback_s)}
     # One pass over the day's quotes: per instrument its edges, median interval and the
@@ -291,7 +314,7 @@ def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[G
         WITH q AS (
             SELECT instrument_name, exchange_ts,
                    lag(exchange_ts) OVER (PARTITION BY instrument_name ORDER BY exchange_ts) AS prev_ts
-            FROM quotes
+            FROM {table}
             WHERE venue = %(venue)s AND exchange_ts >= %(lookback)s AND exchange_ts < %(end)s
         ), d AS (
             SELECT instrument_name, exchange_ts, prev_ts,
@@ -306,7 +329,7 @@ def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[G
         FROM d LEFT JOIN instruments i ON i.venue = %(venue)s AND i.instrument_name = d.instrument_name
         GROUP BY d.instrument_name
         ORDER BY 1
-        """, params).fetchall()
+        """.replace("{table}", spec.table.name), params).fetchall()
     long_ivs = [(r[0], p, t) for r in stats if r[6] for p, t in zip(r[6], r[7])]
     unsubscribed: dict[str, list[datetime]] = {}
     for ts, channels in conn.execute(
@@ -314,7 +337,7 @@ def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[G
             "AND event = 'unsubscribed' AND event_ts >= %s AND event_ts < %s ORDER BY event_ts",
             (venue, start, end)):
         for ch in channels or ():
-            name = channel_instrument(venue, ch)
+            name = get_venue(venue).channel_instrument(ch)
             if name:
                 unsubscribed.setdefault(name, []).append(ts)
 
@@ -346,7 +369,7 @@ def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[G
         # Straddling midnight: the previous day reported its part when that part alone was
         # over its threshold; otherwise this day reports the whole silence.
         ws = start if prev_ts < start and (start - prev_ts).total_seconds() > limit else prev_ts
-        out.append(GapFinding(venue, "quotes", name, ws, ts, None, None, "quote_silence",
+        out.append(GapFinding(venue, spec.name, name, ws, ts, None, None, "quote_silence",
                               _silence_reason(ws, ts, median_s, limit)))
     for name, _first, last_ts, _n, median_s, expiry, _p, _t in stats:
         stop = end
@@ -357,7 +380,7 @@ def _quote_silences(conn, venue, start, end, rule, star_windows) -> tuple[list[G
             stop = min(stop, later[0])
         limit = threshold(median_s)
         if (stop - last_ts).total_seconds() > limit and uncovered_s(last_ts, stop) > limit:
-            out.append(GapFinding(venue, "quotes", name, last_ts, stop, None, None, "quote_silence",
+            out.append(GapFinding(venue, spec.name, name, last_ts, stop, None, None, "quote_silence",
                                   _silence_reason(last_ts, stop, median_s, limit)))
     quotes_seen = sum(r[3] for r in stats)
     return out, len(stats), quotes_seen
@@ -382,15 +405,16 @@ def _no_rows(conn, venue, start, end, expected: set[str]) -> list[GapFinding]:
           ON i.venue = %(venue)s AND i.instrument_name = e.instrument_name
         WHERE coalesce(i.creation_timestamp, %(start)s) < %(end)s
           AND coalesce(i.expiration_timestamp, %(end)s) > %(start)s
-          AND NOT EXISTS (SELECT 1 FROM quotes q WHERE q.venue = %(venue)s
-                          AND q.instrument_name = e.instrument_name
-                          AND q.exchange_ts >= %(start)s AND q.exchange_ts < %(end)s)
-          AND NOT EXISTS (SELECT 1 FROM trades t WHERE t.venue = %(venue)s
-                          AND t.instrument_name = e.instrument_name
-                          AND t.exchange_ts >= %(start)s AND t.exchange_ts < %(end)s)
+          {absent}
         ORDER BY 1
-        """, {"venue": venue, "start": start, "end": end, "names": sorted(expected)}).fetchall()
-    return [GapFinding(venue, "quotes", name, ws, we, None, None, "no_rows",
+        """.replace("{absent}", " ".join(
+            f"AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.venue = %(venue)s "
+            "AND x.instrument_name = e.instrument_name "
+            "AND x.exchange_ts >= %(start)s AND x.exchange_ts < %(end)s)"
+            for t in dict.fromkeys(spec.table.name for spec in _specs(venue)))),
+        {"venue": venue, "start": start, "end": end, "names": sorted(expected)}).fetchall()
+    stream = (_per_instrument(venue) or list(_specs(venue)))[0].name
+    return [GapFinding(venue, stream, name, ws, we, None, None, "no_rows",
                        "no_rows: instrument of the subscription set has no quote and no trade")
             for name, ws, we in rows if we > ws]
 
@@ -408,30 +432,39 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
     d = start.date()
     if end <= start:
         return AuditReport(venue, d, start, end, [], "unknown", 0, 0, 0)
-    live = conn.execute(
-        """
-        SELECT EXISTS (SELECT 1 FROM quotes WHERE venue = %(v)s AND exchange_ts >= %(s)s AND exchange_ts < %(e)s),
-               (SELECT count(*) FROM trades WHERE venue = %(v)s AND exchange_ts >= %(s)s AND exchange_ts < %(e)s),
-               EXISTS (SELECT 1 FROM trades WHERE venue = %(v)s AND source = 'ws'
-                       AND exchange_ts >= %(s)s AND exchange_ts < %(e)s),
-               EXISTS (SELECT 1 FROM connection_events WHERE venue = %(v)s
-                       AND event_ts >= %(s)s AND event_ts < %(e)s)
-        """, {"v": venue, "s": start, "e": end}).fetchone()
-    any_quote, trades_n, ws_trades, events = live
+    window = {"v": venue, "s": start, "e": end}
+    live = False     # a row captured live (a stream row, a 'ws' row where REST also writes)
+    trades_n = 0     # rows of the streams recovered by sequence (trades)
+    for spec in _specs(venue):
+        table, ws_only = spec.table.name, "source" in spec.table.columns
+        live = live or conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE venue = %(v)s AND exchange_ts >= %(s)s "
+            f"AND exchange_ts < %(e)s{' AND source = ' + chr(39) + 'ws' + chr(39) if ws_only else ''})",
+            window).fetchone()[0]
+        if spec.recovery is Recovery.SEQUENCE:
+            trades_n += conn.execute(
+                f"SELECT count(*) FROM {table} WHERE venue = %(v)s AND exchange_ts >= %(s)s "
+                "AND exchange_ts < %(e)s", window).fetchone()[0]
+    events = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM connection_events WHERE venue = %(v)s "
+        "AND event_ts >= %(s)s AND event_ts < %(e)s)", window).fetchone()[0]
     expected = expected_instruments(conn, venue, start, end)
     basis = "universe_versions" if expected is not None else "unknown"
-    if not any_quote and not ws_trades and not events:
+    if not live and not events:
         findings = [GapFinding(venue, s, "*", start, end, None, None, "no_capture",
                                "no_capture: no quote, no live trade and no connection event")
-                    for s in ("trades", "quotes")]
+                    for s in sorted((spec.name for spec in _specs(venue)), reverse=True)]
         findings += _trade_seq_holes(conn, venue, start, end, rule)  # REST-filled days too
         return AuditReport(venue, d, start, end, findings, basis, 0, 0, trades_n)
     findings = _trade_seq_holes(conn, venue, start, end, rule)
     findings += _disconnects(conn, venue, start, end)
-    star = [(f.gap_start, f.gap_end) for f in findings
-            if f.stream == "quotes" and f.instrument_name == "*"]
-    silences, quoted, quotes_seen = _quote_silences(conn, venue, start, end, rule, star)
-    findings += silences
+    quoted = quotes_seen = 0
+    for spec in _per_instrument(venue):
+        star = [(f.gap_start, f.gap_end) for f in findings
+                if f.stream == spec.name and f.instrument_name == "*"]
+        silences, n_quoted, n_seen = _quote_silences(conn, venue, spec, start, end, rule, star)
+        findings += silences
+        quoted, quotes_seen = quoted + n_quoted, quotes_seen + n_seen
     if expected is not None:
         findings += _no_rows(conn, venue, start, end, expected)
     return AuditReport(venue, d, start, end, findings, basis, quoted, quotes_seen, trades_n)
@@ -536,124 +569,45 @@ def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult
                 cur.executemany("UPDATE data_gaps SET gap_end = %s, reason = %s "
                                 "WHERE gap_id = %s AND status = 'open'", updates)
             if inserts:
-                cur.executemany(
-                    "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, "
-                    "seq_from, seq_to, detected_by, status, reason, audit_day) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, 'audit', 'open', %s, %s)",
-                    [(f.venue, f.stream, f.instrument_name, f.gap_start, f.gap_end, f.seq_from,
-                      f.seq_to, f.reason, day) for f in inserts])
+                insert_gaps_sync(conn, [f.to_gap(day) for f in inserts])
     return WriteResult(len(inserts), len(updates), unchanged, len(stale), already)
 
 
-# --- recovery ---------------------------------------------------------------------------------
-
-#: Deribit's get_last_trades_by_currency_and_time serves only the last 24 h.
-RECENT_TRADES_HORIZON = timedelta(hours=24)
-#: Margin kept from that horizon (a backfill takes time; the request must still be in it).
-HORIZON_MARGIN = timedelta(minutes=10)
-
-
-@dataclass(frozen=True)
-class OpenGap:
-    """An open ``data_gaps`` row a backfill may close."""
-
-    gap_id: int
-    venue: str
-    stream: str
-    instrument_name: str
-    gap_start: datetime
-    gap_end: datetime
-    seq_from: int | None
-    seq_to: int | None
-    detected_by: str
-
-
-@dataclass(frozen=True)
-class RecoveryPlan:
-    """How a gap can be recovered over REST.
-
-    Attributes:
-        method: ``seq`` (get_last_trades_by_instrument by trade_seq range), ``time``
-            (get_last_trades_by_currency_and_time over the window) or ``none``.
-        host: ``main`` or ``history`` (the archive host, when configured); None for ``none``.
-        reason: why not, for ``none``.
-    """
-
-    method: Literal["seq", "time", "none"]
-    host: Literal["main", "history"] | None = None
-    reason: str | None = None
-
-    @property
-    def recoverable(self) -> bool:
-        """True unless ``method`` is ``none``."""
-        return self.method != "none"
-
-
-def plan_recovery(gap: OpenGap, *, now: datetime, history_available: bool,
-                  horizon: timedelta = RECENT_TRADES_HORIZON) -> RecoveryPlan:
-    """Choose how to recover ``gap`` (see :class:`RecoveryPlan`).
-
-    Quote gaps cannot be recovered (Deribit serves no ticker history). A trade gap with a known
-    trade_seq range is fetched by sequence (no 24 h limit documented; the result is verified by
-    counting, and older ranges go to the history host when one is configured). A time window is
-    fetched by currency and time only while it is younger than 24 h (minus a margin) on the
-    main host, or from the history host; otherwise it is unrecoverable.
-    """
-    recent = gap.gap_start >= now - horizon + HORIZON_MARGIN
-    if gap.stream != "trades":
-        return RecoveryPlan("none", reason="quotes cannot be recovered: Deribit serves no REST "
-                                           "history of ticker data")
-    if gap.instrument_name != "*" and gap.seq_from is not None and gap.seq_to is not None:
-        return RecoveryPlan("seq", "main" if recent or not history_available else "history")
-    if recent:
-        return RecoveryPlan("time", "main")
-    if history_available:
-        return RecoveryPlan("time", "history")
-    return RecoveryPlan("none", reason=(
-        "window older than 24 h: get_last_trades_by_currency_and_time serves only the last 24 h "
-        "and no history host is configured"))
-
-
-def open_gaps(conn: psycopg.Connection, venue: str, day: str | date) -> list[OpenGap]:
-    """Open gaps of ``venue`` a backfill of ``day`` handles: the day's audit findings and the
-    collector's own findings overlapping the day."""
-    start, end = day_window(day)
-    rows = conn.execute(
-        """
-        SELECT gap_id, venue, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, detected_by
-        FROM data_gaps
-        WHERE venue = %(venue)s AND status = 'open'
-          AND (audit_day = %(day)s
-               OR (audit_day IS NULL AND gap_start < %(end)s AND gap_end >= %(start)s))
-        ORDER BY stream, instrument_name, gap_start, gap_id
-        """, {"venue": venue, "day": start.date(), "start": start, "end": end}).fetchall()
-    return [OpenGap(*r) for r in rows]
-
-
-def open_gaps_by_id(conn: psycopg.Connection, gap_ids: list[int]) -> list[OpenGap]:
-    """The gaps among ``gap_ids`` that are still open."""
-    rows = conn.execute(
-        "SELECT gap_id, venue, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, detected_by "
-        "FROM data_gaps WHERE gap_id = ANY(%s) AND status = 'open' ORDER BY gap_start, gap_id",
-        (gap_ids,)).fetchall()
-    return [OpenGap(*r) for r in rows]
-
+# --- recoverability ---------------------------------------------------------------------------
 
 @dataclass
 class RecoverableSummary:
     """Open gaps of a day split by recoverability (for metadata and the backfill sensor)."""
 
-    recoverable: list[OpenGap] = field(default_factory=list)
-    unrecoverable: list[OpenGap] = field(default_factory=list)
+    recoverable: list[Gap] = field(default_factory=list)
+    unrecoverable: list[Gap] = field(default_factory=list)
 
 
-def summarize_open(conn: psycopg.Connection, venue: str, day: str | date, *, now: datetime,
+def summarize_open(dsn: str, venue: str, day: str | date, *, now: datetime,
                    history_available: bool) -> RecoverableSummary:
-    """Split the open gaps of the day (:func:`open_gaps`) by :func:`plan_recovery`."""
+    """Split the open gaps of the day (``collector_daemon.core.recovery.open_gaps``) by the
+    venue's ``plan_recovery`` at ``now``.
+
+    Raises:
+        asyncpg errors: the database is unreachable.
+    """
+    v = get_venue(venue)
+    specs = {s.name: s for s in v.stream_specs()}
+
+    async def load() -> list[Gap]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await init_connection(conn)
+            return await open_gaps(conn, venue, day)
+        finally:
+            await conn.close()
+
     out = RecoverableSummary()
-    for g in open_gaps(conn, venue, day):
-        plan = plan_recovery(g, now=now, history_available=history_available)
-        (out.recoverable if plan.recoverable else out.unrecoverable).append(g)
+    for g in asyncio.run(load()):
+        spec = specs.get(g.stream)
+        plan = spec is not None and v.plan_recovery(g, spec, now_us=to_us(now),
+                                                    history_available=history_available).recoverable
+        (out.recoverable if plan else out.unrecoverable).append(g)
     return out
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from orchestration.lib import days
-from orchestration.lib.days import day_window
+from collector_daemon.core import days
+from collector_daemon.core.days import day_window
 from orchestration.lib.gaps import SilenceRule, _trade_seq_holes, expected_instruments
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from collector_daemon.daemon import Collector
 from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
+from collector_daemon.venues.deribit import VENUE
 from collector_daemon.venues.deribit.rest import DeribitRest
-from orchestration.lib.universe import refresh_universe
+from collector_daemon.core.universe import refresh_universe
 from replay_helpers import CAPTURE, settings_for
 
 pytestmark = pytest.mark.realdata
@@ -28,7 +29,8 @@ def _run(dsn, tmp_path, real, *, dagster_top_n, collector_top_n, age_s=None, **s
         await server.start(host="127.0.0.1", port=0)
         try:
             async with DeribitRest(server.rest_url) as rest:
-                written = await refresh_universe(dsn, rest, currency="ETH", top_n=dagster_top_n)
+                venue_settings = VENUE.load_settings(currency="ETH", top_n=dagster_top_n or "all")
+                written = await refresh_universe(dsn, VENUE, venue_settings, rest, "ETH")
             if age_s is not None:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("UPDATE instruments SET updated_at = now() - %s * interval '1 second'",

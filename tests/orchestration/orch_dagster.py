@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import dagster as dg
 import psycopg
 
@@ -10,7 +12,10 @@ from orchestration.defs.assets.backfill import trades_backfill
 from orchestration.defs.assets.candles import candles
 from orchestration.defs.assets.gaps import trade_gaps
 from orchestration.defs.assets.universe import instrument_universe
-from orchestration.resources import DatabaseResource, DeribitApiResource
+from collector_daemon.core import recovery
+from collector_daemon.core.days import to_us
+from collector_daemon.venues import get_venue
+from orchestration.resources import DatabaseResource, VenueApiResource
 
 #: A REST URL nothing listens on (for assets that must not call REST).
 NO_REST = "http://127.0.0.1:9/api/v2"
@@ -18,10 +23,21 @@ NO_REST = "http://127.0.0.1:9/api/v2"
 ALL_CHECKS = [v for v in vars(checks).values() if isinstance(v, dg.AssetChecksDefinition)]
 
 
-def resources(dsn: str, rest_url: str = NO_REST, **deribit) -> dict:
-    """Resources as in production, pointed at the test database and REST endpoint."""
+def resources(dsn: str, rest_url: str = NO_REST, history_url: str | None = None, **deribit) -> dict:
+    """Resources as in production, pointed at the test database and REST endpoint; ``deribit``:
+    Deribit settings by field name (``currency="BTC"``, ``top_n=None`` for all)."""
+    options = {k: ("all" if v is None else ",".join(v) if isinstance(v, (list, tuple)) else str(v))
+               for k, v in deribit.items()}
     return {"database": DatabaseResource(url=dsn),
-            "deribit": DeribitApiResource(base_url=rest_url, **deribit)}
+            "deribit": VenueApiResource(venue="deribit", base_url=rest_url, history_url=history_url,
+                                        options=options)}
+
+
+def backfill_day(dsn: str, venue: str, day, *, rest_url: str, now=None, **settings):
+    """The trades_backfill asset's library call for one venue and day (``now``: aware datetime)."""
+    v = get_venue(venue)
+    return asyncio.run(recovery.backfill_day(dsn, v, v.load_settings(rest_url=rest_url, **settings),
+                                             day, now_us=to_us(now) if now else None))
 
 
 def checks_of(asset_key: str) -> list[dg.AssetChecksDefinition]:
@@ -61,5 +77,5 @@ def gaps(dsn: str, *where: str, params: tuple = ()) -> list[dict]:
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-__all__ = ["NO_REST", "candles", "check_results", "checks_of", "gaps", "instrument_universe",
+__all__ = ["NO_REST", "backfill_day", "candles", "check_results", "checks_of", "gaps", "instrument_universe",
            "mat_metadata", "materialize", "resources", "trade_gaps", "trades_backfill"]

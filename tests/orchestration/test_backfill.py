@@ -10,7 +10,9 @@ import psycopg
 from collector_daemon.rows import TRADES
 from orch_dagster import gaps, mat_metadata, materialize, resources, trade_gaps, trades_backfill
 from orch_data import D0816, D0817, T_ID, T_INSTR, T_SOURCE, trade_rows
-from orchestration.lib.gaps import OpenGap, plan_recovery
+from collector_daemon.core.days import to_us
+from collector_daemon.core.gaps import Gap, GapStatus
+from collector_daemon.venues import get_venue
 
 BTC = {"currency": "BTC", "kinds": ["option", "future"]}
 
@@ -113,10 +115,15 @@ def test_backfill_day_without_live_capture(migrated_db_url, trades_days, emu_tra
 
 def test_plan_recovery_uses_main_host_within_24h():
     start = D0817 + timedelta(hours=18)
-    seq = OpenGap(1, "deribit", "trades", "BTC-PERPETUAL", start, start + timedelta(minutes=1),
-                  10, 12, "audit")
-    window = OpenGap(2, "deribit", "trades", "*", start, start + timedelta(minutes=1), None, None,
-                     "audit")
+    deribit = get_venue("deribit")
+    trades = deribit.stream(deribit.load_settings(), "trades")
+
+    def plan_recovery(gap, now, history_available):
+        return deribit.plan_recovery(gap, trades, now_us=to_us(now), history_available=history_available)
+
+    s_us, e_us = to_us(start), to_us(start + timedelta(minutes=1))
+    seq = Gap("deribit", "trades", "BTC-PERPETUAL", s_us, e_us, 10, 12, "audit", GapStatus.OPEN, "", 1)
+    window = Gap("deribit", "trades", "*", s_us, e_us, None, None, "audit", GapStatus.OPEN, "", 2)
     soon = start + timedelta(hours=2)
     assert plan_recovery(window, now=soon, history_available=False).host == "main"
     assert plan_recovery(seq, now=soon, history_available=True).host == "main"
@@ -129,14 +136,15 @@ def test_plan_recovery_uses_main_host_within_24h():
 
 def test_backfill_gives_up_when_asked(migrated_db_url):
     """The collector's shutdown bound: with REST unreachable (every call retried with backoff for
-    minutes), setting ``give_up`` ends backfill_gaps within ~0.2 s; the gap stays open with the
+    minutes), setting ``give_up`` ends the recovery within ~0.2 s; the gap stays open with the
     reason, nothing is marked recovered."""
+    import asyncio
     import socket
-    import threading
     import time
     from datetime import datetime, timezone
 
-    from orchestration.lib.backfill import RestConfig, backfill_gaps
+    from collector_daemon.core.recovery import GapRecovery
+    from collector_daemon.storage.writer import BatchWriter
 
     with socket.socket() as s:                       # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -147,11 +155,23 @@ def test_backfill_gives_up_when_asked(migrated_db_url):
             "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, detected_by, "
             "status, reason) VALUES ('deribit', 'trades', '*', %s, %s, 'disconnect', 'open', 'test') "
             "RETURNING gap_id", (now - timedelta(minutes=5), now - timedelta(minutes=4))).fetchone()
-    give_up = threading.Event()
-    threading.Timer(1.0, give_up.set).start()
+    deribit = get_venue("deribit")
+    settings = deribit.load_settings(rest_url=dead_url, currency="BTC")
+
+    async def recover():
+        writer = BatchWriter(migrated_db_url, venue="deribit")
+        await writer.open()
+        give_up = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.0, give_up.set)
+        try:
+            async with deribit.rest_client(settings) as rest:
+                recovery = GapRecovery(deribit, settings, writer, rest)
+                return await recovery.recover_ids([gap_id], now_us=to_us(now), give_up=give_up)
+        finally:
+            await writer.close()
+
     t0 = time.monotonic()
-    report = backfill_gaps(migrated_db_url, "deribit", [gap_id], RestConfig(dead_url, currency="BTC"),
-                           give_up=give_up)
+    report = asyncio.run(recover())
     elapsed = time.monotonic() - t0
     assert 1.0 <= elapsed < 3.0, elapsed
     assert report.count("open") == 1 and report.count("backfilled") == 0

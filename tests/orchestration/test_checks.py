@@ -19,7 +19,8 @@ from orch_data import (
     CAPTURE_0405, D0405, D0406, D0817, Q_INSTR, Q_TS, capture_quote_rows, dt_us, trade_rows, write,
 )
 from orchestration.defs.checks import quotes_no_duplicates
-from orchestration.lib import days, quality
+from collector_daemon.core import days
+from orchestration.lib import quality
 
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
 BTC = {"currency": "BTC", "kinds": ["option", "future"]}

@@ -64,8 +64,8 @@ def test_jobs_schedules_sensors(defs):
 
 
 def test_resources_are_configurable_with_descriptions(defs):
-    from orchestration.resources import DatabaseResource, DeribitApiResource, ObjectStorageResource
-    for cls in (DatabaseResource, DeribitApiResource, ObjectStorageResource):
+    from orchestration.resources import DatabaseResource, ObjectStorageResource, VenueApiResource
+    for cls in (DatabaseResource, VenueApiResource, ObjectStorageResource):
         for name, field in cls.model_fields.items():
             assert field.description, f"{cls.__name__}.{name} has no description"
 

@@ -6,9 +6,8 @@ from datetime import timedelta
 
 import psycopg
 
-from orch_dagster import gaps, mat_metadata, materialize, resources, trade_gaps
+from orch_dagster import backfill_day, gaps, mat_metadata, materialize, resources, trade_gaps
 from orch_data import D0405, D0406, D0818, SILENT
-from orchestration.lib.backfill import RestConfig, backfill_day
 from orchestration.lib.gaps import WriteResult, audit_day, write_findings
 
 
@@ -109,9 +108,8 @@ def test_current_day_without_capture_keeps_its_rows_and_continues_after_resoluti
         ("quotes", "*", D0818, D0818 + timedelta(hours=6), None, None, "no_capture"),
         ("trades", "*", D0818, D0818 + timedelta(hours=6), None, None, "no_capture"),
     ]
-    report = backfill_day(migrated_db_url, "deribit", D0818.date(),
-                          RestConfig(base_url=emu_trades.rest_url, currency="BTC",
-                                     kinds=("option", "future")), now=D0818 + timedelta(hours=6))
+    report = backfill_day(migrated_db_url, "deribit", D0818.date(), rest_url=emu_trades.rest_url,
+                          currency="BTC", kind="option,future", now=D0818 + timedelta(hours=6))
     assert (report.count("backfilled"), report.count("unrecoverable")) == (1, 1)
     assert audit(9) == WriteResult(inserted=2, updated=0, unchanged=0, deleted=0, already_resolved=0)
     assert audit(9) == WriteResult(inserted=0, updated=0, unchanged=2, deleted=0, already_resolved=0)

@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
-from orch_dagster import gaps, mat_metadata, materialize, resources, trade_gaps, trades_backfill
-from orchestration.lib import days
-from orchestration.lib.backfill import RestConfig, backfill_day
+from orch_dagster import backfill_day, gaps, mat_metadata, materialize, resources, trade_gaps, trades_backfill
+from collector_daemon.core import days
 from orchestration.resources import DatabaseResource
 
 
@@ -136,8 +135,8 @@ def test_reaudits_of_today_keep_an_unresolved_disconnect_and_request_one_backfil
     assert again.skip_message == "2021-04-05: a backfill of the same 1 open gap(s) was already requested"
 
     # The requested run (the backfill at now2, REST from the emulator) resolves both rows.
-    report = backfill_day(migrated_db_url, "deribit", "2021-04-05",
-                          RestConfig(base_url=emu_trades.rest_url), now=now2)
+    report = backfill_day(migrated_db_url, "deribit", "2021-04-05", rest_url=emu_trades.rest_url,
+                          now=now2)
     assert {o.gap.gap_id: o.status for o in report.outcomes}[trades_gap] == "backfilled"
     meta, third = audit(now3)
     assert [(r["stream"], r["gap_start"], r["gap_end"], r["status"]) for r in third] == [

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 
 from orch_dagster import instrument_universe, mat_metadata, materialize, resources
-from orchestration.lib.universe import UNIVERSE_CHANNEL, parse_notification, read_universe
+from collector_daemon.core.universe import UNIVERSE_CHANNEL, parse_notification, read_universe
 
 
 def _expected_ranking(rest_url: str, top_n: int | None) -> tuple[list[str], int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from collector_daemon.rows import QUOTES, TRADES
-from collector_daemon.venues import Control, Data, RejectedFrame, Response
+from collector_daemon.venues import Control, Data, RejectedFrame, Request, Response
 from collector_daemon.venues.deribit import messages as m
 from collector_daemon.venues.deribit.protocol import DeribitProtocol
 
@@ -136,7 +136,8 @@ def test_heartbeat_response_and_rejections() -> None:
     assert proto.decode('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}', 1) == Control(None)
     resp = proto.decode('{"jsonrpc":"2.0","id":7,"result":["ticker.X.100ms"],"usIn":1,"usOut":2}', 1)
     assert resp == Response(7, ["ticker.X.100ms"], None)
-    assert proto.acknowledged_channels(resp) == ["ticker.X.100ms"]
+    request = Request(7, "", ("ticker.X.100ms", "ticker.Y.100ms"))
+    assert proto.acknowledged_channels(request, [resp]) == ["ticker.X.100ms"]
     err = proto.decode('{"jsonrpc":"2.0","id":8,"error":{"code":10028,"message":"too_many_requests"}}', 1)
     assert err.error == {"code": 10028, "message": "too_many_requests"}
     base = {"instrument_name": "ETH-1", "timestamp": 1617644856302, "price": 1.0, "amount": 1.0,

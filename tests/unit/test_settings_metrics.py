@@ -33,7 +33,7 @@ def test_bad_values_name_their_variable(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TICKVAULT_HEARTBEAT_S", "10")
     monkeypatch.setenv("TICKVAULT_TOP_N", "all")
     s = load_settings()
-    assert s.top_n is None and "secret" not in repr(s)      # the password never reaches logs
+    assert s.venue_settings.top_n is None and "secret" not in repr(s)      # the password never reaches logs
 
 
 def test_checks_across_variables_name_them(monkeypatch, tmp_path) -> None:

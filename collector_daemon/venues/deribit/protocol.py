@@ -19,7 +19,7 @@ import msgspec
 
 from collector_daemon.rows import QUOTES, TRADES
 from collector_daemon.venues import (
-    Control, Data, IdSource, RejectedFrame, Request, Response, VenueProtocol,
+    Control, Data, Decoder, IdSource, RejectedFrame, Request, Response, VenueProtocol,
 )
 from collector_daemon.venues.deribit import messages as m
 
@@ -29,6 +29,9 @@ MAX_CHANNELS_PER_SUBSCRIBE = 250
 INTERVAL = "100ms"
 
 _TEST_REPLY_ID = 0  # id of public/test replies; their responses are ignored
+
+#: Channel prefix -> stream: tickers feed ``quotes``, the chain-wide trades channels ``trades``.
+CHANNEL_STREAMS = {"trades.": "trades", "ticker.": "quotes"}
 
 
 def ticker_channel(instrument_name: str) -> str:
@@ -53,7 +56,7 @@ _TRADES_PREFIX = '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"
 
 
 
-class DeribitProtocol(VenueProtocol):
+class DeribitProtocol(VenueProtocol, Decoder):
     """Deribit's WebSocket protocol for the instruments of some currencies and kinds.
 
     Args:
@@ -65,6 +68,7 @@ class DeribitProtocol(VenueProtocol):
 
     name = m.VENUE
     max_channels_per_subscribe = MAX_CHANNELS_PER_SUBSCRIBE
+    channel_streams = CHANNEL_STREAMS
 
     def __init__(self, currencies: tuple[str, ...] | str, kinds: tuple[str, ...] = ("option",),
                  heartbeat_s: int = 10) -> None:
@@ -82,7 +86,11 @@ class DeribitProtocol(VenueProtocol):
         """The chain-wide trades channels first, then one ticker channel per instrument."""
         return self.trades_channels() + [ticker_channel(name) for name in instruments]
 
-    def open_requests(self, next_id: IdSource) -> list[Request]:
+    def decoder(self) -> "DeribitProtocol":
+        """Deribit's frames decode without state: one decoder (this object) serves every connection."""
+        return self
+
+    async def open_requests(self, next_id: IdSource) -> list[Request]:
         return [self._request(next_id(), "public/set_heartbeat", {"interval": self.heartbeat_s})]
 
     def subscribe_request(self, channels: list[str], next_id: IdSource) -> Request:
@@ -95,18 +103,14 @@ class DeribitProtocol(VenueProtocol):
     def _request(request_id: int, method: str, params: dict, channels: list[str] = ()) -> Request:
         return Request(request_id, rpc_frame(request_id, method, params), tuple(channels))
 
-    def table_of(self, channel: str) -> str | None:
-        if channel.startswith("ticker."):
-            return QUOTES.name
-        if channel.startswith("trades."):
-            return TRADES.name
-        return None
-
-    def acknowledged_channels(self, response: Response) -> list[str]:
-        result = response.result
-        if isinstance(result, list):
-            return [c for c in result if isinstance(c, str)]
-        return []
+    def acknowledged_channels(self, request: Request, responses: list[Response]) -> list[str]:
+        """The channels listed in the result of ``public/(un)subscribe`` (Deribit drops unknown
+        channels silently, so the connection diffs this against the request)."""
+        acked = set()
+        for response in responses:
+            if isinstance(response.result, list):
+                acked.update(c for c in response.result if isinstance(c, str))
+        return [c for c in request.channels if c in acked]
 
     def decode(self, frame: str | bytes, receive_us: int) -> Data | Response | Control:
         """Decode one frame. Notifications become ``quotes`` / ``trades`` rows.

@@ -3,17 +3,16 @@
 import dagster as dg
 
 from orchestration.defs.assets.stream import connection_events, quotes, trades
-from orchestration.lib import days
+from collector_daemon.core import days
 from orchestration.lib.gaps import audit_day, gaps_key, summarize_open, write_findings
 from orchestration.partitions import VENUES, daily
-from orchestration.resources import DatabaseResource, DeribitApiResource
 
 GAPS_GROUP = "gaps"
 
 #: Backfill policy of the daily assets: none, deliberately. Without a policy an asset backfill
 #: (UI, GraphQL) launches one run per day tagged ``dagster/partition``, so every asset check
 #: records its result for that day, days fail and retry independently, and the run queue plus
-#: the ``deribit_rest`` pool (dagster.yaml) bound what runs at once: a 30-day backfill is 30
+#: the ``venue_rest`` pool (dagster.yaml) bound what runs at once: a 30-day backfill is 30
 #: small queued runs. ``multi_run(1)`` gives the same runs but tags them with a one-day
 #: partition *range*, and check results of range-tagged runs are stored without a partition
 #: (seen in tests/orchestration/test_e2e_ui.py); ``single_run`` would put 30 days' REST calls
@@ -41,21 +40,24 @@ def _markdown(findings, limit: int = 50) -> str:
     kinds={"sql", "timescaledb"},
     owners=["team:tickvault"],
     metadata={"table": "data_gaps", "detected_by": "audit"},
+    required_resource_keys={"database", *VENUES},
 )
-def trade_gaps(context: dg.AssetExecutionContext, database: DatabaseResource,
-               deribit: DeribitApiResource) -> dg.MaterializeResult:
+def trade_gaps(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Authoritative gap audit of one UTC day: trade_seq holes, lost windows, quote silences, silent instruments."""
     day = context.partition_key
     now = days.utcnow()
     meta: dict = {"day": day}
     recoverable: list[int] = []
     unrecoverable = total = 0
+    database = context.resources.database
     with database.connect() as conn:
         for venue in VENUES:
             report = audit_day(conn, venue, day, now=now)
             written = write_findings(conn, report)
-            summary = summarize_open(conn, venue, day, now=now,
-                                     history_available=bool(deribit.history_url))
+            conn.commit()   # the findings are visible to the summary's own connection
+            history = getattr(context.resources, venue).settings().history_url
+            summary = summarize_open(database.url, venue, day, now=now,
+                                     history_available=bool(history))
             recoverable += [g.gap_id for g in summary.recoverable]
             unrecoverable += len(summary.unrecoverable)
             total += len(report.findings)

@@ -1,16 +1,16 @@
-"""The instrument universe: refresh from REST, the ranked subscription set, and how the
-collector reads it.
+"""The universe store: the instruments of each venue and the ranked subscription set per
+universe group (``universe_versions.currency``: a Deribit currency, a Bybit category, ...),
+shared by the collector and the Dagster ``instrument_universe`` asset.
 
-Refresh (:func:`refresh_universe`, used by the Dagster asset ``instrument_universe``):
+Refresh (:func:`refresh_universe`):
 
-1. ``collector_daemon.venues.deribit.universe.fetch_universe`` (the shared REST client) lists
-   the live instruments of a currency and their open interest and ranks them (top N by open
-   interest, or all);
+1. the venue's ``fetch_universe`` (:class:`collector_daemon.venues.Venue`, through its one REST
+   client) lists the live instruments of a group and ranks them (top N by open interest, or all);
 2. ``collector_daemon.storage.queries.upsert_instruments`` upserts ``instruments`` and marks the
    venue's instruments missing from the listing (expired, delisted) inactive;
 3. ``instruments.subscription_rank`` is set (1 = highest open interest, NULL = not subscribed);
 4. when the *set* of subscribed names differs from the latest ``universe_versions`` row of that
-   venue and currency, a new row is inserted. Its insert trigger sends
+   venue and group, a new row is inserted. Its insert trigger sends
    ``NOTIFY tickvault_universe, '{"venue": ..., "currency": ..., "version": N}'``.
 
 All four steps run in one transaction, so the notification is delivered only once the new set
@@ -27,16 +27,15 @@ What the collector does (see :func:`read_universe`; asyncpg, any codec)::
 
     conn = await asyncpg.connect(dsn)          # a dedicated connection, not from the writer pool
     await conn.add_listener(UNIVERSE_CHANNEL, on_notify)   # on_notify(conn, pid, channel, payload)
-    current = await read_universe(conn, "deribit", "ETH")
-    names = current.subscribed if current else (await fetch_universe(rest, "ETH", top_n=N)).selected
-    # on_notify: parse_notification(payload) -> (venue, currency, version); when it matches and
-    #   version > current.version: current = await read_universe(...); diff the names against the
-    #   connection's subscriptions -> subscribe(added), unsubscribe(removed).
+    current = await read_universe(conn, venue.name, group)
+    names = current.subscribed if current else (await venue.fetch_universe(rest, settings, group)).selected
+    # on a notification or every TICKVAULT_UNIVERSE_REFRESH_S: read_universe again, diff the
+    #   names against the connections' subscriptions -> subscribe(added), unsubscribe(removed).
     # when the listening connection drops: reconnect, add_listener again, read_universe again
     #   and diff (catches changes made while it was down).
 
 REST is the collector's fallback only while the table holds no version for that venue and
-currency (a fresh database before the first ``instrument_universe`` run), or none that serves
+group (a fresh database before the first ``instrument_universe`` run), or none that serves
 its kinds and top N (:meth:`UniverseVersion.serves`: then it subscribes from REST without
 writing, and warns), or nobody refreshed the table for ``TICKVAULT_UNIVERSE_STALE_S`` (no
 Dagster running: then it refreshes the table itself, as the asset would).
@@ -46,17 +45,33 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
 from collector_daemon.storage import queries
 from collector_daemon.storage.writer import init_connection
-from collector_daemon.venues.deribit import messages as m
-from collector_daemon.venues.deribit.rest import DeribitRest
-from collector_daemon.venues.deribit.universe import Universe, fetch_universe
+
+if TYPE_CHECKING:
+    from collector_daemon.venues import RestClient, Venue, VenueSettings
 
 #: PostgreSQL NOTIFY channel announcing a new universe version.
 UNIVERSE_CHANNEL = "tickvault_universe"
+
+
+class FetchedUniverse(Protocol):
+    """What a venue's ``fetch_universe`` returns for one group.
+
+    Attributes:
+        open_interest: instrument_name -> open interest (in the venue's unit) where known.
+        selected: instrument names to subscribe, highest open interest first.
+    """
+
+    open_interest: dict[str, float]
+    selected: list[str]
+
+    def instrument_rows(self) -> list[tuple]:
+        """``instruments`` rows (``rows.INSTRUMENTS`` order) of every live instrument."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,7 @@ def parse_notification(payload: str) -> tuple[str, str, int]:
         raise ValueError(f"not a universe notification: {payload[:200]!r}") from exc
 
 
-async def apply_universe(conn: asyncpg.Connection, universe: Universe, *, venue: str,
+async def apply_universe(conn: asyncpg.Connection, universe: FetchedUniverse, *, venue: str,
                          currency: str, top_n: int | None,
                          kinds: tuple[str, ...] = ("option",)) -> UniverseRefresh:
     """Write one fetched universe in a single transaction (steps 2-4 of the module docstring).
@@ -200,21 +215,20 @@ async def apply_universe(conn: asyncpg.Connection, universe: Universe, *, venue:
                            True, sorted(set(selected) - prev_set), sorted(prev_set - set(selected)))
 
 
-async def refresh_universe(dsn: str, rest: DeribitRest, *, currency: str,
-                           kinds: tuple[str, ...] = ("option",), top_n: int | None = 50,
-                           venue: str = m.VENUE) -> UniverseRefresh:
-    """Fetch the universe of ``currency`` over REST and apply it to the database at ``dsn``.
+async def refresh_universe(dsn: str, venue: "Venue", settings: "VenueSettings", rest: "RestClient",
+                           group: str) -> UniverseRefresh:
+    """Fetch the universe of ``group`` (a currency, a category) of ``venue`` over REST and apply
+    it to the database at ``dsn`` with the settings' top N and kinds.
 
     Raises:
-        collector_daemon.venues.deribit.rest.DeribitRestError: REST failed for good (nothing is
-            written then).
+        venue.rest_errors: REST failed for good (nothing is written then).
         asyncpg.PostgresError / OSError: the database is unreachable or refused the write.
     """
-    universe = await fetch_universe(rest, currency, kinds=kinds, top_n=top_n)
+    universe = await venue.fetch_universe(rest, settings, group)
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
-        return await apply_universe(conn, universe, venue=venue, currency=currency, top_n=top_n,
-                                    kinds=kinds)
+        return await apply_universe(conn, universe, venue=venue.name, currency=group,
+                                    top_n=settings.top_n, kinds=venue.universe_kinds(settings))
     finally:
         await conn.close()
