@@ -96,14 +96,30 @@ for _i in range(11, 0, -1):
     _PSYCOPG_SQL = _PSYCOPG_SQL.replace(f"${_i}", f"%(p{_i})s")
 
 
+def validate(gap: Gap) -> Gap:
+    """``gap`` if its stream is one of its venue's (the registry); ``data_gaps.stream`` is free
+    text in the schema, so this is where a wrong name is caught.
+
+    Raises:
+        ValueError: unknown venue or stream (the message lists the venue's streams).
+    """
+    from collector_daemon.venues import get_venue
+    streams = [s.name for s in get_venue(gap.venue).stream_specs()]
+    if gap.stream not in streams:
+        raise ValueError(f"gap of venue {gap.venue!r}: unknown stream {gap.stream!r} "
+                         f"(the venue's streams: {', '.join(streams)})")
+    return gap
+
+
 async def insert_gap(conn: asyncpg.Connection, gap: Gap) -> int:
     """Insert ``gap``; returns its ``gap_id``. ``conn`` must encode timestamps as µs integers
     (``collector_daemon.storage.writer.init_connection``).
 
     Raises:
+        ValueError: the stream is not one of the venue's (:func:`validate`).
         asyncpg.PostgresError: the database refused it (e.g. ``is_bad_data``) or failed.
     """
-    return await conn.fetchval(INSERT_SQL, *gap.values())
+    return await conn.fetchval(INSERT_SQL, *validate(gap).values())
 
 
 def insert_gaps_sync(conn, gaps: list[Gap]) -> None:
@@ -111,10 +127,11 @@ def insert_gaps_sync(conn, gaps: list[Gap]) -> None:
     times become exact aware datetimes).
 
     Raises:
+        ValueError: a stream is not one of its venue's (:func:`validate`).
         psycopg.Error: the database refused them.
     """
     params = []
-    for g in gaps:
+    for g in map(validate, gaps):
         values = list(g.values())
         values[3], values[4] = from_us(g.gap_start), from_us(g.gap_end)
         params.append({f"p{i + 1}": v for i, v in enumerate(values)})

@@ -487,16 +487,8 @@ def get_venue(name: str) -> Venue:
         raise UnknownVenue(f"unknown venue {name!r}; known venues: {', '.join(known)}") from None
 
 
-def stream_names() -> set[str]:
-    """Every stream name any registered venue produces (validates ``data_gaps.stream``)."""
-    out: set[str] = set()
-    for venue in venues().values():
-        out |= {s.name for s in venue.stream_specs()}
-    return out
-
-
 __all__: Sequence[str] = (
     "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
     "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec", "UnknownVenue", "Venue",
-    "VenueProtocol", "VenueSettings", "get_venue", "register", "stream_names", "venues",
+    "VenueProtocol", "VenueSettings", "get_venue", "register", "venues",
 )
