@@ -24,7 +24,7 @@
 
 :func:`write_findings` brings the day's *open* audit findings in ``data_gaps``
 (``detected_by = 'audit'``, ``audit_day = day``) in line with the audit, matching findings to
-rows by identity (:meth:`GapFinding.key`). A finding whose end is the end of the audited window
+rows by identity (:func:`finding_key`). A finding whose end is the end of the audited window
 (a disconnect not resubscribed, a silence or a day without capture still going on) is the same
 gap at every re-audit of the current day: its row keeps its ``gap_id`` and its end moves on.
 What is already resolved (backfilled / unrecoverable) stays resolved and is not re-opened; when
@@ -52,7 +52,7 @@ import asyncpg
 import psycopg
 
 from collector_daemon.core import days
-from collector_daemon.core.days import day_window, to_us
+from collector_daemon.core.days import day_window, from_us, to_us
 from collector_daemon.core.gaps import Gap, GapStatus, insert_gaps_sync
 from collector_daemon.core.recovery import open_gaps
 from collector_daemon.storage.writer import init_connection
@@ -90,40 +90,20 @@ class SilenceRule:
     trade_lookback_s: float = 7 * 86400.0
 
 
-@dataclass(frozen=True)
-class GapFinding:
-    """One gap found by the audit (a future ``data_gaps`` row).
+def audit_kind(reason: str) -> str:
+    """The kind of an audit finding, from its reason's prefix: ``"quote_silence: ..."`` ->
+    ``quote_silence``; a sequence hole's ``"trade_seq hole: ..."`` -> ``trade_seq`` (the sequence
+    column). Kinds: the sequence column, ``disconnect``, ``unresolved_disconnect``,
+    ``quote_silence``, ``no_rows``, ``no_capture``."""
+    return reason.split(":", 1)[0].removesuffix(" hole")
 
-    Attributes:
-        stream: ``trades`` or ``quotes``.
-        instrument_name: the instrument, or ``*`` for every instrument of the stream.
-        gap_start, gap_end: the window (aware UTC).
-        seq_from, seq_to: missing trade_seq numbers, inclusive (trade_seq holes only).
-        kind: ``trade_seq``, ``disconnect``, ``unresolved_disconnect``, ``quote_silence``,
-            ``no_rows`` or ``no_capture``.
-        reason: human-readable, starts with the kind.
-    """
 
-    venue: str
-    stream: str
-    instrument_name: str
-    gap_start: datetime
-    gap_end: datetime
-    seq_from: int | None
-    seq_to: int | None
-    kind: str
-    reason: str
-
-    def to_gap(self, day: date) -> Gap:
-        """The open ``data_gaps`` row of this finding (``detected_by = 'audit'``)."""
-        return Gap(self.venue, self.stream, self.instrument_name, to_us(self.gap_start),
-                   to_us(self.gap_end), self.seq_from, self.seq_to, "audit", GapStatus.OPEN,
-                   self.reason, audit_day=day)
-
-    def key(self) -> tuple:
-        """Identity of the finding across re-audits (see :func:`finding_key`)."""
-        return finding_key(self.stream, self.instrument_name, self.kind, self.gap_start,
-                           self.gap_end, self.seq_from, self.seq_to)
+def _finding(venue: str, stream: str, instrument_name: str, gap_start: datetime, gap_end: datetime,
+             seq_from: int | None, seq_to: int | None, reason: str) -> Gap:
+    """An audit finding: an open :class:`~collector_daemon.core.gaps.Gap` (``detected_by =
+    'audit'``) whose reason starts with its kind (:func:`audit_kind`); times aware UTC."""
+    return Gap(venue, stream, instrument_name, to_us(gap_start), to_us(gap_end), seq_from, seq_to,
+               "audit", GapStatus.OPEN, reason)
 
 
 #: Kinds whose window can end at the end of the audited window (the gap was still going on):
@@ -132,13 +112,12 @@ class GapFinding:
 OPEN_ENDED_KINDS = frozenset({"unresolved_disconnect", "quote_silence", "no_rows", "no_capture"})
 
 
-def finding_key(stream: str, instrument_name: str, kind: str, gap_start: datetime,
-                gap_end: datetime, seq_from: int | None, seq_to: int | None) -> tuple:
-    """Identity of a finding or of a ``data_gaps`` row: ``(stream, instrument, kind, start, end,
-    seq_from, seq_to)`` with ``end`` None for :data:`OPEN_ENDED_KINDS`. The kind of a row is the
-    prefix of its ``reason`` (``"quote_silence: ..."``)."""
-    return (stream, instrument_name, kind, gap_start,
-            None if kind in OPEN_ENDED_KINDS else gap_end, seq_from, seq_to)
+def finding_key(gap: Gap) -> tuple:
+    """Identity of a finding or of a ``data_gaps`` row across re-audits: ``(stream, instrument,
+    kind, start, end, seq_from, seq_to)`` (µs) with ``end`` None for :data:`OPEN_ENDED_KINDS`."""
+    kind = audit_kind(gap.reason)
+    return (gap.stream, gap.instrument_name, kind, gap.gap_start,
+            None if kind in OPEN_ENDED_KINDS else gap.gap_end, gap.seq_from, gap.seq_to)
 
 
 @dataclass(frozen=True)
@@ -156,7 +135,7 @@ class AuditReport:
     day: date
     window_start: datetime
     window_end: datetime
-    findings: list[GapFinding]
+    findings: list[Gap]
     expected_basis: str
     instruments_quoted: int
     quotes_seen: int
@@ -164,7 +143,7 @@ class AuditReport:
 
     def counts(self) -> dict[str, int]:
         """Findings per kind."""
-        return dict(Counter(f.kind for f in self.findings))
+        return dict(Counter(audit_kind(f.reason) for f in self.findings))
 
 
 def expected_instruments(conn: psycopg.Connection, venue: str, start: datetime,
@@ -201,14 +180,14 @@ def expected_instruments(conn: psycopg.Connection, venue: str, start: datetime,
     return {n for cur, names in by_currency.items() if cur in has_start for n in (names or ())}
 
 
-def _trade_seq_holes(conn, venue, start, end, rule) -> list[GapFinding]:
+def _trade_seq_holes(conn, venue, start, end, rule) -> list[Gap]:
     out = []
     for spec in _sequenced(venue):
         out += _sequence_holes(conn, venue, spec, start, end, rule)
     return out
 
 
-def _sequence_holes(conn, venue, spec: StreamSpec, start, end, rule) -> list[GapFinding]:
+def _sequence_holes(conn, venue, spec: StreamSpec, start, end, rule) -> list[Gap]:
     # table and column names come from the venue registry (code), never from input
     rows = conn.execute(
         """
@@ -244,9 +223,8 @@ def _sequence_holes(conn, venue, spec: StreamSpec, start, end, rule) -> list[Gap
     for name, seq_from, seq_to, prev_ts, next_ts in rows:
         n = seq_to - seq_from + 1
         col = spec.sequence_column
-        out.append(GapFinding(venue, spec.name, name, min(prev_ts, next_ts), max(prev_ts, next_ts),
-                              seq_from, seq_to, col,
-                              f"{col} hole: {n} row(s) missing ({seq_from}..{seq_to})"))
+        out.append(_finding(venue, spec.name, name, min(prev_ts, next_ts), max(prev_ts, next_ts),
+                            seq_from, seq_to, f"{col} hole: {n} row(s) missing ({seq_from}..{seq_to})"))
     return out
 
 
@@ -258,8 +236,8 @@ def _streams_of(venue: str, channels: list[str] | None) -> list[str]:
     return sorted(streams) or every
 
 
-def _disconnects(conn, venue, start, end) -> list[GapFinding]:
-    out: list[GapFinding] = []
+def _disconnects(conn, venue, start, end) -> list[Gap]:
+    out: list[Gap] = []
     windows = conn.execute(
         """
         SELECT connection_id, channels, greatest(window_start, %(start)s), least(window_end, %(end)s)
@@ -273,8 +251,8 @@ def _disconnects(conn, venue, start, end) -> list[GapFinding]:
         if we <= ws:
             continue
         for stream in _streams_of(venue, channels):
-            out.append(GapFinding(venue, stream, "*", ws, we, None, None, "disconnect",
-                                  f"disconnect: window lost by the reconnect of connection {conn_id}"))
+            out.append(_finding(venue, stream, "*", ws, we, None, None,
+                                f"disconnect: window lost by the reconnect of connection {conn_id}"))
     unresolved = conn.execute(
         """
         SELECT d.connection_id, d.event_ts, d.reason
@@ -296,15 +274,15 @@ def _disconnects(conn, venue, start, end) -> list[GapFinding]:
             continue
         why = f" ({reason})" if reason else ""
         for stream in sorted(s.name for s in _specs(venue)):
-            out.append(GapFinding(
-                venue, stream, "*", ts, end, None, None, "unresolved_disconnect",
+            out.append(_finding(
+                venue, stream, "*", ts, end, None, None,
                 f"unresolved_disconnect: connection {conn_id} disconnected{why} and nothing was "
                 f"resubscribed before the end of the audited window"))
     return out
 
 
 def _quote_silences(conn, venue, spec: StreamSpec, start, end, rule,
-                    star_windows) -> tuple[list[GapFinding], int, int]:
+                    star_windows) -> tuple[list[Gap], int, int]:
     params = {"venue": venue, "start": start, "end": end, "floor": rule.floor_s,
               "lookback": start - timedelta(seconds=rule.quote_lookback_s)}
     # One pass over the day's quotes: per instrument its edges, median interval and the
@@ -358,7 +336,7 @@ def _quote_silences(conn, venue, spec: StreamSpec, start, end, rule,
         return total
 
     info = {r[0]: r for r in stats}
-    out: list[GapFinding] = []
+    out: list[Gap] = []
     for name, prev_ts, ts in long_ivs:
         median_s = info[name][4] if name in info else None
         limit = threshold(median_s)
@@ -369,8 +347,8 @@ def _quote_silences(conn, venue, spec: StreamSpec, start, end, rule,
         # Straddling midnight: the previous day reported its part when that part alone was
         # over its threshold; otherwise this day reports the whole silence.
         ws = start if prev_ts < start and (start - prev_ts).total_seconds() > limit else prev_ts
-        out.append(GapFinding(venue, spec.name, name, ws, ts, None, None, "quote_silence",
-                              _silence_reason(ws, ts, median_s, limit)))
+        out.append(_finding(venue, spec.name, name, ws, ts, None, None,
+                            _silence_reason(ws, ts, median_s, limit)))
     for name, _first, last_ts, _n, median_s, expiry, _p, _t in stats:
         stop = end
         if expiry is not None:
@@ -380,8 +358,8 @@ def _quote_silences(conn, venue, spec: StreamSpec, start, end, rule,
             stop = min(stop, later[0])
         limit = threshold(median_s)
         if (stop - last_ts).total_seconds() > limit and uncovered_s(last_ts, stop) > limit:
-            out.append(GapFinding(venue, spec.name, name, last_ts, stop, None, None, "quote_silence",
-                                  _silence_reason(last_ts, stop, median_s, limit)))
+            out.append(_finding(venue, spec.name, name, last_ts, stop, None, None,
+                                _silence_reason(last_ts, stop, median_s, limit)))
     quotes_seen = sum(r[3] for r in stats)
     return out, len(stats), quotes_seen
 
@@ -392,7 +370,7 @@ def _silence_reason(ws: datetime, we: datetime, median_s: float | None, limit: f
             f"(usual cadence {cadence}, threshold {limit:.0f} s)")
 
 
-def _no_rows(conn, venue, start, end, expected: set[str]) -> list[GapFinding]:
+def _no_rows(conn, venue, start, end, expected: set[str]) -> list[Gap]:
     if not expected:
         return []
     rows = conn.execute(
@@ -414,7 +392,7 @@ def _no_rows(conn, venue, start, end, expected: set[str]) -> list[GapFinding]:
             for t in dict.fromkeys(spec.table.name for spec in _specs(venue)))),
         {"venue": venue, "start": start, "end": end, "names": sorted(expected)}).fetchall()
     stream = (_per_instrument(venue) or list(_specs(venue)))[0].name
-    return [GapFinding(venue, stream, name, ws, we, None, None, "no_rows",
+    return [_finding(venue, stream, name, ws, we, None, None,
                        "no_rows: instrument of the subscription set has no quote and no trade")
             for name, ws, we in rows if we > ws]
 
@@ -451,7 +429,7 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
     expected = expected_instruments(conn, venue, start, end)
     basis = "universe_versions" if expected is not None else "unknown"
     if not live and not events:
-        findings = [GapFinding(venue, s, "*", start, end, None, None, "no_capture",
+        findings = [_finding(venue, s, "*", start, end, None, None,
                                "no_capture: no quote, no live trade and no connection event")
                     for s in sorted((spec.name for spec in _specs(venue)), reverse=True)]
         findings += _trade_seq_holes(conn, venue, start, end, rule)  # REST-filled days too
@@ -460,7 +438,7 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
     findings += _disconnects(conn, venue, start, end)
     quoted = quotes_seen = 0
     for spec in _per_instrument(venue):
-        star = [(f.gap_start, f.gap_end) for f in findings
+        star = [(from_us(f.gap_start), from_us(f.gap_end)) for f in findings
                 if f.stream == spec.name and f.instrument_name == "*"]
         silences, n_quoted, n_seen = _quote_silences(conn, venue, spec, start, end, rule, star)
         findings += silences
@@ -489,27 +467,27 @@ class WriteResult:
     already_resolved: int
 
 
-def _unresolved_part(f: GapFinding, resolved: dict[tuple, datetime]) -> GapFinding | None:
+def _unresolved_part(f: Gap, resolved: dict[tuple, int]) -> Gap | None:
     """``f`` minus what resolved rows of the day already cover (``resolved``: identity -> latest
     end): None when covered; for an open-ended kind that grew past its resolved part(s), the
     rest, starting where they end (each such continuation is itself a row, so follow the chain)."""
-    if f.kind not in OPEN_ENDED_KINDS:
-        return None if f.key() in resolved else f
+    if audit_kind(f.reason) not in OPEN_ENDED_KINDS:
+        return None if finding_key(f) in resolved else f
     start = f.gap_start
-    while (done := resolved.get(replace(f, gap_start=start).key())) is not None and done > start:
+    while (done := resolved.get(finding_key(replace(f, gap_start=start)))) is not None and done > start:
         start = done
     if start >= f.gap_end:
         return None
     if start == f.gap_start:
         return f
-    return replace(f, gap_start=start, reason=f"{f.reason}; the part before {start.isoformat()} "
+    return replace(f, gap_start=start, reason=f"{f.reason}; the part before {from_us(start).isoformat()} "
                                               "is already resolved")
 
 
 def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult:
     """Bring the open audit findings of ``report.venue``/``report.day`` in ``data_gaps`` in line
     with ``report`` (one transaction; concurrent audits of the same day are serialised by an
-    advisory lock). Each finding is matched to the day's audit rows by :meth:`GapFinding.key`:
+    advisory lock). Each finding is matched to the day's audit rows by :func:`finding_key`:
 
     * an open row with the same identity is kept (``gap_id``, ``detected_at``), its ``gap_end``
       and ``reason`` updated when they moved;
@@ -524,21 +502,23 @@ def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickvault_audit:' || %s || ':' || %s))",
                      (venue, day.isoformat()))
-        open_rows: dict[tuple, tuple[int, datetime, str]] = {}
+        open_rows: dict[tuple, tuple[int, int, str]] = {}
         stale: list[int] = []
-        resolved: dict[tuple, datetime] = {}
+        resolved: dict[tuple, int] = {}
         for gap_id, stream, name, gs, ge, sf, st, status, reason in conn.execute(
                 "SELECT gap_id, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, "
                 "status, coalesce(reason, '') FROM data_gaps WHERE venue = %s "
                 "AND detected_by = 'audit' AND audit_day = %s ORDER BY gap_id", (venue, day)):
-            key = finding_key(stream, name, reason.split(":", 1)[0], gs, ge, sf, st)
+            ge = to_us(ge)
+            key = finding_key(Gap(venue, stream, name, to_us(gs), ge, sf, st, "audit",
+                                  GapStatus(status), reason))
             if status != "open":
                 resolved[key] = max(ge, resolved.get(key, ge))
             elif key in open_rows:
                 stale.append(gap_id)
             else:
                 open_rows[key] = (gap_id, ge, reason)
-        inserts: list[GapFinding] = []
+        inserts: list[Gap] = []
         updates: list[tuple] = []
         unchanged = already = 0
         seen: set[tuple] = set()
@@ -547,7 +527,7 @@ def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult
             if f is None:
                 already += 1
                 continue
-            key = f.key()
+            key = finding_key(f)
             if key in seen:
                 continue
             seen.add(key)
@@ -555,7 +535,7 @@ def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult
             if row is None:
                 inserts.append(f)
             elif (row[1], row[2]) != (f.gap_end, f.reason):
-                updates.append((f.gap_end, f.reason, row[0]))
+                updates.append((from_us(f.gap_end), f.reason, row[0]))
             else:
                 unchanged += 1
         stale += [row[0] for row in open_rows.values()]
@@ -569,7 +549,7 @@ def write_findings(conn: psycopg.Connection, report: AuditReport) -> WriteResult
                 cur.executemany("UPDATE data_gaps SET gap_end = %s, reason = %s "
                                 "WHERE gap_id = %s AND status = 'open'", updates)
             if inserts:
-                insert_gaps_sync(conn, [f.to_gap(day) for f in inserts])
+                insert_gaps_sync(conn, [replace(f, audit_day=day) for f in inserts])
     return WriteResult(len(inserts), len(updates), unchanged, len(stale), already)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from collector_daemon.core import days
-from collector_daemon.core.days import day_window
+from collector_daemon.core.days import day_window, from_us
 from orchestration.lib.gaps import SilenceRule, _trade_seq_holes, expected_instruments
 
 
@@ -88,10 +88,10 @@ def trade_seq_continuity(conn: psycopg.Connection, venue: str, day: str | date, 
     holes = _trade_seq_holes(conn, venue, start, end, rule) if end > start else []
     status = {(r[0], r[1], r[2]): (r[3], r[4]) for r in conn.execute(
         "SELECT instrument_name, seq_from, seq_to, status, reason FROM data_gaps "
-        "WHERE venue = %s AND stream = 'trades' AND seq_from IS NOT NULL "
+        "WHERE venue = %s AND seq_from IS NOT NULL "
         "AND gap_end >= %s AND gap_start < %s ORDER BY gap_id", (venue, start - timedelta(days=7), end))}
     listed = [{"instrument_name": h.instrument_name, "seq_from": h.seq_from, "seq_to": h.seq_to,
-               "gap_start": h.gap_start.isoformat(), "gap_end": h.gap_end.isoformat(),
+               "gap_start": from_us(h.gap_start).isoformat(), "gap_end": from_us(h.gap_end).isoformat(),
                "status": status.get((h.instrument_name, h.seq_from, h.seq_to), ("not recorded",))[0]}
               for h in holes]
     open_rows = conn.execute(

@@ -78,6 +78,12 @@ def test_audit_trade_days_exact_findings(migrated_db_url, trades_days):
     r17h = materialize([trade_gaps], "2026-08-17",
                        resources(migrated_db_url, history_url="http://127.0.0.1:9/api/v2"))
     assert mat_metadata(r17h, "trade_gaps")["recoverable_open_gaps"] == 4
+    # a re-audit keeps the rows as they are: sequence holes too (their reason says "trade_seq
+    # hole", their kind is trade_seq: the identity used to differ, so each re-audit replaced them)
+    again = gaps(migrated_db_url, "audit_day = '2026-08-17'")
+    assert [r["gap_id"] for r in again] == [r["gap_id"] for r in rows]
+    assert (mat_metadata(r17h, "trade_gaps")["deribit/unchanged"],
+            mat_metadata(r17h, "trade_gaps")["deribit/inserted"]) == (4, 0)
 
 
 def test_audit_day_without_capture(migrated_db_url):

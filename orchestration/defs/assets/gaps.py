@@ -4,7 +4,8 @@ import dagster as dg
 
 from orchestration.defs.assets.stream import connection_events, quotes, trades
 from collector_daemon.core import days
-from orchestration.lib.gaps import audit_day, gaps_key, summarize_open, write_findings
+from collector_daemon.core.days import from_us
+from orchestration.lib.gaps import audit_day, audit_kind, gaps_key, summarize_open, write_findings
 from orchestration.partitions import VENUES, daily
 
 GAPS_GROUP = "gaps"
@@ -25,8 +26,8 @@ def _markdown(findings, limit: int = 50) -> str:
     lines = ["| stream | instrument | start | end | seq | kind |", "|---|---|---|---|---|---|"]
     for f in findings[:limit]:
         seq = f"{f.seq_from}..{f.seq_to}" if f.seq_from is not None else ""
-        lines.append(f"| {f.stream} | {f.instrument_name} | {f.gap_start.isoformat()} | "
-                     f"{f.gap_end.isoformat()} | {seq} | {f.kind} |")
+        lines.append(f"| {f.stream} | {f.instrument_name} | {from_us(f.gap_start).isoformat()} | "
+                     f"{from_us(f.gap_end).isoformat()} | {seq} | {audit_kind(f.reason)} |")
     if len(findings) > limit:
         lines.append(f"| ... {len(findings) - limit} more | | | | | |")
     return "\n".join(lines)
