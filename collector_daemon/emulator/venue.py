@@ -4,8 +4,8 @@ The generic part (:mod:`.replay`, :mod:`.server`) knows nothing about any exchan
 plays a time-ordered list of :class:`Event` objects, routes each one to the clients whose subscribed
 channels map to one of the event's *routes*, counts what it sent and injects faults. Everything that
 depends on the exchange lives in one :class:`VenueEmulation` subclass per venue, in
-``collector_daemon/venues/<venue>/emulation.py``, which exposes the class as ``EMULATION``.
-Adding Bybit v5 or Kraken is one such file and no change here.
+``collector_daemon/venues/<venue>/emulation`` (a module or a package), which exposes the class as
+``EMULATION``. Adding Bybit v5 or Kraken is one such module and no change here.
 
 Times are integers in **milliseconds since the Unix epoch (UTC)** unless a name says otherwise
 (``*_us`` = microseconds).
