@@ -1,5 +1,5 @@
 """Retention of the tick tables: drop days older than a configurable age, but only days whose
-Parquet export is verified (orchestration/lib/export.py). Every other old day is kept and
+Parquet export is verified (orchestration/lib/export/verify.py). Every other old day is kept and
 reported with the reason.
 
 A day may be dropped when, for every venue with rows that day, the ``export_manifest`` row has

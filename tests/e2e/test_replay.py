@@ -10,13 +10,17 @@ import asyncio
 import csv
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from collector_daemon.emulator.replay import Faults
 from replay_helpers import (
@@ -104,19 +108,52 @@ def test_dropped_connections_reconnect_and_record_lost_windows(migrated_db_url, 
     assert summary.rows_written["quotes"] == sum(sent.values())
 
 
+def rows_received(metrics_url: str, table: str) -> int:
+    """The collector's ``tickvault_rows_received`` counter of ``table`` (0 before the first row)."""
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "tickvault_rows_received_total" and sample.labels["table"] == table:
+                return int(sample.value)
+    return 0
+
+
+def wait_rows_received(proc: subprocess.Popen, log: Path, table: str, timeout_s: float) -> int:
+    """Wait until the collector (its ``/metrics`` URL read from its log) has received rows of
+    ``table``; returns how many. Fails when the collector exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    metrics_url = None
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {table} received in {timeout_s} s: " \
+            + log.read_text()[-3000:]
+        if metrics_url is None:
+            found = re.search(r"metrics on (http://\S+/metrics)", log.read_text())
+            metrics_url = found.group(1) if found else None
+        if metrics_url is not None and (received := rows_received(metrics_url, table)):
+            return received
+        time.sleep(0.05)
+
+
 def test_sigterm_mid_replay_loses_nothing_received(migrated_db_url, tmp_path, real_data_dir):
-    env = {**os.environ, "TICKVAULT_DATABASE_URL": migrated_db_url, "TICKVAULT_METRICS_PORT": "",
+    env = {**os.environ, "TICKVAULT_DATABASE_URL": migrated_db_url, "TICKVAULT_METRICS_PORT": "0",
            "TICKVAULT_SPOOL_DIR": str(tmp_path / "spool"), "TICKVAULT_FLUSH_INTERVAL_S": "5"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector_daemon.cli", "collect", "--replay", str(real_data_dir / CAPTURE),
-         "--top-n", "all", "--speed", "10"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)   # mid-replay (the capture lasts ~12 s at 10x); rows sit in a 5 s flush buffer
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    log = tmp_path / "collector.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "collector_daemon.cli", "collect", "--replay", str(real_data_dir / CAPTURE),
+             "--top-n", "all", "--speed", "10"], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        # mid-replay (the capture lasts ~12 s at 10x): quotes received, sitting in a 5 s flush buffer
+        wait_rows_received(proc, log, "quotes", timeout_s=60)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
     line = next(l for l in out.splitlines() if l.strip().startswith("quotes:"))
-    written, received = (int(w) for w in line.split()[1::5][:2]) if False else (
-        int(line.split()[1]), int(line.split()[5]))
+    written, received = int(line.split()[1]), int(line.split()[5])
     with psycopg.connect(migrated_db_url) as conn:
         stored = conn.execute("SELECT count(*) FROM quotes").fetchone()[0]
     assert 0 < received < 197, out       # really mid-replay

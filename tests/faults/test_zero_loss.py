@@ -58,7 +58,7 @@ def assert_quotes_match_sent(dsn: str, sent: dict[str, int], extra: Counter | No
 def ticker_clock_lag_ms(real: Path, currency: str) -> int:
     """How far a ticker's own timestamp can trail the emulator's replay clock, in ms: the clock of
     capture frames is the running maximum of their exchange timestamps (ticker and book, every
-    instrument; venues/deribit/emulation.py "Timeline clock"), and a ticker of one instrument may
+    instrument; venues/deribit/emulation/__init__.py "Timeline clock"), and a ticker of one instrument may
     carry an older timestamp than a frame of another just before it. Trades carry the clock."""
     clock, lag = 0, 0
     with gzip.open(real / CAPTURE, "rt") as fh:

@@ -1,0 +1,230 @@
+"""Writing an export (:func:`export_table_day`): spill and sort the day, refuse to shrink an
+export in force, stream each venue's Parquet files into the store, then write the manifests and
+``export_manifest`` rows and delete the previous export's objects."""
+
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestration.lib.export.layout import (
+    MANIFEST_NAME,
+    ExportError,
+    TableLayout,
+    day_bounds,
+    partition_prefix,
+    start_of_day_us,
+    table_layout,
+)
+from orchestration.lib.export.manifest import (
+    ExportedFile,
+    PartitionExport,
+    manifest_rows,
+    record_export,
+    stored_manifest,
+)
+from orchestration.lib.export.objectstore import ObjectStore
+from orchestration.lib.export.spill import Range, sorted_range, spill_day
+
+_PART_RE = re.compile(r"part-(\d+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Tuning knobs of :func:`export_table_day`.
+
+    Attributes:
+        chunk_rows: rows sorted in memory at once; also the largest row group (except for one
+            instrument's candles of a day, never split: at most 1,849 rows). Peak memory is
+            about 3 x chunk_rows x row width (quotes: ~230 B per row in Arrow) plus two upload
+            parts and ~250 MB of libraries.
+        rows_per_file: a partition is split into ``part-<n>.parquet`` files of at most this many
+            rows (file boundaries fall on range boundaries).
+        zstd_level: zstd compression level.
+        part_bytes: S3 multipart part size in bytes (S3 and B2 need >= 5 MiB except the last).
+        spill_dir: existing directory for the temporary spill files (None: the system temp
+            dir). Holds about the Arrow size of one day of one table (quotes: ~230 MB per
+            million rows) while the export runs; each run uses and removes its own subdirectory.
+    """
+
+    chunk_rows: int = 500_000
+    rows_per_file: int = 20_000_000
+    zstd_level: int = 3
+    part_bytes: int = 64 * 2**20
+    spill_dir: str | None = None
+
+
+def _files(ranges: list[Range], rows_per_file: int) -> list[list[Range]]:
+    """Consecutive ranges grouped into files of at most ``rows_per_file`` rows (a range is
+    never split)."""
+    files: list[list[Range]] = []
+    total = 0
+    for rng in ranges:
+        if rng.path is None:
+            continue
+        if not files or total + rng.rows > rows_per_file:
+            files.append([])
+            total = 0
+        files[-1].append(rng)
+        total += rng.rows
+    return files
+
+
+def _next_part_number(keys: list[str]) -> int:
+    numbers = [int(m.group(1)) for k in keys if (m := _PART_RE.search(k))]
+    return max(numbers) + 1 if numbers else 0
+
+
+def _write_file(store: ObjectStore, key: str, schema: pa.Schema, layout: TableLayout, day: date,
+                ranges: list[Range], settings: ExportSettings) -> ExportedFile:
+    """Write ``ranges`` (in order, one row group each) as one Parquet object. The next range is
+    read and sorted on a second thread while the current one is encoded (pyarrow releases the
+    GIL in both), so at most two sorted ranges are in memory."""
+    sink = store.writer(key, settings.part_bytes)
+    rows = 0
+    day_start_us = start_of_day_us(day)
+
+    def prepare(rng: Range) -> pa.Table:
+        return sorted_range(layout, rng, day_start_us).drop_columns(["venue"])
+
+    try:
+        writer = pq.ParquetWriter(
+            sink, schema, compression="zstd", compression_level=settings.zstd_level,
+            use_dictionary=True, write_statistics=True,
+            sorting_columns=pq.SortingColumn.from_ordering(
+                schema, [(c, "ascending") for c in layout.sort_key]))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepare, ranges[0])
+            for following in [*ranges[1:], None]:
+                table = pending.result()
+                if following is not None:
+                    pending = pool.submit(prepare, following)
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                rows += table.num_rows
+                del table
+        writer.close()
+        stored = sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    return ExportedFile(key, rows, stored.size, stored.sha256, stored.etag)
+
+
+def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day: date,
+                     settings: ExportSettings = ExportSettings(),
+                     now: datetime | None = None) -> list[PartitionExport] | None:
+    """Export one UTC day of ``table``: one partition per venue with rows that day.
+
+    Replaces any earlier export of those partitions: first every venue's new objects are
+    uploaded, then the venues' manifests are written, then their ``export_manifest`` rows
+    (``verified_at`` NULL), then their previous objects are deleted. Returns None when the table
+    does not exist, [] when it has no rows that day.
+
+    Raises:
+        ExportError: the day has not ended (``now``, default the current time), the table's
+            shape is not exportable, or a venue's export in force (its ``_manifest.json`` or
+            ``export_manifest`` row) holds more rows than the database holds now: retention
+            dropped the day since, and replacing the archive would lose those rows (checked
+            before anything is uploaded; the message names the partition and both counts). On
+            any error every partition keeps its previous manifest and objects; the objects this
+            run uploaded are deleted (best effort: what a failed delete or a killed process
+            leaves is deleted by the next export of the partition).
+    """
+    now = now or datetime.now(UTC)
+    if day_bounds(day)[1] > now:
+        raise ExportError(f"{day} has not ended yet (UTC): export it after midnight")
+    with psycopg.connect(dsn) as conn:
+        layout = table_layout(conn, table)
+    if layout is None:
+        return None
+    spill_dir = Path(tempfile.mkdtemp(prefix="tickvault-export-", dir=settings.spill_dir))
+    try:
+        ranges, source_rows = spill_day(dsn, layout, day, settings.chunk_rows, spill_dir)
+        folders = {v: partition_prefix(prefix, v, layout.table, day) for v in sorted(source_rows)}
+        _refuse_shrinking(dsn, store, layout, day, folders, source_rows)
+        previous = {v: store.list_keys(folder) for v, folder in folders.items()}
+        exports = _upload(store, layout, day, folders, previous, ranges, source_rows, settings)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    with psycopg.connect(dsn) as conn:
+        for export in exports:
+            record_export(conn, export)
+    for export in exports:
+        keep = {f.key for f in export.files} | {export.manifest_key}
+        store.delete([k for k in previous[export.venue] if k not in keep])
+    return exports
+
+
+def _refuse_shrinking(dsn: str, store: ObjectStore, layout: TableLayout, day: date,
+                      folders: dict[str, str], source_rows: dict[str, int]) -> None:
+    """Raise ExportError when the export in force of a partition (its ``_manifest.json`` or its
+    ``export_manifest`` row, whichever holds more) has more rows than the database holds now.
+
+    Rows only ever get added to a day (inserts are insert-if-absent), except by retention; so a
+    smaller count means retention dropped the day (and, say, a backfill added a few rows back),
+    and replacing the archive with what is left would delete the dropped rows for good.
+    """
+    with psycopg.connect(dsn) as conn:
+        recorded = {m.venue: m.rows for m in manifest_rows(conn, layout.table, day)}
+    for venue, folder in folders.items():
+        in_store = (stored_manifest(store, folder) or {}).get("rows", 0)
+        archived = max(in_store, recorded.get(venue, 0))
+        if archived > source_rows[venue]:
+            raise ExportError(
+                f"{folder}: refusing to replace the export in force ({archived} rows: "
+                f"{folder}{MANIFEST_NAME} {in_store}, export_manifest {recorded.get(venue, 0)}) "
+                f"with the {source_rows[venue]} rows the database holds now; rows of the day "
+                f"were dropped since (retention), re-exporting would lose them. To replace it "
+                f"anyway, delete the partition's {MANIFEST_NAME} and export_manifest row first.")
+
+
+def _upload(store: ObjectStore, layout: TableLayout, day: date, folders: dict[str, str],
+            previous: dict[str, list[str]], ranges: list[Range], source_rows: dict[str, int],
+            settings: ExportSettings) -> list[PartitionExport]:
+    """Upload every venue's files, then write every venue's manifest; on an error delete this
+    run's objects of each venue whose manifest in force is not this run's, and re-raise."""
+    export_ids = {venue: uuid.uuid4().hex for venue in folders}
+    written: dict[str, list[ExportedFile]] = {venue: [] for venue in folders}
+    exports: list[PartitionExport] = []
+    try:
+        for venue, folder in folders.items():
+            number = _next_part_number(previous[venue])
+            schema = layout.schema_for(venue, day)
+            for file_ranges in _files([r for r in ranges if r.venue == venue],
+                                      settings.rows_per_file):
+                key = f"{folder}part-{number}.parquet"
+                written[venue].append(_write_file(store, key, schema, layout, day, file_ranges,
+                                                  settings))
+                number += 1
+            export = PartitionExport(
+                venue, layout.table, day, export_ids[venue], source_rows[venue],
+                tuple(written[venue]), folder + MANIFEST_NAME, store.url, datetime.now(UTC),
+                layout.file_schema, layout.sort_key)
+            if export.rows != source_rows[venue]:
+                raise ExportError(f"{venue}/{layout.table}/{day}: wrote {export.rows} rows, the "
+                                  f"database snapshot had {source_rows[venue]}")
+            exports.append(export)
+        for export in exports:
+            store.put_bytes(export.manifest_key,
+                            json.dumps(export.manifest(), indent=1).encode())
+    except BaseException as exc:
+        for venue, folder in folders.items():
+            try:
+                # Unless the manifest got written after all (a lost response), this run's
+                # objects are garbage: the previous manifest stays in force and names none.
+                if (stored_manifest(store, folder) or {}).get("export_id") != export_ids[venue]:
+                    store.delete([f.key for f in written[venue]])
+            except Exception as cleanup:
+                exc.add_note(f"{folder}: objects of the failed export left in place ({cleanup!r});"
+                             " the next export of the partition deletes them")
+        raise
+    return exports
