@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             return localdb.main(args)
     except SettingsError as exc:
         print(f"tickvault: {exc}", file=sys.stderr)
+        return 2
+    except ssl.SSLCertVerificationError as exc:
+        print(f"tickvault: the database server's TLS certificate failed verification ({exc.verify_message}): "
+              "check sslrootcert (the CA file) and the host name in TICKVAULT_DATABASE_URL", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -3,21 +3,35 @@
 The hot path only increments plain integers on :class:`Stats`; a custom Prometheus collector
 reads them at scrape time, so metrics cost nothing per message. ``/metrics`` and ``/healthz`` are
 served on a loopback port (``TICKVAULT_METRICS_PORT``).
+
+Besides the process's own counters, ``/metrics`` reports what the alert rules and the dashboard
+(``deploy/prometheus``, ``deploy/grafana``) need from outside the process: the free space of the
+spool's filesystem (``os.statvfs`` at scrape time) and, from the database, the open gaps and the
+newest verified Parquet export per table (read by :func:`refresh_database_facts` on the
+collector's heartbeat, so a scrape never waits on the database).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from collector_daemon.storage import queries
+
+#: Quantiles of the latency summaries (exported as ``quantile`` labels).
+LATENCY_QUANTILES = (0.5, 0.99)
 
 
 class LatencySample:
@@ -77,6 +91,14 @@ class Stats:
     last_frame_us: int = 0
     exchange_latency: LatencySample = field(default_factory=LatencySample)
     commit_latency: LatencySample = field(default_factory=LatencySample)
+    #: the spool's directory: its filesystem's free and total bytes are exported (None: not shown)
+    spool_dir: Path | None = None
+    #: open gaps of this venue per stream: (count, oldest detected_at in s since epoch or None);
+    #: None until :func:`refresh_database_facts` has read them
+    open_gaps: dict[str, tuple[int, float | None]] | None = None
+    #: per exported table, the start (UTC midnight, s since epoch) of the newest day whose export
+    #: of this venue is verified; None until :func:`refresh_database_facts` has read it
+    export_verified_days: dict[str, float] | None = None
 
     def snapshot(self) -> dict:
         """JSON-able summary (used by the stats log line and collector_status.stats)."""
@@ -150,9 +172,79 @@ class _StatsCollector:
         yield g
         for name, sample in (("tickvault_exchange_to_receive_ms", s.exchange_latency),
                              ("tickvault_receive_to_commit_ms", s.commit_latency)):
-            m = SummaryMetricFamily(name, "Latency sample of the current stats interval (ms)", labels=labels)
-            m.add_metric([s.venue], count_value=len(sample.values), sum_value=sum(sample.values))
-            yield m
+            yield _latency_summary(name, s.venue, sample)
+        yield from _spool_filesystem(s)
+        yield from _database_facts(s)
+
+
+def _latency_summary(name: str, venue: str, sample: LatencySample) -> Metric:
+    """A summary of the current stats interval's latency sample (ms): count, sum and the
+    ``LATENCY_QUANTILES`` (NaN while the sample is empty, e.g. just after the interval reset)."""
+    m = Metric(name, "Latency sample of the current stats interval (ms)", "summary")
+    for q in LATENCY_QUANTILES:
+        value = sample.percentile(q)
+        m.add_sample(name, {"venue": venue, "quantile": str(q)}, math.nan if value is None else value)
+    m.add_sample(f"{name}_count", {"venue": venue}, len(sample.values))
+    m.add_sample(f"{name}_sum", {"venue": venue}, sum(sample.values))
+    return m
+
+
+def _spool_filesystem(s: Stats):
+    """Free and total bytes of the filesystem holding the spool (``os.statvfs``; nothing when
+    the spool directory is unknown or unreadable)."""
+    if s.spool_dir is None:
+        return
+    try:
+        fs = os.statvfs(s.spool_dir)
+    except OSError:
+        return
+    for name, help_, value in (
+        ("tickvault_spool_filesystem_avail_bytes",
+         "Bytes available to the collector on the spool's filesystem", fs.f_bavail * fs.f_frsize),
+        ("tickvault_spool_filesystem_size_bytes",
+         "Size of the spool's filesystem in bytes", fs.f_blocks * fs.f_frsize),
+    ):
+        g = GaugeMetricFamily(name, help_, labels=["venue"])
+        g.add_metric([s.venue], value)
+        yield g
+
+
+def _database_facts(s: Stats):
+    """Open gaps and export freshness as last read from the database (nothing before the
+    first read)."""
+    if s.open_gaps is not None:
+        count = GaugeMetricFamily("tickvault_open_gaps", "Open data_gaps rows (not yet backfilled "
+                                  "or declared unrecoverable)", labels=["venue", "stream"])
+        age = GaugeMetricFamily("tickvault_open_gap_oldest_age_seconds", "Seconds since the oldest "
+                                "open gap was detected (0 when none is open)", labels=["venue", "stream"])
+        now = time.time()
+        for stream in queries.GAP_STREAMS:
+            n, oldest = s.open_gaps.get(stream, (0, None))
+            count.add_metric([s.venue, stream], n)
+            age.add_metric([s.venue, stream], max(0.0, now - oldest) if oldest is not None else 0.0)
+        yield count
+        yield age
+    if s.export_verified_days is not None:
+        g = GaugeMetricFamily("tickvault_export_verified_day_timestamp_seconds",
+                              "Start (UTC midnight, s since epoch) of the newest day whose Parquet "
+                              "export is verified (export_manifest.verified_at set)",
+                              labels=["venue", "table"])
+        for table, day_start in sorted(s.export_verified_days.items()):
+            g.add_metric([s.venue, table], day_start)
+        yield g
+
+
+async def refresh_database_facts(stats: Stats, conn: asyncpg.Connection) -> None:
+    """Read the open gaps and the export freshness of ``stats.venue`` into ``stats`` (two small
+    indexed queries, see :mod:`collector_daemon.storage.queries`); meant for the collector's
+    periodic heartbeat, on the heartbeat's connection.
+
+    Raises:
+        asyncpg errors: the database is unreachable (``stats`` keeps the previous values).
+    """
+    open_gaps = await queries.open_gaps(conn, stats.venue)
+    verified = await queries.export_verified_days(conn, stats.venue)
+    stats.open_gaps, stats.export_verified_days = open_gaps, verified
 
 
 def _counter(name: str, help_: str, labels: list[str], values) -> CounterMetricFamily:

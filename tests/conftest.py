@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -176,3 +176,20 @@ def migrated_plain_db_url(plain_db_url: str) -> str:
 
     migrate(plain_db_url)
     return plain_db_url
+
+
+# --- external programs --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def executable() -> Callable[[str, str], str]:
+    """``executable(name, install_hint)``: the path of program ``name`` on PATH (e.g. promtool);
+    skips naming ``install_hint`` when it is missing (fails when ``CI`` is set)."""
+
+    def find(name: str, install_hint: str) -> str:
+        path = shutil.which(name)
+        if path is None:
+            skip_or_fail(f"{name} not found on PATH: {install_hint}")
+        return path
+
+    return find

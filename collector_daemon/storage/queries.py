@@ -1,5 +1,6 @@
 """SQL of the collector outside the streaming writer: instrument upserts, the collector_status
-heartbeat, and the read queries behind ``tickvault status``.
+heartbeat, the figures ``/metrics`` reads from the database, and the read queries behind
+``tickvault status``.
 
 The asyncpg functions expect a connection set up by ``writer.init_connection`` (timestamps as
 µs-since-epoch integers).
@@ -37,6 +38,28 @@ async def upsert_instruments(conn: asyncpg.Connection, venue: str, rows: list[tu
             sorted({r[2] for r in rows}))
     return len(rows)
 
+
+#: The streams of ``data_gaps.stream`` (schema/0001.core.sql, data_gaps_stream_check).
+GAP_STREAMS: tuple[str, ...] = ("quotes", "trades")
+
+
+async def open_gaps(conn: asyncpg.Connection, venue: str) -> dict[str, tuple[int, float]]:
+    """Open ``data_gaps`` of ``venue`` per stream: ``{stream: (count, oldest detected_at in s
+    since epoch)}``; streams without an open gap are absent (index ``data_gaps_open_idx``)."""
+    rows = await conn.fetch(
+        "SELECT stream, count(*), extract(epoch FROM min(detected_at))::float8 FROM data_gaps "
+        "WHERE venue = $1 AND status = 'open' GROUP BY stream", venue)
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def export_verified_days(conn: asyncpg.Connection, venue: str) -> dict[str, float]:
+    """Per table, the start (UTC midnight, s since epoch) of the newest day whose nightly export
+    of ``venue`` is verified (``export_manifest.verified_at`` set; orchestration/lib/export.py);
+    tables never verified are absent."""
+    rows = await conn.fetch(
+        "SELECT table_name, extract(epoch FROM max(day))::float8 FROM export_manifest "
+        "WHERE venue = $1 AND verified_at IS NOT NULL GROUP BY table_name", venue)
+    return {r[0]: r[1] for r in rows}
 
 async def heartbeat(conn: asyncpg.Connection, collector_id: str, venue: str, hostname: str,
                     pid: int, version: str, started_at_us: int, stats: dict,

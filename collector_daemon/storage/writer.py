@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -166,8 +167,16 @@ class BatchWriter:
         self.rows_refused = 0
 
     async def open(self) -> None:
-        """Connect, retrying transient errors forever (the database may still be starting)."""
-        async for attempt in self._retrying():
+        """Connect, retrying transient errors forever (the database may still be starting).
+
+        Raises:
+            ssl.SSLCertVerificationError: at once, not retried: the server's certificate fails
+                verification (``sslmode=verify-full`` with the wrong ``sslrootcert`` or host
+                name), a configuration error. (Once running, a failing reconnect is treated as
+                an outage: batches are spooled.)
+        """
+        async for attempt in self._retrying(
+                lambda exc: is_transient(exc) and not isinstance(exc, ssl.SSLCertVerificationError)):
             with attempt:
                 self.pool = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=self._pool_size, init=self._init_connection,
@@ -199,13 +208,13 @@ class BatchWriter:
             await self.pool.close()
         self.pool = None
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, retry: Callable[[BaseException], bool] = is_transient) -> AsyncRetrying:
         def before_sleep(state) -> None:
             exc = state.outcome.exception()
             log.warning("database unavailable (%s: %s); retrying", type(exc).__name__, exc)
             if self._on_retry is not None:
                 self._on_retry(exc)
-        return AsyncRetrying(retry=retry_if_exception(is_transient),
+        return AsyncRetrying(retry=retry_if_exception(retry),
                              wait=wait_random_exponential(multiplier=0.2, max=10),
                              before_sleep=before_sleep, reraise=True)
 

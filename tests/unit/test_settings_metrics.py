@@ -59,6 +59,7 @@ def test_latency_sample_percentiles() -> None:
 def test_metrics_and_healthz_over_http() -> None:
     stats = Stats(venue="deribit", messages=42, rejected=3)
     stats.rows_written["quotes"] = 40
+    stats.commit_latency.add_many([float(ms) for ms in range(1, 201)])  # 1..200 ms
     healthy = {"ok": True}
     server = MetricsServer(stats, lambda: (healthy["ok"], {"connected": 1}), port=0)
     server.start()
@@ -68,6 +69,10 @@ def test_metrics_and_healthz_over_http() -> None:
         assert 'tickvault_messages_total{venue="deribit"} 42.0' in text
         assert 'tickvault_rejected_messages_total{venue="deribit"} 3.0' in text
         assert 'tickvault_rows_written_total{table="quotes",venue="deribit"} 40.0' in text
+        assert 'tickvault_receive_to_commit_ms{quantile="0.99",venue="deribit"} 198.0' in text
+        assert 'tickvault_receive_to_commit_ms{quantile="0.5",venue="deribit"} 100.0' in text
+        assert 'tickvault_receive_to_commit_ms_count{venue="deribit"} 200.0' in text
+        assert 'tickvault_exchange_to_receive_ms{quantile="0.99",venue="deribit"} NaN' in text  # empty
         assert httpx.get(f"{base}/healthz").status_code == 200
         healthy["ok"] = False
         r = httpx.get(f"{base}/healthz")
