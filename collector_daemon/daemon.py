@@ -28,7 +28,7 @@ from collector_daemon.core.recovery import GapRecovery
 from collector_daemon.core.universe import UNIVERSE_CHANNEL, apply_universe, read_universe
 from collector_daemon.gaps import GapKeeper
 from collector_daemon.sharding import assign, shard_of
-from collector_daemon.metrics import MetricsServer, Stats
+from collector_daemon.metrics import MetricsServer, Stats, refresh_database_facts
 from collector_daemon.pipeline import Pipeline
 from collector_daemon.rows import TableSpec
 from collector_daemon.settings import Settings
@@ -112,6 +112,7 @@ class Collector:
                                  spool=self.spool)
         self.stats.queue_depth = lambda: self.pipeline.queue_depth
         self.stats.spool = self.pipeline.spool_stats
+        self.stats.spool_dir = self.spool.directory
         self.stats.gaps_pending = lambda: self.gaps.pending if self.gaps is not None else 0
         self.stats.rows_written = self.writer.rows_written        # the writer's own counters,
         self.stats.rows_duplicate = self.writer.rows_duplicate    # updated in place per batch
@@ -426,6 +427,7 @@ class Collector:
             await queries.heartbeat(conn, self.collector_id, self.venue.name, socket.gethostname(),
                                     os.getpid(), __version__, int(self.stats.started_at * 1e6),
                                     self.stats.snapshot(), stopped=stopped)
+            await refresh_database_facts(self.stats, conn)
 
     def _log_stats(self) -> None:
         s = self.stats.snapshot()
