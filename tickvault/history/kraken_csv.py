@@ -44,6 +44,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -411,6 +412,25 @@ def _run(dsn: str, kind: str, plans: list[_Plan], rejects_path: Path | None,
               else TableWriter(dsn, "trades"))
     transform = _ohlcvt_frame if kind == "ohlcvt" else _trades_frame
     done_bytes, total = 0, sum(p.source.size for p in plans)
+    # One write in flight while the next chunk is parsed (ADBC's COPY and polars release the
+    # GIL): the database and the parser overlap. Counts are settled when a write completes.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tickvault-import")
+    pending: tuple[Future[int], int, int] | None = None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        future, height, chunk_len = pending
+        pending = None
+        inserted = future.result()
+        summary.inserted += inserted
+        summary.already_present += height - inserted
+        nonlocal done_bytes
+        done_bytes += chunk_len
+        if on_progress:
+            on_progress(done_bytes, total, summary.rows_read)
+
     try:
         for plan in plans:
             summary.files.append(plan.source.label)
@@ -435,16 +455,14 @@ def _run(dsn: str, kind: str, plans: list[_Plan], rejects_path: Path | None,
                     rows, bad = transform(df, plan, ids, receive_us, max_us)
                     for line, reason, text in bad.select("line", "reason", "text").iter_rows():
                         rejects.add(plan.source.label, line, reason, text)
-                    inserted = writer.write(rows.to_arrow())
-                    n = parsed.table.num_rows + len(parsed.bad)
-                    summary.rows_read += n
-                    summary.inserted += inserted
-                    summary.already_present += rows.height - inserted
+                    summary.rows_read += parsed.table.num_rows + len(parsed.bad)
                     summary.rejected += len(parsed.bad) + bad.height
-                    done_bytes += len(chunk)
-                    if on_progress:
-                        on_progress(done_bytes, total, summary.rows_read)
+                    batch = rows.to_arrow()
+                    settle()
+                    pending = (pool.submit(writer.write, batch), rows.height, len(chunk))
+        settle()
     finally:
+        pool.shutdown(wait=True)
         writer.close()
         rejects.close()
     summary.rejects_path = rejects.path if rejects.count else None
