@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from collector_daemon.cli import main
-from conftest import OHLCVT_NAME, OHLCVT_ROWS, real_rest_trades, time_and_sales_lines
+from kraken_data import OHLCVT_NAME, OHLCVT_ROWS, real_rest_trades, time_and_sales_lines
 from tickvault.history.kraken_csv import import_ohlcvt, import_trades, infer_from_name, pair_to_symbol
 from tickvault.history.sources import SourceError
 
@@ -109,7 +109,7 @@ def test_time_and_sales_import(migrated_db_url, kraken_dir, time_and_sales_csv, 
         us = us_of(t)
         k = seen.get(us, 0)
         seen[us] = k + 1
-        want.append((f"csv:{us}:{k}", None, us, float(price), float(vol), None, None, "csv"))
+        want.append((f"csv:{us}:{k:06d}", None, us, float(price), float(vol), None, None, "csv"))
     assert sorted(rows) == sorted(want)
     assert max(seen.values()) > 1  # the real data has trades sharing a timestamp
 

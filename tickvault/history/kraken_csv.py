@@ -17,9 +17,10 @@ historical market data (time and sales)"):
   fractional digits), ``receive_ts`` = the time of the import, ``source`` ``csv``.
 
 **Trade ids of classic rows.** The classic file has no trade id, so each row gets
-``trade_id = 'csv:<exchange_ts µs>:<k>'``, ``k`` = 0, 1, ... the row's position among the file's
-rows with the same timestamp, in file order (counting every row whose timestamp is valid), and
-``trade_seq`` NULL. The id is deterministic, so a re-import (or an overlapping quarterly file)
+``trade_id = 'csv:<exchange_ts µs>:<k>'``, ``k`` = 000000, 000001, ... (zero-padded to 6 digits,
+so the text order of the ids is the file order, which candles use for open and close) the row's
+position among the file's rows with the same timestamp, in file order (counting every row whose
+timestamp is valid), and ``trade_seq`` NULL. The id is deterministic, so a re-import (or an overlapping quarterly file)
 finds the rows already present; it contains ':' and Kraken's ids are digits only, so it can never
 equal a real id. It requires the file to be in time order: a row whose time is earlier than a
 previous row's is rejected (``time goes backwards``). Where a file carries Kraken's id, that id is
@@ -339,7 +340,7 @@ def _trades_frame(df: pl.DataFrame, plan: _Plan, ids: _TradeIds, receive_us: int
     rejects = df.filter(pl.col("reason").is_not_null())
     good = df.filter(pl.col("reason").is_null())
     trade_id = (pl.col("trade_seq").cast(pl.String) if has_id else
-                pl.format("csv:{}:{}", pl.col("us"), pl.col("k")))
+                pl.format("csv:{}:{}", pl.col("us"), pl.col("k").cast(pl.String).str.zfill(6)))
     out = good.select(
         venue=pl.lit(VENUE), instrument_name=pl.lit(plan.symbol), trade_id=trade_id,
         trade_seq=pl.col("trade_seq") if has_id else pl.lit(None, pl.Int64),
