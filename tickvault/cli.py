@@ -98,7 +98,7 @@ def _query(args: argparse.Namespace) -> int:
         return 2
     try:
         start, end = query.parse_time(args.start), query.parse_time(args.end)
-        with query.Client(load_settings().database_url.get_secret_value()) as client:
+        with query.Client.from_env(load_settings().database_url.get_secret_value()) as client:
             if args.query_kind == "candles":
                 df = client.candles(args.venue, args.symbol, args.interval, start, end)
             elif args.query_kind == "trades":
