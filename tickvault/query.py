@@ -238,7 +238,8 @@ class Client:
         cols = self._columns(kind)
         table = self._fetch(
             f"SELECT {', '.join(cols)} FROM {kind} WHERE venue = $1 AND instrument_name = $2 "
-            f"ORDER BY {layout.time_column} DESC LIMIT $3", [venue, symbol, n])
+            f"ORDER BY {', '.join(c + ' DESC' for c in layout.sort_key[1:])} LIMIT $3",
+            [venue, symbol, n])
         return pl.from_arrow(self._conform(table, kind))
 
     def symbols(self, venue: str) -> pl.DataFrame:
@@ -360,36 +361,31 @@ class Client:
         return self._conform(pa.concat_tables(tables, promote_options="permissive"), name)
 
 
-_default: Client | None = None
-
-
-def _client() -> Client:
-    global _default
-    if _default is None:
-        _default = Client.from_env()
-    return _default
-
-
 def candles(venue: str, symbol: str, interval: str, start: Any, end: Any) -> pl.DataFrame:
     """:meth:`Client.candles` on a client from the environment (:meth:`Client.from_env`)."""
-    return _client().candles(venue, symbol, interval, start, end)
+    with Client.from_env() as client:
+        return client.candles(venue, symbol, interval, start, end)
 
 
 def trades(venue: str, symbol: str, start: Any, end: Any) -> pl.DataFrame:
     """:meth:`Client.trades` on a client from the environment."""
-    return _client().trades(venue, symbol, start, end)
+    with Client.from_env() as client:
+        return client.trades(venue, symbol, start, end)
 
 
 def quotes(venue: str, symbol: str, start: Any, end: Any) -> pl.DataFrame:
     """:meth:`Client.quotes` on a client from the environment."""
-    return _client().quotes(venue, symbol, start, end)
+    with Client.from_env() as client:
+        return client.quotes(venue, symbol, start, end)
 
 
 def latest(venue: str, symbol: str, kind: str = "trades", n: int = 1) -> pl.DataFrame:
     """:meth:`Client.latest` on a client from the environment."""
-    return _client().latest(venue, symbol, kind, n)
+    with Client.from_env() as client:
+        return client.latest(venue, symbol, kind, n)
 
 
 def symbols(venue: str) -> pl.DataFrame:
     """:meth:`Client.symbols` on a client from the environment."""
-    return _client().symbols(venue)
+    with Client.from_env() as client:
+        return client.symbols(venue)
