@@ -11,13 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from tickvault.history import IMPORTERS
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``import`` and ``query`` to the ``tickvault`` subparsers."""
     imp = sub.add_parser("import", help="bulk-import an exchange's downloadable files")
     kinds = imp.add_subparsers(dest="import_kind", required=True)
-    for kind, what in (("kraken-ohlcvt", "Kraken OHLCVT CSV files -> exchange_candles"),
-                       ("kraken-trades", "Kraken time-and-sales CSV files -> trades")):
+    for kind, what in IMPORTERS.items():
         p = kinds.add_parser(kind, help=what, description=what)
         p.add_argument("path", type=Path, help="a CSV file, a folder of them or Kraken's zip")
         p.add_argument("--symbol", help="WS v2 symbol, e.g. ETH/USD (default: from the file name)")
@@ -54,8 +55,7 @@ def _import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from collector_daemon.settings import load_settings
-    from tickvault.history import kraken_csv
-    from tickvault.history.sources import SourceError
+    from tickvault.history import run_import
 
     dsn = load_settings().database_url.get_secret_value()
     columns = args.columns.split(",") if args.columns else None
@@ -71,14 +71,10 @@ def _import(args: argparse.Namespace) -> int:
                             refresh=False)
 
     try:
-        if args.import_kind == "kraken-ohlcvt":
-            summary = kraken_csv.import_ohlcvt(dsn, args.path, symbol=args.symbol, interval=args.interval,
-                                               columns=columns, rejects_path=args.rejects,
-                                               on_progress=progress)
-        else:
-            summary = kraken_csv.import_trades(dsn, args.path, symbol=args.symbol, columns=columns,
-                                               rejects_path=args.rejects, on_progress=progress)
-    except (SourceError, ValueError) as exc:
+        summary = run_import(args.import_kind, dsn, args.path, symbol=args.symbol,
+                             interval=getattr(args, "interval", None), columns=columns,
+                             rejects_path=args.rejects, on_progress=progress)
+    except ValueError as exc:   # SourceError too: bad input, nothing written
         print(f"tickvault import: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -182,3 +182,23 @@ def test_extra_columns_are_detected_never_guessed(migrated_db_url, kraken_dir, t
     side = {"b": "buy", "s": "sell"}
     otype = {"m": "market", "l": "limit"}
     assert got == [(str(t[6]), t[6], side[t[3]], otype[t[4]], float(Decimal(t[0]))) for t in trades]
+
+
+def test_dagster_history_import_asset(migrated_db_url, kraken_dir):
+    """The import as a Dagster run: run config names the file, the summary is the metadata."""
+    import dagster as dg
+
+    from orchestration.defs.assets.history import history_import
+    from orchestration.resources import DatabaseResource
+
+    config = {"importer": "kraken-ohlcvt", "path": str(kraken_dir / OHLCVT_NAME),
+              "symbol": "BTC/USD", "interval": 1440}
+    for inserted in (OHLCVT_ROWS, 0):
+        result = dg.materialize([history_import], resources={"database": DatabaseResource(url=migrated_db_url)},
+                                run_config={"ops": {"history_import": {"config": config}}},
+                                instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+        mat = result.asset_materializations_for_node("history_import")[0]
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        assert (meta["rows_read"], meta["inserted"], meta["rejected"]) == (OHLCVT_ROWS, inserted, 0)
+        assert meta["already_present"] == OHLCVT_ROWS - inserted and meta["symbols"] == ["BTC/USD"]
