@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from kraken_data import real_rest_trades
 from orchestration.lib.candles import INTERVALS, build_candles
 from orchestration.lib.quality import exchange_candles_agree
 from tickvault.history.kraken_csv import import_ohlcvt, import_trades

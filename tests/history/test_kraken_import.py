@@ -7,7 +7,6 @@ import csv
 import zipfile
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
