@@ -126,7 +126,7 @@ def test_three_bad_lines_are_rejected_with_their_line_numbers(migrated_db_url, k
     path = tmp_path / "XBTUSD.csv"
     path.write_text("\n".join(lines) + "\n")
     rejects = tmp_path / "rejects.csv"
-    s = import_trades(migrated_db_url, path, chunk_bytes=4096, rejects_path=rejects)
+    s = import_trades(migrated_db_url, path, rejects_path=rejects)   # one chunk: sorted by line
     assert (s.rows_read, s.inserted, s.already_present, s.rejected) == (200, 197, 0, 3)
     with rejects.open() as fh:
         got = [(int(r["line"]), r["reason"], r["text"]) for r in csv.DictReader(fh)]

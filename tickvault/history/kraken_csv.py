@@ -183,7 +183,7 @@ class _Plan:
 
 def _layout(source: Source, kind: str, columns: list[str] | None) -> _Layout:
     names = OHLCVT_COLUMN_NAMES if kind == "ohlcvt" else TRADE_COLUMN_NAMES
-    required = ("time", "open", "high", "low", "close", "volume") if kind == "ohlcvt" else _CLASSIC_TRADES
+    required = _CLASSIC_OHLCVT if kind == "ohlcvt" else _CLASSIC_TRADES
     classic = _CLASSIC_OHLCVT if kind == "ohlcvt" else _CLASSIC_TRADES
     line = first_line(source)
     if not line.strip():
@@ -446,15 +446,15 @@ def _run(dsn: str, kind: str, plans: list[_Plan], rejects_path: Path | None,
                         if not chunk:
                             continue
                     parsed = parse_chunk(chunk, first, names)
-                    for line, text in parsed.bad:
-                        rejects.add(plan.source.label, line,
-                                    f"expected {len(names)} fields ({','.join(names)})", text)
                     empty = pl.all_horizontal([pl.col(n) == "" for n in names])
                     df = pl.from_arrow(parsed.table).with_columns(
                         line=pl.Series(parsed.lines), empty=empty,
                         text=pl.when(empty).then(pl.lit("")).otherwise(pl.concat_str(names, separator=",")))
                     rows, bad = transform(df, plan, ids, receive_us, max_us)
-                    for line, reason, text in bad.select("line", "reason", "text").iter_rows():
+                    field_count = f"expected {len(names)} fields ({','.join(names)})"
+                    for line, reason, text in sorted(
+                            [(line, field_count, text) for line, text in parsed.bad]
+                            + list(bad.select("line", "reason", "text").iter_rows())):
                         rejects.add(plan.source.label, line, reason, text)
                     summary.rows_read += parsed.table.num_rows + len(parsed.bad)
                     summary.rejected += len(parsed.bad) + bad.height
