@@ -19,7 +19,7 @@ not matter to an importer (it parses, validates and COPYs every row alike).
 
 What it reports: wall time and rows/s of the whole import (read, parse, validate, derive ids,
 binary COPY into the ``trades`` hypertable, commit per chunk), the importer process's peak RSS
-(``ru_maxrss`` of a spawned child that does only the import), and a second run of the same file
+(``VmHWM`` of a spawned child that does only the import), and a second run of the same file
 (every row already present: the staging path). The importer's CPU time next to the wall time
 shows how long it waited for the database; the load average says how busy the machine was.
 """
@@ -78,7 +78,16 @@ def import_child(dsn: str, path: str, out) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.put({"summary": summary.line(), "rows": summary.rows_read, "inserted": summary.inserted,
              "present": summary.already_present, "rejected": summary.rejected, "seconds": seconds,
-             "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024})
+             "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": peak_rss_mib()})
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux keeps that across fork + exec,
+    so a spawned child would report the parent's peak (the file generator's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_import(dsn: str, path: Path) -> dict:
