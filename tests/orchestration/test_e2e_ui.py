@@ -162,7 +162,7 @@ def test_webserver_daemon_lineage_and_backfill(pg_timescale, migrated_db_url, tr
         all_checks = {k: sorted(c["name"] for c in n["assetChecksOrError"].get("checks", []))
                       for k, n in graph.items()}
         checks = {k: all_checks[k] for k in BACKFILLED}
-        assert sum(len(v) for v in checks.values()) == 10
+        assert sum(len(v) for v in checks.values()) == 11
         assert len(all_checks["parquet_export"]) == 4
         print("\nGraphQL lineage:")
         for k in sorted(EXPECTED_DEPS):
