@@ -48,7 +48,7 @@ def test_nightly_schedule_targets_yesterday(defs, when, day):
     job = defs.resolve_job_def("nightly_job")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "trade_gaps", "trades_backfill", "candles"}
-    assert len(job.asset_layer.asset_graph.asset_check_keys) == 10
+    assert len(job.asset_layer.asset_graph.asset_check_keys) == 11
 
 
 def test_universe_schedule_is_hourly(defs):
