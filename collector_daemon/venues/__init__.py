@@ -474,6 +474,17 @@ def venues() -> dict[str, Venue]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def select_venues(names: str | None) -> dict[str, Venue]:
+    """The venues named in ``names`` (comma-separated, e.g. ``TICKVAULT_VENUES``), or every
+    registered venue when ``names`` is empty or None.
+
+    Raises:
+        UnknownVenue: a name is not registered; the message lists the known ones.
+    """
+    wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
+    return {n: get_venue(n) for n in wanted} if wanted else venues()
+
+
 def get_venue(name: str) -> Venue:
     """The venue called ``name``.
 
@@ -490,5 +501,5 @@ def get_venue(name: str) -> Venue:
 __all__: Sequence[str] = (
     "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
     "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec", "UnknownVenue", "Venue",
-    "VenueProtocol", "VenueSettings", "get_venue", "register", "venues",
+    "VenueProtocol", "VenueSettings", "get_venue", "register", "select_venues", "venues",
 )
