@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,22 @@ def test_venue_settings_have_their_own_prefix_and_the_old_names(monkeypatch, tmp
     assert load_settings().venue_settings.currencies == ("ETH", "BTC")
     with pytest.raises(SettingsError, match="unknown setting 'no_such_thing'"):
         load_settings(no_such_thing=1)
+
+
+def test_secrets_can_come_from_files(monkeypatch, tmp_path) -> None:
+    """Docker secrets: TICKVAULT_<NAME>_FILE holds the value; an unreadable file names its
+    variable and path, never a value."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TICKVAULT_DATABASE_URL", raising=False)
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://tickvault:s3cr3t@db:5432/tickvault\n")
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL_FILE", str(secret))
+    try:
+        s = load_settings()
+        assert s.database_url.get_secret_value() == "postgresql://tickvault:s3cr3t@db:5432/tickvault"
+        assert "s3cr3t" not in repr(s)
+    finally:
+        os.environ.pop("TICKVAULT_DATABASE_URL", None)   # set by load_settings, not monkeypatch
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="TICKVAULT_DATABASE_URL_FILE: cannot read .*missing"):
+        load_settings()
