@@ -1,4 +1,4 @@
-"""``tickvault`` command line: migrate | collect | emulate | status | localdb.
+"""``tickvault`` command line: migrate | collect | emulate | status | localdb | import | query.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (the message names the
 ``TICKVAULT_*`` variable).
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = sub.add_parser("localdb", help="project-local PostgreSQL under ./.data")
     localdb.add_arguments(local)
+
+    from tickvault.cli import add_commands   # import (bulk history files), query
+    add_commands(sub)
     return parser
 
 
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "localdb":
             from collector_daemon.storage import localdb
             return localdb.main(args)
+        if args.command in ("import", "query"):
+            from tickvault.cli import run
+            return run(args)
     except SettingsError as exc:
         print(f"tickvault: {exc}", file=sys.stderr)
         return 2

@@ -149,3 +149,13 @@ def candles_match_trades(context: dg.AssetCheckExecutionContext,
                          database: DatabaseResource) -> dg.AssetCheckResult:
     with database.connect() as conn:
         return _result(quality.candles_match_trades(conn, context.partition_key), ERROR)
+
+
+@dg.asset_check(asset="candles", partitions_def=daily,
+                description="The exchanges' own candles (exchange_candles) agree with the candles "
+                            "computed from trades wherever both exist: open, high, low, close, "
+                            "volume, trade count. A bucket only one side has is not compared.")
+def exchange_candles_agree(context: dg.AssetCheckExecutionContext,
+                           database: DatabaseResource) -> dg.AssetCheckResult:
+    with database.connect() as conn:
+        return _result(quality.exchange_candles_agree(conn, context.partition_key), WARN)

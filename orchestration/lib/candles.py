@@ -1,16 +1,20 @@
-"""OHLCV candles from ``trades`` for one UTC day, upserted into ``candles``.
+"""OHLCV candles from ``trades`` for one UTC day, upserted into ``candles``, for every venue.
 
-1m candles are computed from the trades of the day; 5m, 15m, 1h and 1d are rolled up from the
-1m rows (a day is a whole number of each width, so a day partition is self-contained). Per
+Intervals (:data:`INTERVALS`): 1m, 5m, 15m, 30m, 1h, 4h, 12h, 1d and 1w. 1m candles are computed
+from the trades of the day; 5m .. 1d are rolled up from the day's 1m rows (a day is a whole
+number of each width, so a day partition is self-contained); 1w (weeks start Monday 00:00 UTC)
+is rolled up from the 1d rows of the day's week, so every day's run refreshes its week. Per
 bucket: open/close = price of the first/last trade ordered by (exchange_ts, trade_seq,
 trade_id) (deterministic when several trades share a millisecond, which TimescaleDB's
 ``first()``/``last()`` are not), high/low = max/min price, volume = sum(amount), notional =
 sum(price * amount), vwap = notional / volume, trade_count, first/last trade time. Only buckets
-with trades exist.
+with trades exist. The rollups sum volume and notional (exact sums over the bucket's trades, up
+to floating-point association), so a wide bucket's VWAP is its trades' Σ(price·amount)/Σ(amount),
+never an average of narrower VWAPs.
 
 Bucketing uses ``time_bucket`` when the TimescaleDB extension is installed in the database and
-PostgreSQL's ``date_bin`` (origin 2000-01-01 00:00 UTC) otherwise; both align buckets to UTC
-midnight, so the results are identical.
+PostgreSQL's ``date_bin`` otherwise, both with an explicit origin (Monday 2000-01-03 00:00 UTC),
+so buckets align to UTC midnight (weeks to Monday) and the results are identical.
 
 Idempotent: a run upserts every bucket of the day and deletes the day's buckets it did not
 produce (all in one transaction), so re-materialising a day after a backfill updates it.
@@ -24,16 +28,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 import psycopg
 
 from collector_daemon.core.days import day_window
 
-#: Candle interval label -> PostgreSQL interval. 1m first: the others roll up from it.
+#: Candle interval label -> PostgreSQL interval. 1m first: the day's others roll up from it,
+#: 1w last: it rolls up from 1d.
 INTERVALS: dict[str, str] = {
-    "1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes", "1h": "1 hour", "1d": "1 day",
+    "1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes", "30m": "30 minutes",
+    "1h": "1 hour", "4h": "4 hours", "12h": "12 hours", "1d": "1 day", "1w": "1 week",
 }
+#: The intervals whose buckets lie within one UTC day (rolled up from 1m in the day's run).
+DAY_INTERVALS: tuple[str, ...] = tuple(k for k in INTERVALS if k != "1w")
+#: Origin of every bucket: a Monday at UTC midnight (weeks start on Monday, ISO 8601).
+ORIGIN = "2000-01-03 00:00:00+00"
 
 _UPDATE = ("open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, "
            "volume = EXCLUDED.volume, notional = EXCLUDED.notional, vwap = EXCLUDED.vwap, "
@@ -41,6 +51,22 @@ _UPDATE = ("open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, clos
            "last_trade_ts = EXCLUDED.last_trade_ts, updated_at = EXCLUDED.updated_at")
 _COLS = ("venue, instrument_name, interval, bucket_start, open, high, low, close, volume, notional, "
          "vwap, trade_count, first_trade_ts, last_trade_ts, updated_at")
+
+
+def _rollup(conn: psycopg.Connection, label: str, source: str, ts: bool, window: dict) -> int:
+    """Upsert the ``label`` candles of ``window`` rolled up from its ``source`` candles."""
+    return conn.execute(f"""
+        INSERT INTO candles ({_COLS})
+        SELECT venue, instrument_name, %(label)s, {bucket_expr(INTERVALS[label], 'bucket_start', ts)} AS b,
+               (array_agg(open ORDER BY bucket_start))[1], max(high), min(low),
+               (array_agg(close ORDER BY bucket_start DESC))[1],
+               sum(volume), sum(notional), sum(notional) / nullif(sum(volume), 0),
+               sum(trade_count), min(first_trade_ts), max(last_trade_ts), now()
+        FROM candles
+        WHERE interval = %(source)s AND bucket_start >= %(start)s AND bucket_start < %(end)s
+        GROUP BY venue, instrument_name, b
+        ON CONFLICT (venue, instrument_name, interval, bucket_start) DO UPDATE SET {_UPDATE}
+        """, {**window, "label": label, "source": source}).rowcount
 
 
 def has_timescaledb(conn: psycopg.Connection) -> bool:
@@ -54,8 +80,8 @@ def bucket_expr(width: str, column: str, timescale: bool) -> str:
     if width not in INTERVALS.values():
         raise ValueError(f"unknown candle width {width!r}")
     if timescale:
-        return f"time_bucket(INTERVAL '{width}', {column})"
-    return f"date_bin(INTERVAL '{width}', {column}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+        return f"time_bucket(INTERVAL '{width}', {column}, TIMESTAMPTZ '{ORIGIN}')"
+    return f"date_bin(INTERVAL '{width}', {column}, TIMESTAMPTZ '{ORIGIN}')"
 
 
 @dataclass
@@ -118,23 +144,18 @@ def build_candles(conn: psycopg.Connection, day: str | date) -> CandleReport:
         report.deleted = conn.execute(
             "DELETE FROM candles WHERE interval = '1m' AND bucket_start >= %(start)s "
             "AND bucket_start < %(end)s AND updated_at <> now()", p).rowcount
-        for label, width in INTERVALS.items():
-            if label == "1m":
-                continue
-            report.rows[label] = conn.execute(f"""
-                INSERT INTO candles ({_COLS})
-                SELECT venue, instrument_name, %(label)s, {bucket_expr(width, 'bucket_start', ts)} AS b,
-                       (array_agg(open ORDER BY bucket_start))[1], max(high), min(low),
-                       (array_agg(close ORDER BY bucket_start DESC))[1],
-                       sum(volume), sum(notional), sum(notional) / nullif(sum(volume), 0),
-                       sum(trade_count), min(first_trade_ts), max(last_trade_ts), now()
-                FROM candles
-                WHERE interval = '1m' AND bucket_start >= %(start)s AND bucket_start < %(end)s
-                GROUP BY venue, instrument_name, b
-                ON CONFLICT (venue, instrument_name, interval, bucket_start) DO UPDATE SET {_UPDATE}
-                """, {**p, "label": label}).rowcount
+        for label in DAY_INTERVALS[1:]:
+            report.rows[label] = _rollup(conn, label, "1m", ts, p)
         report.deleted += conn.execute(
             "DELETE FROM candles WHERE bucket_start >= %(start)s AND bucket_start < %(end)s "
-            "AND updated_at <> now()", p).rowcount
+            "AND interval <> '1w' AND updated_at <> now()", p).rowcount
+        # The day's week, from its 1d rows (the other days' come from their own runs).
+        week = conn.execute(f"SELECT {bucket_expr(INTERVALS['1w'], '%(start)s::timestamptz', ts)}",
+                            p).fetchone()[0]
+        wp = {"start": week, "end": week + timedelta(days=7)}
+        report.rows["1w"] = _rollup(conn, "1w", "1d", ts, wp)
+        report.deleted += conn.execute(
+            "DELETE FROM candles WHERE interval = '1w' AND bucket_start = %(start)s "
+            "AND updated_at <> now()", wp).rowcount
     report.seconds = time.monotonic() - started
     return report

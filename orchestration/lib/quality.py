@@ -14,6 +14,7 @@ import psycopg
 
 from collector_daemon.core import days
 from collector_daemon.core.days import day_window, from_us
+from orchestration.lib.candles import DAY_INTERVALS
 from orchestration.lib.gaps import SilenceRule, _trade_seq_holes, expected_instruments
 
 
@@ -289,8 +290,9 @@ def open_interest_vs_rest(quoted: dict[str, float], rest: dict[str, float], *,
 
 def candles_match_trades(conn: psycopg.Connection, day: str | date, *, rel_tol: float = 1e-9,
                          samples: int = 10) -> CheckOutcome:
-    """For every instrument traded that day and every interval: candle trade counts sum to the
-    trade count and candle volumes to the traded amount. Passes when all match."""
+    """For every instrument traded that day and every interval within the day (1m .. 1d; the
+    week's candle spans other days): candle trade counts sum to the trade count and candle
+    volumes to the traded amount. Passes when all match."""
     start, end = day_window(day)
     rows = conn.execute(
         """
@@ -299,19 +301,80 @@ def candles_match_trades(conn: psycopg.Connection, day: str | date, *, rel_tol: 
             WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s GROUP BY 1, 2
         ), c AS (
             SELECT venue, instrument_name, interval, sum(trade_count) AS n, sum(volume) AS vol
-            FROM candles WHERE bucket_start >= %(s)s AND bucket_start < %(e)s GROUP BY 1, 2, 3
-        ), i AS (SELECT unnest(ARRAY['1m', '5m', '15m', '1h', '1d']) AS interval)
+            FROM candles WHERE bucket_start >= %(s)s AND bucket_start < %(e)s
+              AND interval = ANY(%(intervals)s) GROUP BY 1, 2, 3
+        ), i AS (SELECT unnest(%(intervals)s::text[]) AS interval)
         SELECT t.venue, t.instrument_name, i.interval, t.n, coalesce(c.n, 0), t.vol, coalesce(c.vol, 0)
         FROM t CROSS JOIN i LEFT JOIN c
           ON c.venue = t.venue AND c.instrument_name = t.instrument_name AND c.interval = i.interval
         UNION ALL
         SELECT c.venue, c.instrument_name, c.interval, 0, c.n, 0, c.vol FROM c
         WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.venue = c.venue AND t.instrument_name = c.instrument_name)
-        """, {"s": start, "e": end}).fetchall()
+        """, {"s": start, "e": end, "intervals": list(DAY_INTERVALS)}).fetchall()
     bad = [r for r in rows if r[3] != r[4] or abs(r[5] - r[6]) > rel_tol * max(abs(r[5]), 1e-12)]
     return CheckOutcome(not bad, {
         "instruments": len({(r[0], r[1]) for r in rows}),
         "mismatches": len(bad),
         "samples": _rows(bad[:samples], ["venue", "instrument_name", "interval", "trades",
                                          "candle_trades", "volume", "candle_volume"]),
+    })
+
+
+#: ``exchange_candles.interval_minutes`` -> our candle interval of the same buckets.
+EXCHANGE_INTERVALS: dict[int, str] = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h",
+                                      240: "4h", 720: "12h", 1440: "1d", 10080: "1w"}
+
+
+def exchange_candles_agree(conn: psycopg.Connection, day: str | date, *, rel_tol: float = 1e-9,
+                           samples: int = 10) -> CheckOutcome:
+    """The exchange's own candles (``exchange_candles``, closed ones) against the candles we
+    computed from trades (``candles``), for every bucket starting that day where both exist:
+    open, high, low, close and trade count equal, volume within ``rel_tol`` (relative).
+
+    A bucket only one side has is not compared: exchanges publish only intervals with trades
+    (Kraken's OHLCVT files), and our candles exist only for days whose trades we hold.
+    Exchange intervals without an equal candle width (Kraken's 21600) are skipped, and so is a
+    week the exchange starts on another weekday (the buckets do not meet). Passes when no
+    compared bucket disagrees; ``metadata`` counts compared buckets per interval and shows a
+    few disagreements with both sides' values.
+    """
+    start, end = day_window(day)
+    minutes = list(EXCHANGE_INTERVALS)
+    labels = [EXCHANGE_INTERVALS[m] for m in minutes]
+    rows = conn.execute(
+        """
+        SELECT x.venue, x.instrument_name, c.interval, x.interval_begin,
+               x.open, c.open, x.high, c.high, x.low, c.low, x.close, c.close,
+               x.volume, c.volume, x.trade_count, c.trade_count
+        FROM exchange_candles x
+        JOIN unnest(%(minutes)s::int[], %(labels)s::text[]) AS m(minutes, label)
+          ON m.minutes = x.interval_minutes
+        JOIN candles c ON c.venue = x.venue AND c.instrument_name = x.instrument_name
+          AND c.interval = m.label AND c.bucket_start = x.interval_begin
+        WHERE x.closed AND x.interval_begin >= %(s)s AND x.interval_begin < %(e)s
+        """, {"s": start, "e": end, "minutes": minutes, "labels": labels}).fetchall()
+    names = ("open", "high", "low", "close", "volume", "trade_count")
+    compared: dict[str, int] = {}
+    bad = []
+    for r in rows:
+        compared[r[2]] = compared.get(r[2], 0) + 1
+        diffs = []
+        for i, name in enumerate(names):
+            theirs, ours = r[4 + 2 * i], r[5 + 2 * i]
+            if name == "volume":
+                same = abs(theirs - ours) <= rel_tol * max(abs(theirs), abs(ours), 1e-12)
+            else:
+                same = theirs is None or theirs == ours   # a candle without a trade count
+            if not same:
+                diffs.append(name)
+        if diffs:
+            bad.append({"venue": r[0], "instrument_name": r[1], "interval": r[2],
+                        "bucket_start": r[3].isoformat(), "differs": diffs,
+                        **{f"{n}_exchange": r[4 + 2 * i] for i, n in enumerate(names)},
+                        **{f"{n}_ours": r[5 + 2 * i] for i, n in enumerate(names)}})
+    return CheckOutcome(not bad, {
+        "compared": sum(compared.values()),
+        "compared_per_interval": compared,
+        "disagreements": len(bad),
+        "samples": bad[:samples],
     })

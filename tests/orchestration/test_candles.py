@@ -14,7 +14,10 @@ from collector_daemon.rows import TRADES
 from orch_dagster import candles, check_results, mat_metadata, materialize, resources
 from orch_data import CYRI113_CSV, cyri113_trades, trade_rows, write
 
-WIDTH_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "1d": 86_400_000}
+WIDTH_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000,
+            "4h": 14_400_000, "12h": 43_200_000, "1d": 86_400_000, "1w": 7 * 86_400_000}
+#: Weeks start on Monday 00:00 UTC; the epoch was a Thursday, the first Monday 4 days later.
+MONDAY_MS = 4 * 86_400_000
 
 
 def expected_candles(path) -> dict[tuple, tuple]:
@@ -27,7 +30,8 @@ def expected_candles(path) -> dict[tuple, tuple]:
         buckets: dict[tuple, list] = defaultdict(list)
         for r in raw:
             ts = int(r["timestamp"])
-            buckets[(r["instrument_name"], label, ts - ts % width)].append(
+            start = ts - (ts - MONDAY_MS) % width if label == "1w" else ts - ts % width
+            buckets[(r["instrument_name"], label, start)].append(
                 (float(r["price"]), float(r["amount"])))
         for key, trades in buckets.items():
             prices = [p for p, _ in trades]
@@ -80,7 +84,7 @@ def test_candles_rerun_updates_and_drops_stale(migrated_db_url, deribit_dir):
         conn.execute("DELETE FROM trades WHERE instrument_name = 'BTC-17AUG26-66000-P'")
     second = mat_metadata(materialize([candles], "2026-08-17", res), "candles")
     assert second["trades"] == first["trades"]  # +1 last trade, -1 deleted single trade
-    assert second["deleted_stale"] == 5  # the deleted instrument's 1m..1d candles
+    assert second["deleted_stale"] == 9  # the deleted instrument's 1m..1d candles and its week
     with psycopg.connect(migrated_db_url) as conn:
         n, vol = conn.execute("SELECT sum(trade_count), sum(volume) FROM candles WHERE interval = '1d'"
                               ).fetchone()

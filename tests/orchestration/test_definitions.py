@@ -16,7 +16,7 @@ EXPECTED_CHECKS = {
     "trade_gaps": {"quote_freshness", "quote_coverage", "crossed_quotes", "quotes_in_range",
                    "quotes_no_duplicates", "open_interest_vs_rest"},
     "trades_backfill": {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range"},
-    "candles": {"candles_match_trades"},
+    "candles": {"candles_match_trades", "exchange_candles_agree"},
 }
 
 

@@ -21,7 +21,7 @@ CANDLES_GROUP = "candles"
     metadata={"table": "candles", "intervals": ", ".join(INTERVALS)},
 )
 def candles(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.MaterializeResult:
-    """1m OHLCV, trade count and VWAP per instrument from trades, rolled up to 5m, 15m, 1h and 1d."""
+    """1m OHLCV, trade count and VWAP per instrument from trades, rolled up to 5m..1d and the week."""
     with database.connect() as conn:
         report = build_candles(conn, context.partition_key)
     context.log.info(f"candles {report.day}: {report.rows} from {report.trades} trades of "

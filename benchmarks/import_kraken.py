@@ -1,0 +1,158 @@
+"""Benchmark of ``tickvault import kraken-trades``: a 10-million-row time-and-sales CSV into a
+private TimescaleDB (rows/s, peak RSS of the importing process).
+
+Run (not part of CI; a few minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/import_kraken.py [--rows 10000000] [--keep-file PATH]
+
+The file is derived from real data: the 1,000 real trades of Kraken's ``GET /0/public/Trades``
+(../shared/data/real/kraken/nautilus_test_data/http_trades.json, 2025-11-10 17:23 - 2025-11-11
+00:13 UTC) written in Kraken's classic time-and-sales layout ``time,price,volume`` (no header,
+the time with the response's own digits), looped: loop ``i`` is the 1,000 rows shifted ``i``
+periods back in time (period = the rows' span rounded up to whole seconds + 1 s; only the whole
+seconds change, the fractions stay real), written oldest loop first so the file is in time order
+as Kraken's are. 10,000 loops reach back to 2018: ~2,800 UTC days, so ~2,800 daily chunks of the
+``trades`` hypertable are created during the import. ``--loops-per-span N`` shifts the loops by
+1/N of the period instead, so N loops overlap and are merged in time order: N times denser days
+and N times fewer chunks (every row is still a real trade's price, volume and sub-second time). Looping repeats prices and volumes, which does
+not matter to an importer (it parses, validates and COPYs every row alike).
+
+What it reports: wall time and rows/s of the whole import (read, parse, validate, derive ids,
+binary COPY into the ``trades`` hypertable, commit per chunk), the importer process's peak RSS
+(``ru_maxrss`` of a spawned child that does only the import), and a second run of the same file
+(every row already present: the staging path). The importer's CPU time next to the wall time
+shows how long it waited for the database; the load average says how busy the machine was.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import psycopg
+
+from collector_daemon.storage.localdb import LocalPostgres
+from collector_daemon.storage.migrate import migrate
+
+REPO = Path(__file__).resolve().parents[1]
+TRADES_JSON = REPO.parent / "shared" / "data" / "real" / "kraken" / "nautilus_test_data" / "http_trades.json"
+
+
+def write_file(path: Path, rows: int, loops_per_span: int = 1) -> int:
+    """Write the looped time-and-sales file; returns the rows written. Loop ``i`` is shifted
+    ``i * ceil(period / loops_per_span)`` whole seconds back; with ``loops_per_span`` > 1 the
+    loops overlap in time and the rows are merged in time order (denser days, fewer chunks)."""
+    trades = json.loads(TRADES_JSON.read_text())["result"]["XBTUSDT"]
+    base = pl.DataFrame({"time": [repr(t[2]) for t in trades], "price": [t[0] for t in trades],
+                         "volume": [t[1] for t in trades]})
+    base = base.with_columns(whole=pl.col("time").str.extract(r"^(\d+)", 1).cast(pl.Int64),
+                             frac=pl.col("time").str.extract(r"(\.\d+)$", 1).fill_null(""))
+    period = int(float(trades[-1][2]) - float(trades[0][2])) + 2
+    step = -(-period // loops_per_span)
+    loops = -(-rows // len(trades))
+    frames = [base.with_columns(whole=pl.col("whole") - i * step) for i in range(loops - 1, -1, -1)]
+    df = pl.concat(frames).head(rows)
+    if loops_per_span > 1:
+        df = df.sort("whole", pl.col("frac").str.pad_end(10, "0"), maintain_order=True)
+    with path.open("wb") as fh:
+        df.select(pl.concat_str([pl.col("whole").cast(pl.String), "frac"]).alias("time"),
+                  "price", "volume").write_csv(fh, include_header=False)
+    return df.height
+
+
+def import_child(dsn: str, path: str, out) -> None:
+    """The import in a fresh process, so its peak RSS is the importer's alone."""
+    from tickvault.history.kraken_csv import import_trades
+    start = time.perf_counter()
+    summary = import_trades(dsn, path, symbol="BTC/USD", rejects_path=Path(path + ".rejects.csv"))
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put({"summary": summary.line(), "rows": summary.rows_read, "inserted": summary.inserted,
+             "present": summary.already_present, "rejected": summary.rejected, "seconds": seconds,
+             "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024})
+
+
+def run_import(dsn: str, path: Path) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=import_child, args=(dsn, str(path), queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000, help="rows of the generated file")
+    parser.add_argument("--keep-file", type=Path, help="write the file here and keep it")
+    parser.add_argument("--loops-per-span", type=int, default=1,
+                        help="loops overlapping in time (1 = back to back: the real rows' density, "
+                             "~3,500 trades per day; N = N times denser days)")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="tickvault-bench-import-"))
+    base.chmod(0o755)
+    path = args.keep_file or base / "XBTUSD.csv"
+    db = LocalPostgres(base / "pg", durable=False)
+    try:
+        t0 = time.perf_counter()
+        written = write_file(path, args.rows, args.loops_per_span)
+        file_mb = path.stat().st_size / 1e6
+        print(f"wrote {written:,} rows ({path.stat().st_size / 1e6:.0f} MB) in "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        db.start()
+        dsn = db.create_database("bench")
+        migrate(dsn)
+        timescaledb = db.timescaledb_loaded
+        load_before = os.getloadavg()
+        first = run_import(dsn, path)
+        with psycopg.connect(dsn) as conn:
+            days = conn.execute("SELECT count(DISTINCT (exchange_ts AT TIME ZONE 'UTC')::date) "
+                                "FROM trades").fetchone()[0]
+        print(first["summary"], file=sys.stderr)
+        again = run_import(dsn, path)
+        print(again["summary"], file=sys.stderr)
+    finally:
+        db.stop()
+        if args.keep_file is None:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            shutil.rmtree(base / "pg", ignore_errors=True)
+    report = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} cores, "
+                   f"{platform.python_implementation()} {platform.python_version()}",
+        "timescaledb": timescaledb,
+        "rows": first["rows"],
+        "loops_per_span": args.loops_per_span,
+        "trade_days": days,
+        "file_mb": round(file_mb),
+        "load_average_1m_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
+        "import_s": round(first["seconds"], 1),
+        "import_rows_per_s": round(first["rows"] / first["seconds"]),
+        "inserted": first["inserted"],
+        "rejected": first["rejected"],
+        "peak_rss_mib": round(first["peak_rss_mib"]),
+        "importer_cpu_s": round(first["cpu_s"], 1),
+        "reimport_s": round(again["seconds"], 1),
+        "reimport_rows_per_s": round(again["rows"] / again["seconds"]),
+        "reimport_inserted": again["inserted"],
+        "reimport_already_present": again["present"],
+        "reimport_peak_rss_mib": round(again["peak_rss_mib"]),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""``tickvault import ...`` and ``tickvault query ...``: the history subcommands, added to the
+``tickvault`` parser by ``collector_daemon.cli``.
+
+Exit codes: 0 success (also when lines were rejected: they are in the rejects file), 1 the
+database failed, 2 bad usage or input (the message says what; nothing was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tickvault.history import IMPORTERS
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``import`` and ``query`` to the ``tickvault`` subparsers."""
+    imp = sub.add_parser("import", help="bulk-import an exchange's downloadable files")
+    kinds = imp.add_subparsers(dest="import_kind", required=True)
+    for kind, what in IMPORTERS.items():
+        p = kinds.add_parser(kind, help=what, description=what)
+        p.add_argument("path", type=Path, help="a CSV file, a folder of them or Kraken's zip")
+        p.add_argument("--symbol", help="WS v2 symbol, e.g. ETH/USD (default: from the file name)")
+        if kind == "kraken-ohlcvt":
+            p.add_argument("--interval", type=int, help="minutes, e.g. 1440 (default: from the file name)")
+        p.add_argument("--columns", help="the file's columns, comma-separated, when it has neither "
+                                         "Kraken's classic layout nor a header")
+        p.add_argument("--rejects", type=Path, help="file for rejected lines "
+                                                    "(default ./tickvault-rejects-<kind>-<UTC>.csv)")
+
+    query = sub.add_parser("query", help="candles, trades or quotes from the database and the archive")
+    what = query.add_subparsers(dest="query_kind", required=True)
+    for kind in ("candles", "trades", "quotes"):
+        p = what.add_parser(kind, help=f"{kind} of one instrument in [start, end) UTC")
+        p.add_argument("--venue", required=True)
+        p.add_argument("--symbol", required=True, help="instrument_name (Kraken: ETH/USD)")
+        if kind == "candles":
+            p.add_argument("--interval", required=True, help="1m, 5m, 15m, 30m, 1h, 4h, 12h, 1d, 1w")
+        p.add_argument("--start", required=True, help="UTC, inclusive (2016-01-01 or ISO time)")
+        p.add_argument("--end", required=True, help="UTC, exclusive")
+        p.add_argument("--format", choices=("table", "csv", "parquet"), default=None,
+                       help="table on a terminal, csv otherwise (default); parquet needs --output")
+        p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``import`` or ``query`` (``args.command``)."""
+    if args.command == "import":
+        return _import(args)
+    return _query(args)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from collector_daemon.settings import load_settings
+    from tickvault.history import run_import
+
+    dsn = load_settings().database_url.get_secret_value()
+    columns = args.columns.split(",") if args.columns else None
+    bar = None
+
+    def progress(done: int, total: int, rows: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr,
+                       desc=args.import_kind, disable=not sys.stderr.isatty())
+        bar.update(done - bar.n)
+        bar.set_postfix_str(f"{rows:,} rows, {rows / max(bar.format_dict['elapsed'], 1e-9):,.0f} rows/s",
+                            refresh=False)
+
+    try:
+        summary = run_import(args.import_kind, dsn, args.path, symbol=args.symbol,
+                             interval=getattr(args, "interval", None), columns=columns,
+                             rejects_path=args.rejects, on_progress=progress)
+    except ValueError as exc:   # SourceError too: bad input, nothing written
+        print(f"tickvault import: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    print(summary.line())
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from collector_daemon.settings import load_settings
+    from tickvault import query
+
+    fmt = args.format or ("table" if sys.stdout.isatty() and args.output is None else "csv")
+    if fmt == "parquet" and args.output is None:
+        print("tickvault query: --format parquet needs --output PATH", file=sys.stderr)
+        return 2
+    try:
+        start, end = query.parse_time(args.start), query.parse_time(args.end)
+        with query.Client.from_env(load_settings().database_url.get_secret_value()) as client:
+            if args.query_kind == "candles":
+                df = client.candles(args.venue, args.symbol, args.interval, start, end)
+            elif args.query_kind == "trades":
+                df = client.trades(args.venue, args.symbol, start, end)
+            else:
+                df = client.quotes(args.venue, args.symbol, start, end)
+    except ValueError as exc:
+        print(f"tickvault query: {exc}", file=sys.stderr)
+        return 2
+    if fmt == "parquet":
+        df.write_parquet(args.output)
+    elif fmt == "csv":
+        if args.output is None:
+            sys.stdout.write(df.write_csv())
+        else:
+            df.write_csv(args.output)
+    else:
+        import polars as pl
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+            text = str(df)
+        if args.output is None:
+            print(text)
+        else:
+            args.output.write_text(text + "\n")
+    return 0
