@@ -127,8 +127,9 @@ class BybitRest:
             raise BybitRestError(path, 200, "answer without a result object")
         return result
 
-    async def instruments(self, category: str, base_coin: str | None = None) -> list[dict]:
-        """``/v5/market/instruments-info`` of a category, every page (``cursor`` /
+    async def instruments(self, category: str, base_coin: str | None = None,
+                          page_size: int = INSTRUMENTS_PAGE) -> list[dict]:
+        """``/v5/market/instruments-info`` of a category, every page of ``page_size`` (``cursor`` /
         ``nextPageCursor``; spot is not paged). Options: ``base_coin`` (Bybit's default is BTC).
 
         Raises:
@@ -139,7 +140,7 @@ class BybitRest:
         seen: set[str] = set()
         while True:
             result = await self.get("market/instruments-info", {
-                "category": category, "baseCoin": base_coin, "limit": INSTRUMENTS_PAGE, "cursor": cursor})
+                "category": category, "baseCoin": base_coin, "limit": page_size, "cursor": cursor})
             out += [i for i in result.get("list") or () if isinstance(i, dict)]
             cursor = result.get("nextPageCursor") or None
             if cursor is None:
