@@ -14,7 +14,7 @@ Facts followed (../shared/reference/exchange-apis-and-peers.md B, bybit-exchange
 * the args of one connection stay under 21,000 characters, spot takes at most 10 args per request
   (both answered with ``success: false``);
 * on subscribing ``tickers.{symbol}`` the client gets the current full snapshot (when the replay
-  has one), then deltas (linear) or snapshots;
+  has one; ``ts`` = the replay clock, when it is generated), then deltas (linear) or snapshots;
 * REST errors injected by ``Faults.rest_errors`` alternate between ``retCode 10006`` "Too many
   visits!" and HTTP 403 "access too frequent" (Bybit's IP ban answer);
 * recent-trade: newest first, ``limit`` spot [1,60] default 60, others [1,1000] default 500, no
@@ -79,7 +79,8 @@ class BybitEmulation(VenueEmulation):
         self._span = 0
         #: (category, symbol) -> current full ticker (published so far)
         self.tickers: dict[tuple[str, str], dict] = {}
-        self._ticker_ts: dict[tuple[str, str], tuple[int, int | None]] = {}
+        self._ticker_cs: dict[tuple[str, str], int | None] = {}
+        self._clock = 0   # ts of the latest event published
         #: (category, symbol) -> latest trades (REST shape), oldest first
         self.trades: dict[tuple[str, str], deque] = {}
         self._args_chars: dict[int, int] = {}
@@ -160,11 +161,12 @@ class BybitEmulation(VenueEmulation):
     def publish(self, event: Event) -> None:
         category, topic = event.routes[0].split(_SEP, 1)
         msg = event.data
+        self._clock = max(self._clock, event.ts)
         if event.kind == "tickers":
             key = (category, topic[8:])
             state = self.tickers.get(key) if msg.get("type") == "delta" else None
             self.tickers[key] = {**state, **msg["data"]} if state is not None else dict(msg["data"])
-            self._ticker_ts[key] = (msg["ts"], msg.get("cs"))
+            self._ticker_cs[key] = msg.get("cs")
             return
         for t in msg["data"]:
             rest = {"execId": t["i"], "symbol": t["s"], "price": t["p"], "size": t["v"], "side": t["S"],
@@ -274,8 +276,8 @@ class BybitEmulation(VenueEmulation):
         for topic in ok:   # Bybit starts a ticker subscription with the full snapshot
             key = (category, topic[8:])
             if topic.startswith("tickers.") and key in self.tickers:
-                ts, cs = self._ticker_ts[key]
-                snap = {"topic": topic, "type": "snapshot", "data": self.tickers[key], "ts": ts}
+                cs = self._ticker_cs[key]
+                snap = {"topic": topic, "type": "snapshot", "data": self.tickers[key], "ts": self._clock}
                 if cs is not None:
                     snap["cs"] = cs
                 out.append(_dumps(snap))

@@ -27,6 +27,12 @@ from collector_daemon.venues.bybit.rest import RECENT_TRADES_LIMIT, BybitRest, B
 from collector_daemon.venues.bybit.universe import Universe, fetch_universe
 
 
+#: Recovery windows are widened by this much on each side (µs): a lost window is bounded by
+#: message times (tickers' ``ts``), while a trade is stored at its fill time ``T``, which precedes
+#: the push of its message; rows already stored are skipped by the natural key.
+WINDOW_MARGIN_US = 2_000_000
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -168,8 +174,8 @@ class BybitVenue(Venue):
 
     async def recovery_pages(self, rest: BybitRest, gap, plan: RecoveryPlan, settings: BybitSettings,
                              instrument_groups: Mapping[str, tuple[str, str]]) -> AsyncIterator[list[tuple]]:
-        """Trades of the gap's window from ``/v5/market/recent-trade`` (per symbol; options per
-        symbol or base coin). Where the latest trades Bybit serves do not reach back to the
+        """Trades of the gap's window (widened by :data:`WINDOW_MARGIN_US`) from
+        ``/v5/market/recent-trade`` (per symbol; options per symbol or base coin). Where the latest trades Bybit serves do not reach back to the
         window's start, what they cover is stored and :class:`RecoveryIncomplete` is raised at
         the end naming the uncovered part (the gap becomes ``unrecoverable``).
 
@@ -177,7 +183,7 @@ class BybitVenue(Venue):
             BybitRestError: a call failed, or an answer holds a malformed trade.
             RecoveryIncomplete: part of the window is older than what recent-trade returns.
         """
-        start_us, end_us = gap.gap_start, gap.gap_end
+        start_us, end_us = gap.gap_start - WINDOW_MARGIN_US, gap.gap_end + WINDOW_MARGIN_US
         if gap.instrument_name == "*":
             targets = await self._trade_targets(rest, settings)
         else:
