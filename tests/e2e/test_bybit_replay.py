@@ -207,3 +207,50 @@ async def _partial(dsn: str, tmp_path: Path, real: Path) -> None:
     assert "recent-trade returned its maximum" in rows[0]["reason"] and "BTCUSDT (spot)" in rows[0]["reason"]
     assert "60 rows fetched" in rows[0]["reason"]
     assert n == 60 and report.count("unrecoverable") == 1 and report.count("backfilled") == 1
+
+
+def test_universe_from_instruments_info_and_turnover_ranking(migrated_db_url, real_data_dir):
+    """instruments-info (the capture's recorded 800 linear and 557 spot instruments, paged by
+    cursor) -> instruments + universe_versions; linear top N by the replayed 24 h turnover."""
+    tickers, _ = capture(real_data_dir)
+    last = {}
+    for (name, ts), (merged, *_rest) in sorted(tickers.items(), key=lambda kv: kv[0][1]):
+        last[name] = merged
+    linear = [n for n in last if not n.endswith("-SPOT")]
+    by_turnover = sorted(linear, key=lambda n: (-float(last[n]["turnover24h"]), n))
+
+    async def scenario():
+        from collector_daemon.core.universe import refresh_universe
+        venue = get_venue("bybit")
+        server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit",
+                                               speed="max", wait_for_clients=0))
+        await server.start()
+        try:
+            await server.finished.wait()
+            out = {}
+            for group, over in (("linear", {"linear_symbols": "SOLUSDT,NOPEUSDT,DOGEUSDT"}), ("spot", {}),
+                                ("linear", {"linear_top_n": 2})):
+                settings = venue.load_settings(categories="linear,spot", rest_url=server.rest_url, **over)
+                async with venue.rest_client(settings) as rest:
+                    out[(group, tuple(over))] = await refresh_universe(migrated_db_url, venue, settings, rest, group)
+            return out
+        finally:
+            await server.stop()
+
+    out = asyncio.run(scenario())
+    by_symbols, spot, top2 = out.values()
+    assert by_symbols.selected == ["SOLUSDT", "DOGEUSDT"] and by_symbols.instruments == 800
+    assert spot.selected == ["BTCUSDT-SPOT", "ETHUSDT-SPOT"] and spot.instruments == 557
+    assert top2.selected == by_turnover[:2] and top2.changed and top2.removed == ["DOGEUSDT", "SOLUSDT"]
+    with psycopg.connect(migrated_db_url) as conn:
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM instruments WHERE venue = 'bybit' "
+                                  "AND is_active GROUP BY kind").fetchall())
+        btc = conn.execute("SELECT kind, base_currency, quote_currency, tick_size, min_trade_amount "
+                           "FROM instruments WHERE instrument_name = 'BTCUSDT'").fetchone()
+        versions = conn.execute("SELECT currency, subscribed, kinds FROM universe_versions "
+                                "ORDER BY version").fetchall()
+    assert kinds["spot"] == 557 and kinds.get("perpetual", 0) + kinds.get("future", 0) == 800
+    assert btc == ("perpetual", "BTC", "USDT", 0.1, 0.001)
+    assert versions == [("linear", ["SOLUSDT", "DOGEUSDT"], ["linear", "spot"]),
+                        ("spot", ["BTCUSDT-SPOT", "ETHUSDT-SPOT"], ["linear", "spot"]),
+                        ("linear", by_turnover[:2], ["linear", "spot"])]
