@@ -1,4 +1,4 @@
-"""Bybit v5 public emulation for the generic emulator (:mod:`collector_daemon.emulator`): the
+"""Bybit v5 emulation for the generic emulator (:mod:`collector_daemon.emulator`): the
 category endpoints ``/v5/public/{linear,option,spot}``, ping/pong, subscribe acks (refused
 topics included), and REST ``/v5/market/instruments-info`` (cursor paging),
 ``/v5/market/recent-trade`` and ``/v5/market/tickers``, replaying real captures.
@@ -21,6 +21,13 @@ Facts followed (../shared/reference/exchange-apis-and-peers.md B, bybit-exchange
   paging; instruments-info: ``limit`` [1,1000] default 500, ``cursor``/``nextPageCursor``
   (spot not paged), option ``baseCoin`` defaults to BTC.
 
+Private endpoint ``/v5/private`` (first part): ``auth`` is checked for real against
+:attr:`BybitEmulation.accounts` (API key -> secret; a known key, ``expires`` in the future, the
+HMAC-SHA256 of ``GET/realtime{expires}``; failures answer ``success: false`` with a reason, the
+texts are the emulator's own); topics need a successful auth ("Request not authorized");
+subscribing ``execution`` replays :attr:`BybitEmulation.private_frames` (real v5 execution
+messages, e.g. Nautilus' ``ws_account_execution.json``) re-keyed per account and copy.
+
 Timeline: the capture's ``recv`` frames of ``tickers.*`` and ``publicTrade.*`` (category from the
 connection's URL) in recorded order, clocked by the running maximum of their ``ts``; the
 instruments from its recorded ``instruments-info`` answers. ``trades`` (optional): a file of
@@ -32,6 +39,8 @@ k x (span + 1 ms) and suffixes trade ids with ``-L{k}``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections import deque
 from collections.abc import Sequence
@@ -44,7 +53,8 @@ from collector_daemon.emulator.venue import Event, Session, VenueEmulation
 from collector_daemon.venues.bybit import messages as m
 from collector_daemon.venues.bybit.rest import RECENT_TRADES_LIMIT
 
-PATHS = {"/v5/public/linear": "linear", "/v5/public/option": "option", "/v5/public/spot": "spot"}
+PATHS = {"/v5/public/linear": "linear", "/v5/public/option": "option", "/v5/public/spot": "spot",
+         "/v5/private": "private"}
 MAX_ARGS_CHARS = 21_000
 SPOT_MAX_ARGS = 10
 _SEP = "|"   # qualified channel: "<category>|<topic>"
@@ -84,6 +94,13 @@ class BybitEmulation(VenueEmulation):
         #: (category, symbol) -> latest trades (REST shape), oldest first
         self.trades: dict[tuple[str, str], deque] = {}
         self._args_chars: dict[int, int] = {}
+        #: private endpoint: API key -> secret of the accounts it knows (tests set it)
+        self.accounts: dict[str, str] = {}
+        #: private endpoint: real execution messages replayed to each account after it
+        #: subscribes ``execution``, ``private_copies`` times, re-keyed per account and copy
+        self.private_frames: list[dict] = []
+        self.private_copies = 1
+        self._authed: dict[int, str] = {}   # session id -> API key
 
     # --- timeline -------------------------------------------------------------------------------
 
@@ -243,6 +260,8 @@ class BybitEmulation(VenueEmulation):
         if not isinstance(msg, dict):
             msg = {}
         op, req_id = msg.get("op"), msg.get("req_id")
+        if category == "private":
+            return self._private(session, msg, conn_id, received_us)
         if op == "ping":
             if category == "option":
                 return [_dumps({"args": [str(received_us // 1000)], "op": "pong"})]
@@ -281,6 +300,59 @@ class BybitEmulation(VenueEmulation):
                 if cs is not None:
                     snap["cs"] = cs
                 out.append(_dumps(snap))
+        return out
+
+    def _private(self, session: Session, msg: dict, conn_id: str, received_us: int) -> list[str]:
+        """``/v5/private``: ``auth`` checked for real (known key, ``expires`` in the future, the
+        HMAC-SHA256 signature of ``GET/realtime{expires}`` with the key's secret); topics need a
+        successful auth; ``execution`` gets the account's share of :attr:`private_frames`."""
+        op, req_id = msg.get("op"), msg.get("req_id") or ""
+        now_ms = received_us // 1000
+        if op == "ping":
+            return [_dumps({"req_id": req_id, "op": "pong", "args": [str(now_ms)], "conn_id": conn_id})]
+        if op == "auth":
+            args = msg.get("args")
+            ok, why = False, "error:invalid auth args"
+            if isinstance(args, list) and len(args) == 3 and isinstance(args[0], str):
+                key, expires, sig = args
+                secret = self.accounts.get(key)
+                if secret is None:
+                    why = "error:API key is invalid"
+                elif not isinstance(expires, int) or expires <= now_ms:
+                    why = "error:auth params expired"
+                elif not isinstance(sig, str) or not hmac.compare_digest(
+                        sig, hmac.new(secret.encode(), f"GET/realtime{expires}".encode(),
+                                      hashlib.sha256).hexdigest()):
+                    why = "error:signature verification failed"
+                else:
+                    ok = True
+                    self._authed[session.id] = key
+            return [_dumps({"req_id": req_id, "success": ok, "ret_msg": "" if ok else why, "op": "auth",
+                            "conn_id": conn_id})]
+        if op in ("subscribe", "unsubscribe"):
+            key = self._authed.get(session.id)
+            if key is None:
+                return [_dumps({"req_id": req_id, "success": False, "ret_msg": "Request not authorized",
+                                "op": op, "conn_id": conn_id})]
+            out = [_dumps({"req_id": req_id, "success": True, "ret_msg": "", "op": op, "conn_id": conn_id})]
+            if op == "subscribe" and "execution" in (msg.get("args") or ()):
+                out += [_dumps(f) for f in self.private_executions(key)]
+            return out
+        return [_dumps({"req_id": req_id, "success": False, "ret_msg": f"error:unsupported op {str(op)[:50]}",
+                        "op": op, "conn_id": conn_id})]
+
+    def private_executions(self, key: str) -> list[dict]:
+        """The execution messages of account ``key``: each of :attr:`private_frames`, copy k of
+        :attr:`private_copies` with ``execId``/``orderId`` suffixed ``-{key}-{k}`` and
+        ``execTime`` moved by k ms (real fields, distinct keys per account)."""
+        out = []
+        for k in range(self.private_copies):
+            for frame in self.private_frames:
+                if frame.get("topic") != "execution":
+                    continue
+                data = [{**f, "execId": f"{f['execId']}-{key}-{k}", "orderId": f"{f['orderId']}-{key}-{k}",
+                         "execTime": str(int(f["execTime"]) + k)} for f in frame["data"]]
+                out.append({**frame, "id": f"{frame.get('id', 'x')}-{key}-{k}", "data": data})
         return out
 
     @staticmethod
