@@ -85,3 +85,40 @@ def test_daemon_spreads_long_option_topics_under_the_args_budget(tmp_path):
     assert len(per) >= 2 and sum(map(len, per)) == len(collector.channels)
     for desired in per:   # what one subscribe set would send, as JSON args
         assert len(json.dumps([topic_of(c) for c in desired])) < MAX_ARGS_CHARS
+
+
+def test_option_unsubscribe_is_matched_by_its_topics(migrated_db_url, real_data_dir):
+    async def scenario():
+        server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", speed=1,
+                                               trades=real_data_dir / TARDIS, align_trades=True))
+        await server.start()
+        writer = BatchWriter(migrated_db_url, venue="bybit")
+        await writer.open()
+        pipeline = Pipeline(writer.write, flush_interval_s=0.1)
+        pipeline.start()
+        conn = Connection(BybitProtocol(("option",), ("BTC", "ETH", "SOL")), server.ws_urls["/v5/public/option"],
+                          "bybit-option-0", pipeline, Stats(venue="bybit"), AsyncLimiter(10, 1),
+                          request_timeout_s=5, endpoint="option")
+        await conn.set_channels(CHANNELS[:3])
+        task = asyncio.create_task(conn.run())
+        try:
+            seen = []
+            for want in (set(CHANNELS[:3]), {CHANNELS[0]}):
+                deadline = time.monotonic() + 20
+                while conn.subscribed != want:
+                    assert time.monotonic() < deadline, conn.subscribed
+                    await asyncio.sleep(0.02)
+                seen.append(set(conn.subscribed))
+                await conn.set_channels(CHANNELS[:1])
+            client = server.stats()["clients"][0]
+            return seen, client["subscriptions"], task.done()
+        finally:
+            await conn.stop()
+            await asyncio.gather(task, return_exceptions=True)
+            await pipeline.close()
+            await writer.close()
+            await server.stop()
+
+    seen, on_server, ended = asyncio.run(scenario())
+    assert seen == [set(CHANNELS[:3]), {CHANNELS[0]}] and not ended
+    assert on_server == ["option|" + CHANNELS[0]]

@@ -61,11 +61,12 @@ def _is_option_symbol(symbol: str) -> bool:
     return symbol.count("-") >= 3
 
 
-def _topics_key(op: str, topics: list[str]) -> str:
-    """The ``req_id`` of an option request, derived from its topics (the COMMAND_RESP answer lists
-    them but may not echo the id)."""
+def _topics_key(topics: list[str]) -> str:
+    """The ``req_id`` of an option request, derived from its topics: the COMMAND_RESP answer lists
+    them but may echo neither the id nor the op (subscribe or unsubscribe). A connection has one
+    request in flight at a time, so the topics identify it."""
     digest = hashlib.blake2b("\n".join(sorted(set(topics))).encode(), digest_size=8).hexdigest()
-    return f"{op}-{digest}"
+    return f"topics-{digest}"
 
 
 class BybitProtocol(VenueProtocol):
@@ -129,7 +130,7 @@ class BybitProtocol(VenueProtocol):
     def _request(self, op: str, channels: list[str], next_id: IdSource) -> Request:
         topics = [topic_of(c) for c in channels]
         if channels and self.endpoint_of(channels[0]) == "option":
-            req_id = _topics_key(op, topics)
+            req_id = _topics_key(topics)
         else:
             req_id = f"{op}-{next_id()}"
         frame = json.dumps({"req_id": req_id, "op": op, "args": topics}, separators=(",", ":"))
@@ -213,7 +214,7 @@ class BybitDecoder(Decoder):
             data = msg.get("data") if isinstance(msg.get("data"), dict) else {}
             ok = [t for t in data.get("successTopics") or () if isinstance(t, str)]
             failed = [t for t in data.get("failTopics") or () if isinstance(t, str)]
-            req_id = msg.get("req_id") or _topics_key(msg.get("op") or "subscribe", ok + failed)
+            req_id = msg.get("req_id") or _topics_key(ok + failed)
             error = ({"code": "failTopics", "message": ", ".join(failed[:20])} if failed else None)
             return Response(req_id, {"successTopics": ok, "failTopics": failed}, error)
         if op in ("subscribe", "unsubscribe") and "success" in msg:
