@@ -148,7 +148,7 @@ def plan(currencies: tuple[str, ...], instruments: int, *, messages: int | None 
     events = emu.load(CAPTURE, trades, True)
     opts: set[str] = set()
     for cur in currencies:
-        opts |= {r["instrument_name"] for r in emu.get_instruments({"currency": cur, "kind": "option"})}
+        opts |= {r["instrument_name"] for r in emu.rest.get_instruments({"currency": cur, "kind": "option"})}
     channels = {f"trades.option.{c}" for c in currencies}
     use_trades = any(e.kind == "trades" and channels & set(e.routes) for e in events)
     if trades is not None and not use_trades:

@@ -166,7 +166,7 @@ class Connection:
         # (data may arrive right behind the subscribe ack, before the ack is processed)
         self._accepting: set[str] = set()
         self._ws: ClientConnection | None = None
-        self._decoder = venue.decoder()
+        self._decoder = venue.decoder_for(endpoint)
         self._ids = IdSource()
         # request id -> (future, responses so far, responses expected)
         self._pending: dict[int | str, tuple[asyncio.Future[list[Response]], list[Response], int]] = {}
@@ -203,7 +203,7 @@ class Connection:
                     self.connects += 1
                     self.stats.connected += 1
                     await self._event("connect")
-                    self._decoder = self.venue.decoder()   # no state from a dead socket
+                    self._decoder = self.venue.decoder_for(self.endpoint)   # no state from a dead socket
                     helpers: list[asyncio.Task] = []
                     try:
                         reader = asyncio.create_task(self._read(ws), name=f"read-{self.connection_id}")

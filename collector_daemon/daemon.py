@@ -284,8 +284,10 @@ class Collector:
             mine = [i for i, c in enumerate(self.connections) if c.endpoint == endpoint]
             if not channels and not mine:
                 continue
+            per_connection = min(self.settings.channels_per_connection,
+                                 self.protocol.max_channels_per_connection(channels) or math.inf)
             needed = min(self.settings.max_connections,
-                         max(1, math.ceil(len(channels) / self.settings.channels_per_connection)))
+                         max(1, math.ceil(len(channels) / per_connection)))
             while len(mine) < needed:
                 conn = self._connection(endpoint, len(mine))
                 self.connections.append(conn)

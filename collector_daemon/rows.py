@@ -58,7 +58,7 @@ TRADES = TableSpec(
     (
         "venue", "instrument_name", "trade_id", "trade_seq", "exchange_ts", "receive_ts",
         "price", "amount", "direction", "iv", "mark_price", "index_price",
-        "tick_direction", "liquidation", "block_trade_id", "source",
+        "tick_direction", "liquidation", "block_trade_id", "source", "ord_type",
     ),
     natural_key=("exchange_ts", "venue", "instrument_name", "trade_id"),
     timestamp_columns=("exchange_ts", "receive_ts"),

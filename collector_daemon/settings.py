@@ -12,6 +12,7 @@ has a default password, and the database URL has no default at all.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -123,18 +124,49 @@ class Settings(BaseSettings):
         return value
 
 
+def secrets_from_files(environ: "os._Environ[str] | dict[str, str] | None" = None) -> list[str]:
+    """Docker/Kubernetes secrets: for every ``TICKVAULT_<NAME>_FILE`` variable whose
+    ``TICKVAULT_<NAME>`` is unset, read the file (one trailing newline stripped) into
+    ``TICKVAULT_<NAME>``, so the secret never has to be in the environment or a compose file
+    (e.g. ``TICKVAULT_DATABASE_URL_FILE=/run/secrets/database_url``). Returns the variables set.
+
+    Raises:
+        SettingsError: a ``*_FILE`` variable names a file that cannot be read (the message names
+            the variable and the path, never the content).
+    """
+    env = os.environ if environ is None else environ
+    done = []
+    for name, path in list(env.items()):
+        if not (name.startswith("TICKVAULT_") and name.endswith("_FILE")) or not path:
+            continue
+        target = name.removesuffix("_FILE")
+        if env.get(target):
+            continue
+        try:
+            value = Path(path).read_text()
+        except OSError as exc:
+            raise SettingsError(f"invalid configuration: {name}: cannot read {path} "
+                                f"({exc.strerror or type(exc).__name__})") from None
+        env[target] = value[:-1] if value.endswith("\n") else value
+        done.append(target)
+    return done
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings and the venue's (``TICKVAULT_VENUE``) settings, applying ``overrides``
     (CLI flags, tests) on top of the environment. An override that is no collector setting goes
     to the venue's settings, with or without the venue's prefix (``history_url`` or
     ``deribit_history_url``).
 
+    Secrets may come from files (:func:`secrets_from_files`: ``TICKVAULT_<NAME>_FILE``).
+
     Raises:
         SettingsError: naming every variable that is missing or invalid, an unknown venue (with
-            the known ones), an unknown override, or a check across variables that fails
-            (e.g. the venue's connections per IP).
+            the known ones), an unknown override, an unreadable ``*_FILE``, or a check across
+            variables that fails (e.g. the venue's connections per IP).
     """
     from collector_daemon.venues import UnknownVenue, get_venue
+    secrets_from_files()
     given = {k: v for k, v in overrides.items() if v is not None}
     core = {k: v for k, v in given.items() if k in Settings.model_fields}
     problems: list[str] = []

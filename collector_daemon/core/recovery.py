@@ -11,6 +11,8 @@ the stream already has are skipped by the natural key). Then each gap is resolve
   ``unrecoverable`` with how many are still missing;
 * time window (instrument ``*``, e.g. a disconnect or a day without live capture, or a gap
   without sequence numbers): ``backfilled`` once the window was paged to its end;
+  ``unrecoverable`` when the venue could serve only part of it (its ``recovery_pages`` raised
+  :class:`~collector_daemon.venues.RecoveryIncomplete` naming the part; what it fetched is kept);
 * not recoverable (the venue serves no history of the stream; windows past the venue's REST
   horizon without a history host): ``unrecoverable`` with the reason, without any request;
 * a REST failure that survived the client's retries leaves the gap ``open`` and is reported in
@@ -37,7 +39,9 @@ from collector_daemon.core import days
 from collector_daemon.core.days import day_window, to_us
 from collector_daemon.core.gaps import Gap, GapStatus
 from collector_daemon.storage.writer import BatchWriter
-from collector_daemon.venues import RecoveryPlan, RestClient, Venue, VenueSettings
+from collector_daemon.venues import (
+    RecoveryIncomplete, RecoveryPlan, RestClient, Venue, VenueSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,8 @@ class GapRecovery:
         self.rest = rest
         self.history = history
         self._gate = asyncio.Semaphore(max_concurrency)
+        #: gap id -> why the venue could serve only part of its window (RecoveryIncomplete)
+        self._incomplete: dict[int, str] = {}
 
     async def recover_ids(self, gap_ids: list[int], *, now_us: int,
                           give_up: asyncio.Event | None = None) -> RecoveryReport:
@@ -219,6 +225,8 @@ class GapRecovery:
                     got += len(rows)
                     if rows:
                         ins += await self.writer.write(spec.table, rows)
+            except RecoveryIncomplete as exc:
+                self._incomplete[gap.gap_id] = str(exc)
             except self.venue.rest_errors as exc:
                 log.warning("recovery of gap %s failed: %s", gap.gap_id, exc)
                 errors[gap.gap_id] = f"REST failed: {type(exc).__name__}: {exc}"
@@ -255,6 +263,9 @@ class GapRecovery:
         else:
             status, note = GapStatus.BACKFILLED, (f"{plan.host} host by time window: {got} rows "
                                                   f"fetched, {ins} new")
+            incomplete = self._incomplete.pop(gap.gap_id, None)
+            if incomplete is not None:   # the venue could serve only part of the window
+                status, note = GapStatus.UNRECOVERABLE, f"{note}; {incomplete}"
         # gap_end as read: a re-audit that extended the gap meanwhile keeps it open (the next
         # backfill fetches the longer window) instead of having it marked beyond what was fetched
         async with self.writer.pool.acquire() as conn:

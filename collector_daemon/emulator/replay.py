@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
@@ -181,6 +182,8 @@ class Client:
         self.ws = ws
         self.transport = ws.transport
         self.remote = ":".join(map(str, ws.remote_address[:2])) if ws.remote_address else "?"
+        request = getattr(ws, "request", None)
+        self.path = urlsplit(request.path).path if request is not None else ""
         self.connected_at = time.time()
         self.connected = True
         self.close_code: int | None = None

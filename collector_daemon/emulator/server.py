@@ -129,6 +129,12 @@ class EmulatorServer:
         return f"ws://{self.host}:{self.port}{self.venue.ws_path}"
 
     @property
+    def ws_urls(self) -> dict[str, str]:
+        """URL per WebSocket path served (``VenueEmulation.ws_paths``; one entry for most venues)."""
+        return {p: f"ws://{self.host}:{self.port}{p}"
+                for p in (self.venue.ws_paths or (self.venue.ws_path,))}
+
+    @property
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.port}{self.venue.rest_prefix}"
 
@@ -222,7 +228,7 @@ class EmulatorServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
-        if url.path == self.venue.ws_path:
+        if url.path in (self.venue.ws_paths or (self.venue.ws_path,)):
             return None  # WebSocket handshake
         received_us = time.time_ns() // 1000
         query = dict(parse_qsl(url.query, keep_blank_values=True))
@@ -348,7 +354,7 @@ async def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     server = EmulatorServer(config)
     await server.start(args.host, args.port)
-    print(f"emulator ({config.venue}): ws {server.ws_url}  rest {server.rest_url}  "
+    print(f"emulator ({config.venue}): ws {' '.join(server.ws_urls.values())}  rest {server.rest_url}  "
           f"stats {server.stats_url}  ({len(server.replayer.events)} events x {config.loop} loops)",
           flush=True)
     stop = asyncio.Event()

@@ -83,6 +83,8 @@ class Session(Protocol):
     """
 
     id: int
+    #: The path of the WebSocket the client connected to (``ws_paths``).
+    path: str
 
     def subscribe(self, channels: Sequence[str]) -> list[str]:
         """Subscribe to ``channels``; returns those actually subscribed, in request order.
@@ -125,8 +127,12 @@ class VenueEmulation(ABC):
 
     #: Short venue name (``"deribit"``); also the package under ``collector_daemon.venues``.
     name: ClassVar[str]
-    #: Path of the WebSocket endpoint, e.g. ``"/ws/api/v2"``.
+    #: Path of the WebSocket endpoint, e.g. ``"/ws/api/v2"`` (the main one, see :attr:`ws_paths`).
     ws_path: ClassVar[str]
+    #: Every WebSocket path served, when the venue has one endpoint per market (Bybit
+    #: ``/v5/public/{linear,option,spot}``); empty = just :attr:`ws_path`. A handler sees the
+    #: path a client connected to as ``Session.path``.
+    ws_paths: ClassVar[tuple[str, ...]] = ()
     #: Prefix of the HTTP REST endpoints, e.g. ``"/api/v2"``; requests are ``<prefix>/<method>``.
     rest_prefix: ClassVar[str]
     #: Names of the malformed-frame kinds :meth:`malformed_frame` can build (used in this order).

@@ -46,6 +46,13 @@ class RejectedFrame(Exception):
     """A frame failed to decode or validate. ``str(exc)`` is the reason stored in rejected_messages."""
 
 
+class RecoveryIncomplete(Exception):
+    """Raised by :meth:`Venue.recovery_pages` after it yielded every row it could: part of the gap
+    lies beyond what the venue's REST serves (Bybit's recent-trade returns only the latest
+    trades). ``str(exc)`` says which part and why; the gap becomes ``unrecoverable`` with it, and
+    the rows fetched stay stored."""
+
+
 class Data(NamedTuple):
     """Decoded market data: ``rows`` (tuples in ``table.columns`` order) for ``table``."""
 
@@ -154,6 +161,18 @@ class VenueProtocol(abc.ABC):
     @abc.abstractmethod
     def decoder(self) -> Decoder:
         """A decoder for one new connection."""
+
+    def decoder_for(self, endpoint: str) -> Decoder:
+        """A decoder for one new connection to ``endpoint`` (a :meth:`Venue.ws_endpoints` key):
+        venues whose endpoints send the same topics for different markets (Bybit linear and
+        spot) decode per endpoint. Default: :meth:`decoder`."""
+        return self.decoder()
+
+    def max_channels_per_connection(self, channels: list[str]) -> int | None:
+        """The most of ``channels`` (one endpoint's) one connection may carry (Bybit: the args
+        of a connection stay under 21,000 characters), or None for no venue limit; the daemon
+        takes the smaller of this and ``TICKVAULT_CHANNELS_PER_CONNECTION``."""
+        return None
 
 
 class IdSource:
@@ -474,6 +493,17 @@ def venues() -> dict[str, Venue]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def select_venues(names: str | None) -> dict[str, Venue]:
+    """The venues named in ``names`` (comma-separated, e.g. ``TICKVAULT_VENUES``), or every
+    registered venue when ``names`` is empty or None.
+
+    Raises:
+        UnknownVenue: a name is not registered; the message lists the known ones.
+    """
+    wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
+    return {n: get_venue(n) for n in wanted} if wanted else venues()
+
+
 def get_venue(name: str) -> Venue:
     """The venue called ``name``.
 
@@ -489,6 +519,7 @@ def get_venue(name: str) -> Venue:
 
 __all__: Sequence[str] = (
     "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
-    "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec", "UnknownVenue", "Venue",
-    "VenueProtocol", "VenueSettings", "get_venue", "register", "venues",
+    "RecoveryIncomplete", "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec",
+    "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "get_venue", "register",
+    "select_venues", "venues",
 )

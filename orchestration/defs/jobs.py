@@ -1,5 +1,7 @@
 """Asset jobs the schedules and sensors launch (checks of the selected assets are included
-unless excluded)."""
+unless excluded). Layout of ``defs/``: ``assets/`` holds the assets (one module per asset group),
+and jobs, schedules, sensors and asset checks live here, in ``schedules.py``, ``sensors.py`` and
+``checks.py``, split by kind."""
 
 import dagster as dg
 
@@ -23,3 +25,11 @@ nightly_job = dg.define_asset_job(
 trades_backfill_job = dg.define_asset_job(
     "trades_backfill_job", selection=dg.AssetSelection.assets("trades_backfill"),
     description="REST backfill of one day's open trade gaps, with its checks.")
+
+nightly_export_job = dg.define_asset_job(
+    "nightly_export_job", selection=dg.AssetSelection.assets("parquet_export"),
+    description="Export one (day, table) partition to Parquet, with its checks.")
+
+retention_job = dg.define_asset_job(
+    "retention_job", selection=dg.AssetSelection.assets("tick_retention"),
+    description="Drop verified-exported days past the retention age.")

@@ -1,6 +1,8 @@
 """Resource instances of the code location, configured from the environment.
 
-Variables: TICKVAULT_DATABASE_URL (required, secret); per registered venue its own
+Variables: TICKVAULT_DATABASE_URL (required, secret; or TICKVAULT_DATABASE_URL_FILE, a file
+holding it, as every TICKVAULT_*_FILE); TICKVAULT_VENUES (the venues recorded,
+comma-separated; default every registered venue); per venue its own
 ``TICKVAULT_<VENUE>_*`` settings, read by the venue's settings model as the collector reads them
 (Deribit: TICKVAULT_DERIBIT_REST_URL, TICKVAULT_DERIBIT_HISTORY_URL, TICKVAULT_CURRENCY,
 TICKVAULT_KIND, TICKVAULT_TOP_N, ...); and the TICKVAULT_EXPORT_* / TICKVAULT_S3_* variables of
@@ -11,7 +13,8 @@ import os
 
 import dagster as dg
 
-from collector_daemon.venues import venues
+from collector_daemon.settings import secrets_from_files
+from orchestration.partitions import VENUES
 from orchestration.resources import DatabaseResource, ObjectStorageResource, VenueApiResource
 
 
@@ -23,9 +26,12 @@ def _secret(name: str) -> dg.EnvVar | None:
 
 @dg.definitions
 def resources() -> dg.Definitions:
+    # TICKVAULT_<NAME>_FILE (Docker secrets) become TICKVAULT_<NAME> before the EnvVars resolve,
+    # so the values stay out of the run config the UI shows
+    secrets_from_files()
     return dg.Definitions(resources={
         "database": DatabaseResource(url=dg.EnvVar("TICKVAULT_DATABASE_URL")),
-        **{name: VenueApiResource(venue=name) for name in venues()},
+        **{name: VenueApiResource(venue=name) for name in VENUES},
         "object_storage": ObjectStorageResource(
             bucket=dg.EnvVar("TICKVAULT_EXPORT_BUCKET").get_value(None),
             prefix=dg.EnvVar("TICKVAULT_EXPORT_PREFIX").get_value("tickvault"),

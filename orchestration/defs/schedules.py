@@ -4,7 +4,10 @@ from datetime import timedelta
 
 import dagster as dg
 
-from orchestration.defs.jobs import gap_audit_job, nightly_job, universe_job
+from orchestration.defs.jobs import (
+    gap_audit_job, nightly_export_job, nightly_job, retention_job, universe_job,
+)
+from orchestration.lib.export import EXPORT_TABLES
 
 RUNNING = dg.DefaultScheduleStatus.RUNNING
 
@@ -31,3 +34,19 @@ def nightly_yesterday(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     day = (tick - timedelta(days=1)).date().isoformat()
     return dg.RunRequest(run_key=f"nightly:{day}", partition_key=day,
                          tags={"tickvault/trigger": "schedule"})
+
+
+@dg.schedule(job=nightly_export_job, cron_schedule="30 0 * * *", execution_timezone="UTC",
+             default_status=RUNNING,
+             description="At 00:30 UTC: export yesterday, one run per table.")
+def nightly_export_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+    return [dg.RunRequest(run_key=f"parquet_export:{day}:{table}",
+                          partition_key=dg.MultiPartitionKey({"date": day, "table": table}))
+            for table in EXPORT_TABLES]
+
+
+daily_retention_schedule = dg.ScheduleDefinition(
+    name="daily_retention_schedule", job=retention_job, cron_schedule="0 3 * * *",
+    execution_timezone="UTC", default_status=RUNNING,
+    description="At 03:00 UTC: drop verified-exported days older than the retention age.")

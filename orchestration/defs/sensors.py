@@ -1,11 +1,13 @@
-"""Sensors: observation of the collector's tables, and backfill requests after audits."""
+"""Sensors: observation of the collector's tables, backfill requests after audits, and the
+export of a day again once its candles are built."""
 
 import json
 
 import dagster as dg
 
 from orchestration.defs.assets.stream import COLLECTOR_TABLES
-from orchestration.defs.jobs import trades_backfill_job
+from orchestration.defs.jobs import nightly_export_job, trades_backfill_job
+from orchestration.lib.export import EXPORT_TABLES
 from orchestration.lib.observe import table_stats
 from orchestration.resources import DatabaseResource
 
@@ -105,3 +107,17 @@ def backfill_on_recoverable_gaps(context: dg.SensorEvaluationContext):
     if not requests:
         return dg.SkipReason("; ".join(skipped) or "no audit with recoverable open gaps since the last tick")
     return requests
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("candles"), job=nightly_export_job,
+                 default_status=RUNNING,
+                 description="When a day's candles are built (the nightly job runs them after the "
+                             "REST backfill), export that day again, every table: the archive then "
+                             "holds the backfilled trades and the candles. Exports are idempotent.")
+def export_after_candles(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    day = asset_event.dagster_event.partition if asset_event.dagster_event else None
+    if not day:
+        return
+    for table in EXPORT_TABLES:
+        yield dg.RunRequest(run_key=f"parquet_export:{day}:{table}:after-candles:{asset_event.run_id}",
+                            partition_key=dg.MultiPartitionKey({"date": day, "table": table}))

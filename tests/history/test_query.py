@@ -127,7 +127,7 @@ def test_module_functions_use_the_environment(loaded, monkeypatch):
 
 def test_unknown_venue_and_bad_range(loaded):
     with query.Client(loaded) as q:
-        with pytest.raises(ValueError, match="unknown venue 'nope'; allowed: deribit, kraken"):
+        with pytest.raises(ValueError, match="unknown venue 'nope'; allowed: bybit, deribit, kraken"):
             q.trades("nope", "BTC/USDT", START, END)
         with pytest.raises(ValueError, match="empty range"):
             q.trades("kraken", "BTC/USDT", END, START)

@@ -24,7 +24,7 @@ def _quote(i: int, name: str = "ETH-9APR21-1950-C") -> tuple:
 def _trade(i: int, **over) -> tuple:
     row = dict(zip(TRADES.columns, (
         "deribit", "ETH-9APR21-1950-C", f"ETH-{1000 + i}", 100 + i, T0_US + i * 1000,
-        T0_US + i * 1000 + 300, 0.08, 1.0, "buy", 78.4, 0.0841, 2103.4, 0, None, None, "ws")))
+        T0_US + i * 1000 + 300, 0.08, 1.0, "buy", 78.4, 0.0841, 2103.4, 0, None, None, "ws", None)))
     row.update(over)
     return tuple(row[c] for c in TRADES.columns)
 

@@ -7,6 +7,7 @@ materialisation). Database fixtures (``migrated_db_url`` ...) come from ``tests/
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector_daemon.rows import QUOTES, TRADES
+# These tests run Deribit's captures through Dagster: the deployment under test records Deribit
+# only (TICKVAULT_VENUES, read when orchestration is imported); other built-in venues (bybit)
+# would otherwise join every asset and need resources of their own.
+os.environ.setdefault("TICKVAULT_VENUES", "deribit")
+
+from collector_daemon.rows import QUOTES, TRADES  # noqa: E402
 from orch_data import (
     CAPTURE_0405, CAPTURE_0722, CYRI113_CSV, D0817, Q_INSTR, Q_TS, SILENT, Emulator,
     capture_quote_rows, connection_event, cyri113_trades, dt_us, start_emulator, trade_rows, write,

@@ -169,7 +169,8 @@ def test_export_follows_the_nightly_candles(migrated_db_url, deribit_dir):
 
     from orch_dagster import candles, materialize, resources
     from orch_data import CYRI113_CSV, cyri113_trades, trade_rows, write
-    from orchestration.defs.assets.export import EXPORT_TABLES, export_after_candles
+    from orchestration.defs.sensors import export_after_candles
+    from orchestration.lib.export import EXPORT_TABLES
     from collector_daemon.rows import TRADES
 
     write(migrated_db_url, TRADES, trade_rows(cyri113_trades(deribit_dir / CYRI113_CSV)))

@@ -1,5 +1,7 @@
 """Every Deribit ticker and trade notification and every REST result of the kinds we consume in
-../shared/data/real/deribit decodes, and each stored value equals its source field (nulls stay null)."""
+../shared/data/real/deribit decodes, and each stored value equals its source field (nulls stay null).
+The per-channel excerpts in tests/fixtures/deribit/ (real frames, named by their source capture)
+and the inline frames run on any clone; the whole-capture tests need ../shared."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from collector_daemon.venues import Control, Data, RejectedFrame, Request, Respo
 from collector_daemon.venues.deribit import messages as m
 from collector_daemon.venues.deribit.protocol import DeribitProtocol
 
-pytestmark = pytest.mark.realdata
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "deribit"
 
 RECEIVE_US = 1_700_000_000_123_456
 GREEKS = ("delta", "gamma", "vega", "theta", "rho")
@@ -127,6 +129,33 @@ def test_rest_results_decode_exactly(real_data_dir: Path) -> None:
     assert counts["ticker"] >= 4          # public/ticker and get_order_book results
     assert counts["instruments"] >= 418 + 390 + 4
     assert counts["book_summary"] >= 4
+
+
+def _fixture(channel: str) -> list[str]:
+    """The frames of ``tests/fixtures/deribit/{channel}.{source}.jsonl`` (one file per channel)."""
+    [path] = FIXTURES.glob(f"{channel}.*.jsonl")
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_fixture_frames_of_every_channel_decode_exactly() -> None:
+    proto = DeribitProtocol("ETH")
+    for frame in _fixture("ticker"):
+        item = proto.decode(frame, RECEIVE_US)
+        assert isinstance(item, Data) and item.table is QUOTES
+        _check_quote(item.rows[0], json.loads(frame)["params"]["data"])
+    for frame in _fixture("trades"):
+        item = proto.decode(frame, RECEIVE_US)
+        src = json.loads(frame)["params"]["data"]
+        assert isinstance(item, Data) and item.table is TRADES and len(item.rows) == len(src) > 0
+        for row, trade in zip(item.rows, src):
+            _check_trade(row, trade)
+    # a real subscribe result (cryptofeed sent it id 0, which our collector keeps for its
+    # heartbeat answers, so the ack is matched here as our id 7 would be)
+    [frame] = _fixture("subscribe_response")
+    channels = json.loads(frame)["result"]
+    ack = Response(7, channels, None)
+    assert proto.acknowledged_channels(Request(7, "", (*channels, "ticker.NOPE.100ms")),
+                                       [ack]) == channels
 
 
 def test_heartbeat_response_and_rejections() -> None:

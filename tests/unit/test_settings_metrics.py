@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,48 @@ def test_metrics_and_healthz_over_http() -> None:
         assert r.status_code == 503 and r.json() == {"connected": 1}
     finally:
         server.stop()
+
+
+def test_an_unknown_venue_fails_at_start_with_the_known_ones(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", "postgresql://u@h/db")
+    with pytest.raises(SettingsError, match="TICKVAULT_VENUE: unknown venue 'nope'; known venues: bybit, deribit"):
+        load_settings(venue="nope")
+    proc = subprocess.run([sys.executable, "-m", "collector_daemon.cli", "collect", "--venue", "nope"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "TICKVAULT_DATABASE_URL": "postgresql://u@h/db"})
+    assert proc.returncode == 2 and "known venues: bybit, deribit" in proc.stderr, proc.stderr
+
+
+def test_venue_settings_have_their_own_prefix_and_the_old_names(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("TICKVAULT_DERIBIT_CURRENCY", "BTC")
+    monkeypatch.setenv("TICKVAULT_DERIBIT_HISTORY_URL", "https://history.example/api/v2")
+    s = load_settings()
+    assert (s.venue, s.venue_settings.currencies, s.venue_settings.history_url) == (
+        "deribit", ("BTC",), "https://history.example/api/v2")
+    monkeypatch.delenv("TICKVAULT_DERIBIT_CURRENCY")
+    monkeypatch.setenv("TICKVAULT_CURRENCY", "ETH,BTC")       # the name before venues existed
+    assert load_settings().venue_settings.currencies == ("ETH", "BTC")
+    with pytest.raises(SettingsError, match="unknown setting 'no_such_thing'"):
+        load_settings(no_such_thing=1)
+
+
+def test_secrets_can_come_from_files(monkeypatch, tmp_path) -> None:
+    """Docker secrets: TICKVAULT_<NAME>_FILE holds the value; an unreadable file names its
+    variable and path, never a value."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TICKVAULT_DATABASE_URL", raising=False)
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://tickvault:s3cr3t@db:5432/tickvault\n")
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL_FILE", str(secret))
+    try:
+        s = load_settings()
+        assert s.database_url.get_secret_value() == "postgresql://tickvault:s3cr3t@db:5432/tickvault"
+        assert "s3cr3t" not in repr(s)
+    finally:
+        os.environ.pop("TICKVAULT_DATABASE_URL", None)   # set by load_settings, not monkeypatch
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="TICKVAULT_DATABASE_URL_FILE: cannot read .*missing"):
+        load_settings()

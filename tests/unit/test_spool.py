@@ -66,7 +66,7 @@ def test_round_trip_in_order_across_segments(tmp_path: Path) -> None:
 
 def test_survives_a_new_process_and_quarantines_corruption(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.append(TRADES, [("deribit", "ETH-X", "ETH-1", 7, 1, 2, 0.1, 1.0, "buy", 60.1, 0.1, 2000.0, 1, None, None, "ws")])
+    spool.append(TRADES, [("deribit", "ETH-X", "ETH-1", 7, 1, 2, 0.1, 1.0, "buy", 60.1, 0.1, 2000.0, 1, None, None, "ws", None)])
     spool.append(QUOTES, [_quote(1)])
     spool.append(QUOTES, [_quote(2)])
     spool.release()

@@ -122,6 +122,7 @@ class Trade(msgspec.Struct, frozen=True):
             VENUE, self.instrument_name, self.trade_id, self.trade_seq, self.timestamp * 1000,
             receive_us, self.price, self.amount, self.direction, self.iv, self.mark_price,
             self.index_price, self.tick_direction, self.liquidation, self.block_trade_id, source,
+            None,   # ord_type: Deribit does not say
         )
 
 

@@ -1,5 +1,6 @@
 """Nightly Parquet export of the tick tables to object storage (Backblaze B2, AWS S3, MinIO, or a
-local directory when no bucket is configured), with its checks and schedule.
+local directory when no bucket is configured), with its checks (its job, schedule and sensor
+are in ``defs/jobs.py``, ``schedules.py`` and ``sensors.py``, with the others).
 
 Partitions: date (UTC day, ``orchestration.partitions.daily``) x table (static, the tables in
 ``orchestration.lib.export.EXPORT_TABLES``). A run exports one table for one day; venues are the
@@ -13,7 +14,7 @@ trusts.
 """
 
 import os
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 from pydantic import Field
@@ -116,32 +117,3 @@ def parquet_export(context: dg.AssetExecutionContext, config: ExportConfig,
                 metadata={**outcome.metadata, "failures": "\n".join(outcome.failures) or "none"})
             for name, outcome in outcomes.items()],
     )
-
-
-nightly_export_job = dg.define_asset_job(
-    "nightly_export_job", selection=dg.AssetSelection.assets(parquet_export),
-    description="Export one (day, table) partition to Parquet, with its checks.")
-
-
-@dg.schedule(job=nightly_export_job, cron_schedule="30 0 * * *", execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.RUNNING,
-             description="At 00:30 UTC: export yesterday, one run per table.")
-def nightly_export_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
-    return [dg.RunRequest(run_key=f"parquet_export:{day}:{table}",
-                          partition_key=dg.MultiPartitionKey({"date": day, "table": table}))
-            for table in EXPORT_TABLES]
-
-
-@dg.asset_sensor(asset_key=dg.AssetKey("candles"), job=nightly_export_job,
-                 default_status=dg.DefaultSensorStatus.RUNNING,
-                 description="When a day's candles are built (the nightly job runs them after the "
-                             "REST backfill), export that day again, every table: the archive then "
-                             "holds the backfilled trades and the candles. Exports are idempotent.")
-def export_after_candles(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    day = asset_event.dagster_event.partition if asset_event.dagster_event else None
-    if not day:
-        return
-    for table in EXPORT_TABLES:
-        yield dg.RunRequest(run_key=f"parquet_export:{day}:{table}:after-candles:{asset_event.run_id}",
-                            partition_key=dg.MultiPartitionKey({"date": day, "table": table}))

@@ -53,13 +53,3 @@ def tick_retention(context: dg.AssetExecutionContext, config: RetentionConfig,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"kept_days": sum(len(d.days) for d in kept)})],
     )
-
-
-retention_job = dg.define_asset_job(
-    "retention_job", selection=dg.AssetSelection.assets(tick_retention),
-    description="Drop verified-exported days past the retention age.")
-
-daily_retention_schedule = dg.ScheduleDefinition(
-    name="daily_retention_schedule", job=retention_job, cron_schedule="0 3 * * *",
-    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="At 03:00 UTC: drop verified-exported days older than the retention age.")

@@ -41,7 +41,8 @@ class DeribitEmulation(VenueEmulation):
     def __init__(self, fanout: int = 1, churn: bool = False) -> None:
         super().__init__(fanout, churn)
         self._timeline = DeribitTimeline(self.fanout, self.churn)
-        self._rest = DeribitRest(self._timeline)
+        #: the REST data methods (``public/get_instruments`` etc.), also used by benchmarks/ingest.py
+        self.rest = DeribitRest(self._timeline)
 
     # --- timeline -------------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class DeribitEmulation(VenueEmulation):
             return {"version": "emulator"}
         if method == "public/get_time":
             return int(time.time() * 1000)
-        handler = self._rest.methods.get(method)
+        handler = self.rest.methods.get(method)
         if handler is None:
             raise RpcError(-32601, "Method not found")
         if session.rest_fault():
@@ -162,7 +163,7 @@ class DeribitEmulation(VenueEmulation):
             if method == "public/get_time":
                 result: Any = int(time.time() * 1000)
             else:
-                handler = self._rest.methods.get(method)
+                handler = self.rest.methods.get(method)
                 if handler is None:
                     raise RpcError(-32601, "Method not found")
                 if fault == "http429":

@@ -1,0 +1,165 @@
+"""The one Bybit v5 REST client (public market endpoints), shared by the daemon (universe, gap
+recovery) and Dagster.
+
+Requests are ``GET {base_url}/v5/market/<endpoint>?<params>``; answers are
+``{"retCode","retMsg","result",...}``. Limits (../shared/reference/exchange-apis-and-peers.md B,
+``docs/v5/rate-limit/rate-limit.mdx``): 600 requests per 5 s per IP, beyond that HTTP 403
+"access too frequent" and an IP ban of at least 10 minutes; ``retCode 10006`` = too many visits.
+The client paces itself at 500 requests per 5 s (never reaching a ban), caps concurrency, and
+retries 10006, HTTP 429/5xx and transport errors with capped exponential backoff and jitter; an
+HTTP 403 (a ban, someone else's traffic on the IP) waits ``ban_wait_s`` before the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+#: retCodes meaning "slow down and try again".
+RETRYABLE_CODES = {10006, 10016}
+#: The most rows one instruments-info page returns.
+INSTRUMENTS_PAGE = 1000
+#: recent-trade: the most trades it returns (spot 60, other categories 1000); no paging.
+RECENT_TRADES_LIMIT = {"spot": 60, "linear": 1000, "option": 1000}
+
+_decode = msgspec.json.Decoder().decode
+
+
+class BybitRestError(RuntimeError):
+    """A REST call failed for good. ``code`` is Bybit's retCode or the HTTP status."""
+
+    def __init__(self, path: str, code: int, message: str) -> None:
+        super().__init__(f"{path}: {code} {message}")
+        self.path = path
+        self.code = code
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, BybitRestError):
+        return exc.code in RETRYABLE_CODES or exc.code in (403, 429) or exc.code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+class BybitRest:
+    """Async Bybit v5 REST client with pacing, a concurrency cap and retries.
+
+    Args:
+        base_url: ``https://api.bybit.com`` (or the emulator's ``rest_url``, which ends in ``/v5``;
+            a trailing ``/v5`` is accepted either way).
+        max_concurrency: simultaneous requests.
+        attempts: tries per call before :class:`BybitRestError` is raised.
+        backoff_max_s: cap of the exponential backoff between tries (s).
+        ban_wait_s: wait after an HTTP 403 (Bybit bans the IP for >= 10 minutes).
+        requests_per_5s: pace (Bybit's IP limit is 600 per 5 s).
+
+    Use as ``async with BybitRest(url) as rest: ...``.
+    """
+
+    def __init__(self, base_url: str, *, max_concurrency: int = 4, attempts: int = 8,
+                 backoff_max_s: float = 30.0, ban_wait_s: float = 600.0,
+                 requests_per_5s: int = 500, timeout_s: float = 30.0) -> None:
+        base = base_url.rstrip("/")
+        self.base_url = base if base.endswith("/v5") else base + "/v5"
+        self._client = httpx.AsyncClient(timeout=timeout_s,
+                                         limits=httpx.Limits(max_connections=max_concurrency))
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._limiter = AsyncLimiter(requests_per_5s, 5)
+        self._attempts = attempts
+        self._backoff_max_s = backoff_max_s
+        self._ban_wait_s = ban_wait_s
+        self.calls = 0
+        self.retries = 0
+        self.bans = 0
+
+    async def __aenter__(self) -> "BybitRest":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._client.aclose()
+
+    async def get(self, path: str, params: dict[str, Any]) -> dict:
+        """``GET /v5/<path>`` and return its ``result`` object.
+
+        Raises:
+            BybitRestError: an error that is not retryable, or retries ran out.
+        """
+        query = {k: v for k, v in params.items() if v is not None}
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            wait=wait_random_exponential(multiplier=0.5, max=self._backoff_max_s),
+            stop=stop_after_attempt(self._attempts), reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.retries += 1
+                async with self._limiter, self._semaphore:
+                    self.calls += 1
+                    resp = await self._client.get(f"{self.base_url}/{path}", params=query)
+                if resp.status_code == 403:
+                    self.bans += 1
+                    await asyncio.sleep(self._ban_wait_s)
+                return self._result(path, resp)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _result(path: str, resp: httpx.Response) -> dict:
+        if resp.status_code != 200:
+            raise BybitRestError(path, resp.status_code, resp.text[:200])
+        try:
+            body = _decode(resp.content)
+        except msgspec.DecodeError:
+            raise BybitRestError(path, resp.status_code, resp.text[:200]) from None
+        code = body.get("retCode") if isinstance(body, dict) else None
+        if code != 0:
+            raise BybitRestError(path, code if isinstance(code, int) else -1,
+                                 str(body.get("retMsg") if isinstance(body, dict) else body)[:200])
+        result = body.get("result")
+        if not isinstance(result, dict):
+            raise BybitRestError(path, 200, "answer without a result object")
+        return result
+
+    async def instruments(self, category: str, base_coin: str | None = None,
+                          page_size: int = INSTRUMENTS_PAGE) -> list[dict]:
+        """``/v5/market/instruments-info`` of a category, every page of ``page_size`` (``cursor`` /
+        ``nextPageCursor``; spot is not paged). Options: ``base_coin`` (Bybit's default is BTC).
+
+        Raises:
+            BybitRestError: a call failed, or a page repeats its cursor (cannot page further).
+        """
+        out: list[dict] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            result = await self.get("market/instruments-info", {
+                "category": category, "baseCoin": base_coin, "limit": page_size, "cursor": cursor})
+            out += [i for i in result.get("list") or () if isinstance(i, dict)]
+            cursor = result.get("nextPageCursor") or None
+            if cursor is None:
+                return out
+            if cursor in seen:
+                raise BybitRestError("market/instruments-info", 200, f"cursor {cursor!r} repeats")
+            seen.add(cursor)
+
+    async def tickers(self, category: str, base_coin: str | None = None) -> list[dict]:
+        """``/v5/market/tickers`` of a category (options per ``base_coin``): turnover, open interest."""
+        result = await self.get("market/tickers", {"category": category, "baseCoin": base_coin})
+        return [t for t in result.get("list") or () if isinstance(t, dict)]
+
+    async def recent_trades(self, category: str, symbol: str | None = None,
+                            base_coin: str | None = None) -> list[dict]:
+        """``/v5/market/recent-trade``: the latest trades, newest first, as many as Bybit serves
+        (:data:`RECENT_TRADES_LIMIT`). No time or cursor parameter exists: older trades cannot be
+        fetched. Options: per ``symbol`` or ``base_coin``."""
+        result = await self.get("market/recent-trade", {
+            "category": category, "symbol": symbol, "baseCoin": base_coin,
+            "limit": RECENT_TRADES_LIMIT.get(category, 1000)})
+        return [t for t in result.get("list") or () if isinstance(t, dict)]
