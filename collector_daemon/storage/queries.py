@@ -140,6 +140,8 @@ def status_instruments(conn, venues, hours: float) -> tuple[list[str], list[tupl
             entry[0][stream] = n
             entry[1] = last if entry[1] is None else max(entry[1], last)
             entry[2] = age if entry[2] is None else min(entry[2], age)
+    present = {v for v, _ in per}      # columns only for the venues with rows in the window
+    streams = list(dict.fromkeys(s for v, s, _ in tables if v in present))
     return streams, [(v, name, *e) for (v, name), e in sorted(per.items())]
 
 
