@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from collector_daemon.rows import TableSpec, register_table
+from collector_daemon.venues import RejectedFrame
 
 VENUE = "bybit"
 CATEGORIES = ("linear", "option", "spot")
@@ -224,3 +227,21 @@ def trade_row(category: str, trade: dict, receive_us: int, source: str = "ws") -
             _bool(trade.get("RPI" if ws else "isRPITrade"), "RPI"), seq,
             _num(trade.get("mP"), "mP"), _num(trade.get("iP"), "iP"), _num(trade.get("mIv"), "mIv"),
             _num(trade.get("iv"), "iv"), source)
+
+
+_json_decode = msgspec.json.Decoder().decode
+
+
+def decode_object(frame: str | bytes) -> dict:
+    """One WebSocket frame (public or private) as its JSON object.
+
+    Raises:
+        RejectedFrame: not JSON, or JSON that is not an object.
+    """
+    try:
+        msg = _json_decode(frame)
+    except msgspec.DecodeError as exc:
+        raise RejectedFrame(f"decode error: {exc}") from None
+    if not isinstance(msg, dict):
+        raise RejectedFrame("not a JSON object")
+    return msg

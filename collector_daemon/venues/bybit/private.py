@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import msgspec
 
 from collector_daemon.rows import TableSpec, register_table
 from collector_daemon.venues import (
@@ -177,7 +176,6 @@ def execution_row(account: Account, fill: dict, receive_us: int, source: str = "
             json.dumps(other, separators=(",", ":")) if other else None, source)
 
 
-_decode = msgspec.json.Decoder().decode
 
 
 class BybitPrivateProtocol(VenueProtocol):
@@ -253,12 +251,7 @@ class BybitPrivateDecoder(Decoder):
         Raises:
             RejectedFrame: not JSON, a malformed fill, an unknown topic or frame kind.
         """
-        try:
-            msg = _decode(frame)
-        except msgspec.DecodeError as exc:
-            raise RejectedFrame(f"decode error: {exc}") from None
-        if not isinstance(msg, dict):
-            raise RejectedFrame("not a JSON object")
+        msg = m.decode_object(frame)
         topic = msg.get("topic")
         if topic == EXECUTION_TOPIC:
             data = msg.get("data")

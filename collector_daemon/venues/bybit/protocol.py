@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import msgspec
 
 from collector_daemon.venues import (
     Control, Data, Decoder, IdSource, RejectedFrame, Request, Response, VenueProtocol,
@@ -159,7 +158,6 @@ class BybitProtocol(VenueProtocol):
         return BybitDecoder(endpoint)
 
 
-_decode = msgspec.json.Decoder().decode
 
 
 class BybitDecoder(Decoder):
@@ -186,12 +184,7 @@ class BybitDecoder(Decoder):
             RejectedFrame: not JSON, a delta before its snapshot, a wrong type or missing field,
                 an unknown topic or frame kind.
         """
-        try:
-            msg = _decode(frame)
-        except msgspec.DecodeError as exc:
-            raise RejectedFrame(f"decode error: {exc}") from None
-        if not isinstance(msg, dict):
-            raise RejectedFrame("not a JSON object")
+        msg = m.decode_object(frame)
         topic = msg.get("topic")
         try:
             if isinstance(topic, str):

@@ -20,6 +20,8 @@ import msgspec
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from collector_daemon.venues import RestClient
+
 #: retCodes meaning "slow down and try again".
 RETRYABLE_CODES = {10006, 10016}
 #: The most rows one instruments-info page returns.
@@ -45,7 +47,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-class BybitRest:
+class BybitRest(RestClient):
     """Async Bybit v5 REST client with pacing, a concurrency cap and retries.
 
     Args:
@@ -75,12 +77,6 @@ class BybitRest:
         self.calls = 0
         self.retries = 0
         self.bans = 0
-
-    async def __aenter__(self) -> "BybitRest":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""

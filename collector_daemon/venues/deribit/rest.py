@@ -23,6 +23,7 @@ from tenacity import (
     AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential,
 )
 
+from collector_daemon.venues import RestClient
 from collector_daemon.venues.deribit import messages as m
 
 #: Deribit error codes that mean "slow down and try again".
@@ -46,7 +47,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-class DeribitRest:
+class DeribitRest(RestClient):
     """Async Deribit REST client with pacing, a concurrency cap and retries.
 
     Args:
@@ -70,12 +71,6 @@ class DeribitRest:
         self._backoff_max_s = backoff_max_s
         self.calls = 0
         self.retries = 0
-
-    async def __aenter__(self) -> "DeribitRest":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
