@@ -1,4 +1,4 @@
-"""``tickvault`` command line: migrate | collect | emulate | status | localdb | import | query.
+"""``tickvault`` command line: run | migrate | collect | emulate | status | localdb | import | query.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (the message names the
 ``TICKVAULT_*`` variable).
@@ -54,6 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply the schema (TICKVAULT_DATABASE_URL)")
 
     collect = sub.add_parser("collect", help="stream market data into the database")
+    _add_collect_arguments(collect)
+
+    run = sub.add_parser("run", help="the platform: local database, migrations, collector(s) and "
+                                     "Dagster (gRPC server, webserver, daemon); Ctrl-C stops all")
+    _add_collect_arguments(run)
+    from collector_daemon import supervisor
+    supervisor.add_arguments(run)
+
+    emulate = sub.add_parser("emulate", help="run the exchange emulator (replays a capture)")
+    emulator.add_arguments(emulate)
+
+    status = sub.add_parser("status", help="per-instrument row counts and freshness")
+    status.add_argument("--hours", type=float, default=24.0,
+                        help="window of the instrument table, back from the newest row (default 24 h)")
+
+    local = sub.add_parser("localdb", help="project-local PostgreSQL under ./.data")
+    localdb.add_arguments(local)
+
+    from tickvault.cli import add_commands   # import (bulk history files), query
+    add_commands(sub)
+    return parser
+
+
+def _add_collect_arguments(collect: argparse.ArgumentParser) -> None:
     collect.add_argument("--venue", help=f"venue to collect (TICKVAULT_VENUE; default deribit): "
                                          f"{', '.join(_venue_names())}")
     collect.add_argument("--currency", help="Deribit: currencies, comma-separated (default ETH; TICKVAULT_CURRENCY)")
@@ -71,27 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--fanout", type=int, default=1,
                          help="with --replay: re-key each option into F instruments (volume)")
 
-    emulate = sub.add_parser("emulate", help="run the exchange emulator (replays a capture)")
-    emulator.add_arguments(emulate)
-
-    status = sub.add_parser("status", help="per-instrument row counts and freshness")
-    status.add_argument("--hours", type=float, default=24.0, help="look-back window (default 24 h)")
-
-    local = sub.add_parser("localdb", help="project-local PostgreSQL under ./.data")
-    localdb.add_arguments(local)
-
-    from tickvault.cli import add_commands   # import (bulk history files), query
-    add_commands(sub)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tickvault`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     _setup_logging()
     try:
         if args.command == "migrate":
             return _migrate()
+        if args.command == "run":
+            from collector_daemon import supervisor
+            return supervisor.main(args, supervisor.collect_argv(argv[argv.index("run") + 1:]))
         if args.command == "collect":
             return asyncio.run(_collect(args))
         if args.command == "emulate":
@@ -138,13 +153,8 @@ async def _collect(args: argparse.Namespace) -> int:
     if args.replay is None:
         if args.trades is not None:
             raise SettingsError("--trades needs --replay")
-        try:
-            summary = await Collector(settings).run()
-        except venue.rest_errors as exc:
-            print(f"tickvault: cannot load the instrument universe from "
-                  f"{settings.venue_settings.rest_url} ({type(exc).__name__}: {exc}); without "
-                  "internet, replay a capture: tickvault collect --replay CAPTURE", file=sys.stderr)
-            return 1
+        # an unreachable exchange is retried (and reported plainly) by the collector
+        summary = await Collector(settings).run()
     else:
         from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
         server = EmulatorServer(EmulatorConfig(venue=venue.name, capture=args.replay, trades=args.trades,

@@ -33,12 +33,14 @@ collector's CPU per row (docs/benchmarks.md, "WebSocket client").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiolimiter import AsyncLimiter
 from picows import websockets
@@ -53,6 +55,7 @@ from collector_daemon.venues import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Transport limit: larger frames close the socket (websockets error 1009), so keep it generous
 #: and reject oversized frames ourselves (``max_frame_chars``) without losing the connection.
@@ -180,6 +183,8 @@ class Connection:
         # passes the ``_accepting`` check only once a channel is being resubscribed)
         self._lost_exchange_from: int | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()     # set by stop(): ends a connect attempt or back-off
+        self._unreachable_attempts = 0      # failed connects in a row that never reached the host
         self.connects = 0
         #: monotonic time since when the socket is down (None while connected)
         self.down_since: float | None = time.monotonic()
@@ -196,8 +201,15 @@ class Connection:
         attempt = 0
         while not self._stopping:
             try:
-                async with connect(self.url, max_size=TRANSPORT_MAX_SIZE, compression=None,
-                                   open_timeout=10, close_timeout=2, **self._socket_options) as ws:
+                ws = await self._unless_stopped(connect(
+                    self.url, max_size=TRANSPORT_MAX_SIZE, compression=None, open_timeout=10,
+                    close_timeout=2, **self._socket_options))
+                if ws is None or self._stopping:   # stopped while connecting: nothing received
+                    if ws is not None:
+                        await ws.close(1000, "collector shutdown")
+                    break
+                async with ws:
+                    self._unreachable_attempts = 0
                     self._ws = ws
                     self.down_since = None
                     self.connects += 1
@@ -245,14 +257,47 @@ class Connection:
                 self.stats.reconnects += 1
                 delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
                 attempt += 1
+                self._report_unreachable(exc)
                 log.warning("%s: disconnected (%s); reconnecting in %.1f s",
                             self.connection_id, reason, delay)
-                await asyncio.sleep(delay)
+                await self._unless_stopped(asyncio.sleep(delay))   # a stop ends the back-off
         await self._event("disconnect", reason="shutdown")
+
+    async def _unless_stopped(self, awaitable: Awaitable[T]) -> T | None:
+        """Await ``awaitable`` unless :meth:`stop` comes first (then it is cancelled and None
+        returned): connecting and the reconnect back-off never hold a shutdown up."""
+        task = asyncio.ensure_future(awaitable)
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            return None
+        return task.result()
+
+    def _report_unreachable(self, exc: BaseException) -> None:
+        """After ``UNREACHABLE_REPORT_AFTER`` failed connects in a row that never reached the
+        exchange (name resolution failed, connection refused or timed out), say so plainly,
+        once per outage, and point to the replay; the reconnects go on."""
+        cause = unreachable_cause(exc)
+        if cause is None:
+            return
+        self._unreachable_attempts += 1
+        if self._unreachable_attempts == UNREACHABLE_REPORT_AFTER:
+            log.error("%s: cannot reach the exchange at %s after %d attempts: %s. Is this machine "
+                      "offline? Still retrying (back-off capped at %.0f s). Without internet, "
+                      "replay a capture instead: scripts/run --replay CAPTURE", self.connection_id,
+                      self.url, self._unreachable_attempts, cause, self.backoff_max_s)
 
     async def stop(self) -> None:
         """Stop reading: close the socket. Rows already received stay in the pipeline."""
         self._stopping = True
+        self._stopped.set()
         if self._retry_task is not None:
             self._retry_task.cancel()
         if self._ws is not None:
@@ -562,6 +607,37 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random |
         raise ValueError(f"bad backoff: attempt {attempt}, min {min_s} s, max {max_s} s")
     ceiling = min(max_s, min_s * 2.0 ** min(attempt + 1, 64))
     return (rng or random).uniform(max(min_s, ceiling / 2), ceiling)
+
+
+#: Failed connects in a row (host not reached) before the plain "cannot reach" error is logged.
+UNREACHABLE_REPORT_AFTER = 3
+
+
+def unreachable_cause(exc: BaseException) -> str | None:
+    """A plain-words reason when ``exc`` means the host was never reached (``socket.gaierror``:
+    name resolution failed; ``ConnectionRefusedError``; a connect timeout; no route), else None
+    (the host answered: a closed or refused WebSocket is not "unreachable"). Exceptions that
+    wrap another (an HTTP client's ``ConnectError``) are looked through."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = _unreachable_cause(exc)
+        if cause is not None:
+            return cause
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _unreachable_cause(exc: BaseException) -> str | None:
+    if isinstance(exc, socket.gaierror):
+        return f"name resolution failed ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "connection timed out"
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionResetError):
+        return f"{exc.strerror or exc}"
+    return None
 
 
 def _is_replay_end(exc: BaseException) -> bool:

@@ -23,7 +23,9 @@ import asyncpg
 from aiolimiter import AsyncLimiter
 
 from collector_daemon import __version__
-from collector_daemon.connection import Connection, Watchdog
+from collector_daemon.connection import (
+    UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, unreachable_cause,
+)
 from collector_daemon.core.recovery import GapRecovery
 from collector_daemon.core.universe import UNIVERSE_CHANNEL, apply_universe, read_universe
 from collector_daemon.gaps import GapKeeper
@@ -38,6 +40,22 @@ from collector_daemon.storage.writer import BatchWriter
 from collector_daemon.venues import RestClient, get_venue
 
 log = logging.getLogger(__name__)
+
+#: Seconds a stop by signal gives the last spool drain when the database is down (the batches
+#: not written by then stay in the spool for the next start) and the last gap recovery (gaps not
+#: recovered by then stay open for Dagster's backfill); the end of a replay drains longer.
+SIGNAL_DRAIN_S = 1.0
+SIGNAL_RECOVERY_S = 1.0
+PIPELINE_DRAIN_S = 10.0
+#: Bound of each closing database step (last heartbeat, closing the pool), s.
+CLOSE_STEP_S = 1.0
+
+
+def _where(dsn: str) -> str:
+    """host:port/dbname of a DSN, without user or password (for the log)."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(dsn)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
 @dataclass
@@ -154,14 +172,20 @@ class Collector:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        await self.writer.open()
+        log.info("connecting to the database at %s", _where(self.settings.database_url.get_secret_value()))
+        if not await self._unless_stopped(self.writer.open()):
+            log.info("stopped while waiting for the database: nothing was received, nothing to write")
+            await self.writer.close()
+            return self._summary(started)
         self.pipeline.start()
         self._start_metrics()
         self.gaps = GapKeeper(self.venue.name, self.writer.pool, self._recover, streams=self.streams,
                               spool=self.spool, write_timeout_s=self.settings.write_timeout_s)
-        seeded = await self.gaps.seed()
+        if not await self._unless_stopped(self.gaps.seed()):
+            return await self._stopped_at_start(started)
         log.info("sequence tracking (%s) seeded for %d instruments",
-                 ", ".join(self.gaps.sequenced_streams) or "no sequenced stream", seeded)
+                 ", ".join(self.gaps.sequenced_streams) or "no sequenced stream",
+                 sum(len(v) for v in self.gaps.last.values()))
         concurrency = self.settings.rest_max_concurrency
         history = (self.venue.rest_client(self.venue_settings, base_url=self.venue_settings.history_url,
                                           max_concurrency=concurrency)
@@ -170,7 +194,10 @@ class Collector:
                                           max_concurrency=concurrency) as rest:
             self.recovery = GapRecovery(self.venue, self.venue_settings, self.writer.sibling(), rest,
                                         history, max_concurrency=concurrency)
-            await self._refresh_universe(rest)
+            if not await self._unless_stopped(self._first_universe(rest)):
+                if history is not None:
+                    await history.aclose()
+                return await self._stopped_at_start(started)
             self._running = True
             for conn in self.connections:
                 self._conn_tasks.append(asyncio.create_task(conn.run(), name=conn.connection_id))
@@ -206,14 +233,20 @@ class Collector:
                 if history is not None:
                     await history.aclose()
                 raise writer_task.exception()
-            await self.pipeline.close()
+            # stopped by a signal: the whole stop must fit in STOP_BUDGET_S (container runtimes
+            # and systemd kill after ~10 s); what the database cannot take in time is spooled,
+            # gaps not recovered in time stay open for Dagster
+            signalled = self._stop.is_set()
+            await self.pipeline.close(
+                drain_timeout_s=SIGNAL_DRAIN_S if signalled else PIPELINE_DRAIN_S)
             for conn in self.connections:
                 conn.close_pending_window()
             # record the gaps found at the very end and recover what REST can in
             # shutdown_recovery_s; then the recovery gives up (within ~0.2 s) and leaves the rest
             # open for Dagster
-            give_up = asyncio.get_running_loop().call_later(self.settings.shutdown_recovery_s,
-                                                            self._give_up.set)
+            give_up = asyncio.get_running_loop().call_later(
+                min(self.settings.shutdown_recovery_s, SIGNAL_RECOVERY_S) if signalled
+                else self.settings.shutdown_recovery_s, self._give_up.set)
             try:
                 await self.gaps.close()
             except Exception as exc:  # noqa: BLE001 - open gaps are left to the Dagster backfill
@@ -222,19 +255,78 @@ class Collector:
                 give_up.cancel()
                 if history is not None:
                     await history.aclose()
-        try:
-            await self._heartbeat(stopped=True)
-        except Exception as exc:  # noqa: BLE001 - the status row only; the data is flushed
-            log.warning("collector_status: could not record the shutdown: %s", exc)
-        await self.writer.close()
-        if self._metrics is not None:
-            self._metrics.stop()
+        await self._close_database()
         self._log_stats()
         if failed is not None:
             raise RuntimeError(f"collector stopped by a failed task: {failed!r}") from failed
+        return self._summary(started)
+
+    def _summary(self, started: float) -> Summary:
         return Summary(time.monotonic() - started, self.stats.messages,
                        dict(self.stats.rows_received), dict(self.writer.rows_written),
                        dict(self.writer.rows_duplicate), self.stats.rejected, self.stats.reconnects)
+
+    async def _close_database(self) -> None:
+        """The last heartbeat (``stopped_at``), then the pool; each bounded in time (the data is
+        flushed or spooled by now: a database gone away must not hold the stop up)."""
+        try:
+            await asyncio.wait_for(self._heartbeat(stopped=True), CLOSE_STEP_S)
+        except Exception as exc:  # noqa: BLE001 - the status row only; the data is flushed
+            log.warning("collector_status: could not record the shutdown: %r", exc)
+        try:
+            await asyncio.wait_for(self.writer.close(), CLOSE_STEP_S)
+        except (asyncio.TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("database pool did not close cleanly (%r): terminating it", exc)
+            self.writer.terminate()
+        if self._metrics is not None:
+            self._metrics.stop()
+
+    async def _stopped_at_start(self, started: float) -> Summary:
+        """Stopped before any connection ran: flush the (empty or event-only) pipeline, close."""
+        log.info("stopped during start-up")
+        await self.pipeline.close(drain_timeout_s=SIGNAL_DRAIN_S)
+        await self._close_database()
+        return self._summary(started)
+
+    async def _unless_stopped(self, awaitable) -> bool:
+        """Await ``awaitable`` unless a stop is requested first (then cancel it): False when
+        stopped. Start-up waits (database unreachable, exchange unreachable) use it, so a
+        signal is never ignored."""
+        task = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()   # its exception, if any
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+
+    async def _first_universe(self, rest: RestClient) -> None:
+        """The first universe load, retried with the reconnect back-off while the venue's REST
+        API cannot be reached (offline machine, exchange down); after
+        ``UNREACHABLE_REPORT_AFTER`` failures the log says so plainly, once, and points to the
+        replay. Cancelled by a stop (:meth:`_unless_stopped`)."""
+        attempt = 0
+        while True:
+            try:
+                await self._refresh_universe(rest)
+                return
+            except self.venue.rest_errors as exc:
+                attempt += 1
+                delay = backoff_delay(attempt - 1, self.settings.backoff_min_s, self.settings.backoff_max_s)
+                if attempt == UNREACHABLE_REPORT_AFTER:
+                    cause = unreachable_cause(exc) or f"{type(exc).__name__}: {exc}"
+                    log.error("cannot load the instrument universe from %s after %d attempts: %s. "
+                              "Is this machine offline? Still retrying (back-off capped at %.0f s). "
+                              "Without internet, replay a capture instead: scripts/run --replay "
+                              "CAPTURE", self.rest_url, attempt, cause, self.settings.backoff_max_s)
+                log.warning("universe: %s at %s (%s); waiting %.1f s before trying again",
+                            type(exc).__name__, self.rest_url, exc, delay)
+                await asyncio.sleep(delay)
 
     async def _connections_ended(self) -> None:
         """Returns when the replay is over (live connections never end): every connection task

@@ -208,10 +208,18 @@ class BatchWriter:
             await self.pool.close()
         self.pool = None
 
+    def terminate(self) -> None:
+        """Close the pool's connections at once, without waiting for the server (shutdown
+        with the database gone; a :meth:`sibling` only lets go of the pool)."""
+        if self.pool is not None and self._owns_pool:
+            self.pool.terminate()
+        self.pool = None
+
     def _retrying(self, retry: Callable[[BaseException], bool] = is_transient) -> AsyncRetrying:
         def before_sleep(state) -> None:
             exc = state.outcome.exception()
-            log.warning("database unavailable (%s: %s); retrying", type(exc).__name__, exc)
+            log.warning("database unavailable (%s: %s); waiting %.1f s before retrying",
+                        type(exc).__name__, exc, state.next_action.sleep if state.next_action else 0.0)
             if self._on_retry is not None:
                 self._on_retry(exc)
         return AsyncRetrying(retry=retry_if_exception(retry),

@@ -184,7 +184,7 @@ def test_verify_full_for_migrations_collector_psycopg_export_and_dagster(
     # Dagster's run/event/schedule storage (dagster-postgres) from the repo's dagster.yaml
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "orchestration" / "dagster.yaml", home / "dagster.yaml")
     assert yaml.safe_load((home / "dagster.yaml").read_text())["storage"]["postgres"] == {
         "postgres_url": {"env": "DAGSTER_PG_URL"}}
     monkeypatch.setenv("DAGSTER_PG_URL", tls_server.url("dagster", scheme="postgresql+psycopg2"))

@@ -120,7 +120,7 @@ def test_webserver_daemon_lineage_and_backfill(pg_timescale, migrated_db_url, tr
     dagster_dsn = pg_timescale.create_database(dagster_db)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "orchestration" / "dagster.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
