@@ -186,7 +186,7 @@ def _status(args: argparse.Namespace) -> int:
         try:
             collectors = conn.execute(STATUS_COLLECTORS_SQL).fetchall()
             streams = status_streams(conn, registered)
-            stream_names, rows = status_instruments(conn, registered, args.hours)
+            stream_names, window, rows = status_instruments(conn, registered, args.hours)
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
             print(f"tickvault status: the database schema is missing or older than this version "
                   f"({exc.diag.message_primary}): run `tickvault migrate`", file=sys.stderr)
@@ -205,20 +205,29 @@ def _status(args: argparse.Namespace) -> int:
               f"reconnects {stats.get('reconnects')}")
     if not collectors:
         print("  (none)")
-    print("streams (gaps: count / total duration):")
-    print(f"  {'venue':8} {'stream':7} {'last message':>13} {'rows today':>11}  {'open':>16} {'backfilled':>16} {'unrecoverable':>16}")
-    for venue, stream, age, today, on, od, bn, bd, un, ud in streams:
+    utc = dt.timezone.utc
+    print("streams (rows: the 24 h of data up to the stream's newest row; gaps: count / total "
+          "duration):")
+    print(f"  {'venue':8} {'stream':7} {'last received':>13} {'newest exchange_ts (UTC)':>24} "
+          f"{'rows':>9}  {'open':>16} {'backfilled':>16} {'unrecoverable':>16}")
+    for venue, stream, age, n, newest, on, od, bn, bd, un, ud in streams:
         age_s = f"{age.total_seconds():.0f} s ago" if age is not None else "-"
-        print(f"  {venue:8} {stream:7} {age_s:>13} {today:>11}  {_gaps(on, od):>16} {_gaps(bn, bd):>16} "
-              f"{_gaps(un, ud):>16}")
+        newest_s = f"{newest.astimezone(utc):%Y-%m-%d %H:%M:%S}" if newest is not None else "-"
+        print(f"  {venue:8} {stream:7} {age_s:>13} {newest_s:>24} {n:>9}  {_gaps(on, od):>16} "
+              f"{_gaps(bn, bd):>16} {_gaps(un, ud):>16}")
     if not streams:
         print("  (none)")
-    print(f"instruments, last {args.hours:g} h of data:")
+    if window is None:
+        print("instruments: no rows stored")
+    else:
+        print(f"instruments, rows from {window[0].astimezone(utc):%Y-%m-%d %H:%M:%S} to "
+              f"{window[1].astimezone(utc):%Y-%m-%d %H:%M:%S} UTC (exchange time: the last "
+              f"{args.hours:g} h of data, --hours):")
     counts = " ".join(f"{s:>9}" for s in stream_names)
     print(f"  {'venue':8} {'instrument':28} {counts}  {'newest exchange_ts (UTC)':26} {'received':>10}")
     for venue, name, per_stream, last, age in rows:
         age_s = f"{age.total_seconds():.0f} s ago" if age is not None else "-"
-        last_s = last.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if last else "-"
+        last_s = last.astimezone(utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if last else "-"
         counts = " ".join(f"{per_stream.get(s, 0):9d}" for s in stream_names)
         print(f"  {venue:8} {name:28} {counts}  {last_s:26} {age_s:>10}")
     if not rows:

@@ -290,7 +290,7 @@ class Connection:
         self._unreachable_attempts += 1
         if self._unreachable_attempts == UNREACHABLE_REPORT_AFTER:
             log.error("%s: cannot reach the exchange at %s after %d attempts: %s. Is this machine "
-                      "offline? Still retrying (back-off capped at %.0f s). Without internet, "
+                      "offline? Still retrying (back-off capped at %g s). Without internet, "
                       "replay a capture instead: scripts/run --replay CAPTURE", self.connection_id,
                       self.url, self._unreachable_attempts, cause, self.backoff_max_s)
 

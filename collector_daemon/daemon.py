@@ -92,7 +92,9 @@ class Collector:
             backoff, metrics), from :func:`collector_daemon.settings.load_settings`.
         ws_url / rest_url: override the venue endpoints (the emulator in replay mode): one URL
             for every WebSocket endpoint, or a dict per endpoint key.
-        stop_on_replay_end: finish when the server ends the replay (``collect --replay``).
+        stop_on_replay_end: finish when the server ends the replay (``collect --replay``); a
+            replay also leaves exchange->receive latency out of stats and metrics (exchange_ts
+            is the capture's clock, years behind the receive time).
         fresh_universe: take the first universe from REST and write it to the table even when
             the table holds one (``collect --replay``: the emulator is another world).
     """
@@ -321,7 +323,7 @@ class Collector:
                 if attempt == UNREACHABLE_REPORT_AFTER:
                     cause = unreachable_cause(exc) or f"{type(exc).__name__}: {exc}"
                     log.error("cannot load the instrument universe from %s after %d attempts: %s. "
-                              "Is this machine offline? Still retrying (back-off capped at %.0f s). "
+                              "Is this machine offline? Still retrying (back-off capped at %g s). "
                               "Without internet, replay a capture instead: scripts/run --replay "
                               "CAPTURE", self.rest_url, attempt, cause, self.settings.backoff_max_s)
                 log.warning("universe: %s at %s (%s); waiting %.1f s before trying again",
@@ -525,11 +527,14 @@ class Collector:
 
     def _log_stats(self) -> None:
         s = self.stats.snapshot()
+        # in a replay exchange_ts is the capture's (years old): no exchange->receive latency
+        exchange = ("" if self.stop_on_replay_end else
+                    f" exchange->receive p50/p99={s['exchange_to_receive_ms_p50']}/"
+                    f"{s['exchange_to_receive_ms_p99']} ms")
         log.info("stats: messages=%d rows=%s duplicates=%s rejected=%d queue=%d reconnects=%d "
-                 "channels=%d exchange->receive p50/p99=%s/%s ms receive->commit p50/p99=%s/%s ms",
+                 "channels=%d%s receive->commit p50/p99=%s/%s ms",
                  s["messages"], s["rows_written"], s["rows_duplicate"], s["rejected"],
-                 s["queue_depth"], s["reconnects"], s["subscribed_channels"],
-                 s["exchange_to_receive_ms_p50"], s["exchange_to_receive_ms_p99"],
+                 s["queue_depth"], s["reconnects"], s["subscribed_channels"], exchange,
                  s["receive_to_commit_ms_p50"], s["receive_to_commit_ms_p99"])
 
     # ------------------------------------------------------------------ callbacks
@@ -538,7 +543,8 @@ class Collector:
             now_us = time.time_ns() // 1000
             ex, rx = table.exchange_ts_index, table.columns.index("receive_ts")
             sample = rows[::max(1, len(rows) // 200)]
-            self.stats.exchange_latency.add_many([(r[rx] - r[ex]) / 1000 for r in sample])
+            if not self.stop_on_replay_end:   # a replay's exchange_ts is the capture's clock
+                self.stats.exchange_latency.add_many([(r[rx] - r[ex]) / 1000 for r in sample])
             self.stats.commit_latency.add_many([(now_us - r[rx]) / 1000 for r in sample])
 
     def _lost_window(self, connection_id: str, start_us: int, end_us: int | None,

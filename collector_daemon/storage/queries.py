@@ -8,6 +8,8 @@ The asyncpg functions expect a connection set up by ``writer.init_connection`` (
 
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import time
 
@@ -86,20 +88,20 @@ def _stream_tables(venues) -> list[tuple[str, str, str]]:
 
 def status_streams(conn, venues) -> list[tuple]:
     """Per venue and stream for ``tickvault status`` (psycopg): ``(venue, stream, age of the
-    newest row received, rows today (UTC), open n, open duration, backfilled n, duration,
-    unrecoverable n, duration)``; gaps by status with their total duration. Streams come from
-    the venue registry (``venues``); only the last day of data (back from the newest exchange
-    timestamp stored) is read."""
+    newest row received, rows in the day of data up to the newest exchange timestamp, that
+    newest exchange timestamp, open n, open duration, backfilled n, duration, unrecoverable n,
+    duration)``; gaps by status with their total duration. Streams come from the venue registry
+    (``venues``); only that last day of data is read (a replay's day of 2021 counts like
+    today's)."""
     data: dict[tuple[str, str], tuple] = {}
     for venue, stream, table in _stream_tables(venues):
         row = conn.execute(
-            f"SELECT now() - max(receive_ts), count(*) FILTER (WHERE exchange_ts >= "
-            f"date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'), count(*) "
+            f"SELECT now() - max(receive_ts), count(*), max(exchange_ts) "
             f"FROM {table}, (SELECT max(exchange_ts) AS newest FROM {table} WHERE venue = %(v)s) m "
             f"WHERE venue = %(v)s AND exchange_ts >= m.newest - interval '1 day'",
             {"v": venue}).fetchone()
-        if row[2]:
-            data[(venue, stream)] = row[:2]
+        if row[1]:
+            data[(venue, stream)] = row
     gaps = {(r[0], r[1]): r[2:] for r in conn.execute(
         "SELECT venue, stream, count(*) FILTER (WHERE status = 'open'), "
         "coalesce(sum(gap_end - gap_start) FILTER (WHERE status = 'open'), interval '0'), "
@@ -110,24 +112,25 @@ def status_streams(conn, venues) -> list[tuple]:
         "FROM data_gaps GROUP BY venue, stream")}
     out = []
     for key in sorted(set(data) | set(gaps)):
-        age, today = data.get(key, (None, 0))
+        age, rows, newest = data.get(key, (None, 0, None))
         g = gaps.get(key, (0, None, 0, None, 0, None))
-        out.append((*key, age, today, *g))
+        out.append((*key, age, rows, newest, *g))
     return out
 
 
-def status_instruments(conn, venues, hours: float) -> tuple[list[str], list[tuple]]:
+def status_instruments(conn, venues, hours: float) -> tuple[list[str], tuple | None, list[tuple]]:
     """Per-instrument rows and freshness for ``tickvault status`` (psycopg): the last ``hours``
     of data, counted back from the newest exchange timestamp stored. Returns the stream names
-    (column order) and rows ``(venue, instrument_name, {stream: rows}, newest exchange_ts, age
-    of the newest row received)``."""
+    (column order), the window ``(start, end)`` (end = the newest exchange timestamp stored;
+    None without rows) and rows ``(venue, instrument_name, {stream: rows}, newest exchange_ts,
+    age of the newest row received)``."""
     tables = _stream_tables(venues)
     newest = [conn.execute(f"SELECT max(exchange_ts) FROM {t}").fetchone()[0]
               for t in dict.fromkeys(t for _, _, t in tables)]
     newest = [n for n in newest if n is not None]
     streams = list(dict.fromkeys(s for _, s, _ in tables))
     if not newest:
-        return streams, []
+        return streams, None, []
     since = max(newest)
     per: dict[tuple[str, str], list] = {}
     for venue, stream, table in tables:
@@ -142,7 +145,9 @@ def status_instruments(conn, venues, hours: float) -> tuple[list[str], list[tupl
             entry[2] = age if entry[2] is None else min(entry[2], age)
     present = {v for v, _ in per}      # columns only for the venues with rows in the window
     streams = list(dict.fromkeys(s for v, s, _ in tables if v in present))
-    return streams, [(v, name, *e) for (v, name), e in sorted(per.items())]
+    since = since.astimezone(dt.timezone.utc)   # wall-clock arithmetic in a DST zone is off by 1 h
+    window = (since - dt.timedelta(hours=hours), since)
+    return streams, window, [(v, name, *e) for (v, name), e in sorted(per.items())]
 
 
 STATUS_COLLECTORS_SQL = """

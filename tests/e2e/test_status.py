@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ def test_status_shows_collectors_streams_gaps_and_instruments(migrated_db_url, t
             "('deribit', 'trades', '2021-04-05 17:48:00Z', '2021-04-05 17:48:30Z', 'test', 'open')")
         per_instrument = dict(conn.execute(
             "SELECT instrument_name, count(*) FROM quotes GROUP BY 1").fetchall())
+        newest = conn.execute("SELECT max(exchange_ts) AT TIME ZONE 'UTC' FROM quotes").fetchone()[0]
         started, stopped_after_s = conn.execute(
             "SELECT started_at AT TIME ZONE 'UTC', extract(epoch FROM stopped_at - heartbeat_at) "
             "FROM collector_status").fetchone()
@@ -49,8 +51,15 @@ def test_status_shows_collectors_streams_gaps_and_instruments(migrated_db_url, t
                      r"database\), started ", dead), dead
     assert f"messages {summary.messages}" in collector and "rejected 0" in collector
 
+    # headings say what is shown: the stream's rows are its last day of data (a replay of 2021:
+    # all 197 quotes, not "0 today"), the instrument table names its window in exchange time
+    assert "today" not in out and "last 24 h" not in out
     quotes = next(line for line in lines if re.match(r"\s+deribit\s+quotes\s", line))
-    assert re.search(r"\d+ s ago\s+0\s+0\s+0\s+2 / 14\.5 s$", quotes), quotes   # no quotes "today"
+    assert re.search(rf"\d+ s ago\s+{newest:%Y-%m-%d %H:%M:%S}\s+197\s+0\s+0\s+2 / 14\.5 s$",
+                     quotes), quotes
+    window = f"rows from {newest - dt.timedelta(hours=100000):%Y-%m-%d %H:%M:%S} to {newest:%Y-%m-%d %H:%M:%S} UTC"
+    assert any(line.startswith(f"instruments, {window} (exchange time: the last 100000 h of data")
+               for line in lines), out
     trades = next(line for line in lines if re.match(r"\s+deribit\s+trades\s", line))
     assert re.search(r"1 / 30\.0 s\s+0\s+0$", trades), trades
 

@@ -5,19 +5,24 @@ quotes them)."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from collector_daemon.storage.localdb import LocalPostgres
 from collector_daemon.storage.migrate import migrate
+from replay_helpers import CAPTURE as REPLAY_CAPTURE
 
 FIGURES: dict[str, dict] = {}
 
@@ -80,3 +85,39 @@ class RssSampler:
 
     def peak(self, since: float = 0.0, until: float = float("inf")) -> float:
         return max((r for t, r in self.samples if since <= t <= until), default=0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def emulator_process(tmp_path: Path, real: Path, *args: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """``tickvault emulate CAPTURE ARGS`` on a free port (its own process, so its counts survive the
+    collector's); yields (stats URL, the collector's endpoint variables) and SIGTERMs it after."""
+    port = free_port()
+    proc = tickvault("emulate", str(real / REPLAY_CAPTURE), "--port", str(port), *args,
+                     env=dict(os.environ), log=tmp_path / "emulator.log")
+    stats_url = f"http://127.0.0.1:{port}/emulator/stats"
+    try:
+        wait_http(stats_url)
+        yield stats_url, {"TICKVAULT_DERIBIT_WS_URL": f"ws://127.0.0.1:{port}/ws/api/v2",
+                          "TICKVAULT_DERIBIT_REST_URL": f"http://127.0.0.1:{port}/api/v2",
+                          "TICKVAULT_TOP_N": "all"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)

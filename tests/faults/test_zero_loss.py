@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from collector_daemon.emulator.replay import Faults
-from faults.conftest import RssSampler, collector_env, tickvault
+from faults.conftest import RssSampler, collector_env, emulator_process, tickvault
 from replay_helpers import CAPTURE, TRADES_CSV, capture_tickers, db_quotes, replay
 
 pytestmark = pytest.mark.realdata
@@ -103,25 +103,6 @@ def assert_gaps_cover_windows(dsn: str, stats: dict, lag_ms: int) -> None:
             last, first = w["last_sent_ms"] * 1000, w["first_sent_ms"] * 1000
             assert last - lag_ms * 1000 <= start_us <= last, (stream, w, start_us)
             assert first - lag_ms * 1000 <= end_us <= first, (stream, w, end_us)
-
-
-@contextmanager
-def emulator_process(tmp_path: Path, real: Path, *args: str) -> Iterator[tuple[str, dict[str, str]]]:
-    """``tickvault emulate CAPTURE ARGS`` on a free port (its own process, so its counts survive the
-    collector's); yields (stats URL, the collector's endpoint variables) and SIGTERMs it after."""
-    port = _free_port()
-    proc = tickvault("emulate", str(real / CAPTURE), "--port", str(port), *args,
-                     env=dict(os.environ), log=tmp_path / "emulator.log")
-    stats_url = f"http://127.0.0.1:{port}/emulator/stats"
-    try:
-        _wait_http(stats_url)
-        yield stats_url, {"TICKVAULT_DERIBIT_WS_URL": f"ws://127.0.0.1:{port}/ws/api/v2",
-                          "TICKVAULT_DERIBIT_REST_URL": f"http://127.0.0.1:{port}/api/v2",
-                          "TICKVAULT_TOP_N": "all"}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
 
 
 def wait_replay_finished(stats_url: str, timeout: float = 120) -> None:
@@ -406,21 +387,3 @@ def test_silent_exchange_is_detected_and_reconnected(migrated_db_url, tmp_path, 
     assert stats["clients"][0]["notifications"] == 40            # then the first connection went silent
     assert_quotes_match_sent(migrated_db_url, stats["totals"]["frames_by_instrument"]["ticker"])
     figures.update(watchdog_reconnects=len(watchdog), reason=watchdog[0][1], last_sent_ms=first_silent)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
