@@ -20,7 +20,7 @@ import psutil
 import psycopg
 import pytest
 
-from faults.conftest import collector_env, emulator_process, free_port, tickvault
+from faults.conftest import collector_env, emulator_process, free_port, own_pg, tickvault  # noqa: F401 (own_pg: a fixture)
 from replay_helpers import CAPTURE
 
 STOP_LIMIT_S = 5.0
@@ -216,7 +216,7 @@ def test_run_replay_brings_up_the_platform_and_ctrl_c_stops_it_all(db_url, tmp_p
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'quotes'"
                                 ).fetchone()[0] == 0
         readme = _readme_dagster_block(tmp_path, data)
-        assert "instrument_universe_hourly" in readme and "RUNNING" in readme, readme
+        assert "Schedule: universe_hourly [RUNNING]" in readme, readme
 
         tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         names = {psutil.Process(p).name() for p in tree}
