@@ -33,7 +33,6 @@ collector's CPU per row (docs/benchmarks.md, "WebSocket client").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
@@ -201,7 +200,7 @@ class Connection:
         attempt = 0
         while not self._stopping:
             try:
-                ws = await self._unless_stopped(connect(
+                _, ws = await unless_set(self._stopped, connect(
                     self.url, max_size=TRANSPORT_MAX_SIZE, compression=None, open_timeout=10,
                     close_timeout=2, **self._socket_options))
                 if ws is None or self._stopping:   # stopped while connecting: nothing received
@@ -260,25 +259,8 @@ class Connection:
                 self._report_unreachable(exc)
                 log.warning("%s: disconnected (%s); reconnecting in %.1f s",
                             self.connection_id, reason, delay)
-                await self._unless_stopped(asyncio.sleep(delay))   # a stop ends the back-off
+                await unless_set(self._stopped, asyncio.sleep(delay))   # a stop ends the back-off
         await self._event("disconnect", reason="shutdown")
-
-    async def _unless_stopped(self, awaitable: Awaitable[T]) -> T | None:
-        """Await ``awaitable`` unless :meth:`stop` comes first (then it is cancelled and None
-        returned): connecting and the reconnect back-off never hold a shutdown up."""
-        task = asyncio.ensure_future(awaitable)
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        if task.cancelled():
-            return None
-        return task.result()
 
     def _report_unreachable(self, exc: BaseException) -> None:
         """After ``UNREACHABLE_REPORT_AFTER`` failed connects in a row that never reached the
@@ -607,6 +589,25 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random |
         raise ValueError(f"bad backoff: attempt {attempt}, min {min_s} s, max {max_s} s")
     ceiling = min(max_s, min_s * 2.0 ** min(attempt + 1, 64))
     return (rng or random).uniform(max(min_s, ceiling / 2), ceiling)
+
+
+async def unless_set(event: asyncio.Event, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
+    """Await ``awaitable`` unless ``event`` is set first (then it is cancelled): ``(True,
+    its result)`` or ``(False, None)``. Its exception, if it finished with one, is raised. Every
+    wait a stop must be able to end goes through this (connecting, the reconnect back-off, the
+    database and the exchange at start)."""
+    task = asyncio.ensure_future(awaitable)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False, None
+    return True, task.result()
 
 
 #: Failed connects in a row (host not reached) before the plain "cannot reach" error is logged.

@@ -24,7 +24,7 @@ from aiolimiter import AsyncLimiter
 
 from collector_daemon import __version__
 from collector_daemon.connection import (
-    UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, unreachable_cause,
+    UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, unless_set, unreachable_cause,
 )
 from collector_daemon.core.recovery import GapRecovery
 from collector_daemon.core.universe import UNIVERSE_CHANNEL, apply_universe, read_universe
@@ -175,7 +175,7 @@ class Collector:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         log.info("connecting to the database at %s", _where(self.settings.database_url.get_secret_value()))
-        if not await self._unless_stopped(self.writer.open()):
+        if not (await unless_set(self._stop, self.writer.open()))[0]:
             log.info("stopped while waiting for the database: nothing was received, nothing to write")
             await self.writer.close()
             return self._summary(started)
@@ -183,7 +183,7 @@ class Collector:
         self._start_metrics()
         self.gaps = GapKeeper(self.venue.name, self.writer.pool, self._recover, streams=self.streams,
                               spool=self.spool, write_timeout_s=self.settings.write_timeout_s)
-        if not await self._unless_stopped(self.gaps.seed()):
+        if not (await unless_set(self._stop, self.gaps.seed()))[0]:
             return await self._stopped_at_start(started)
         log.info("sequence tracking (%s) seeded for %d instruments",
                  ", ".join(self.gaps.sequenced_streams) or "no sequenced stream",
@@ -196,7 +196,7 @@ class Collector:
                                           max_concurrency=concurrency) as rest:
             self.recovery = GapRecovery(self.venue, self.venue_settings, self.writer.sibling(), rest,
                                         history, max_concurrency=concurrency)
-            if not await self._unless_stopped(self._first_universe(rest)):
+            if not (await unless_set(self._stop, self._first_universe(rest)))[0]:
                 if history is not None:
                     await history.aclose()
                 return await self._stopped_at_start(started)
@@ -290,28 +290,11 @@ class Collector:
         await self._close_database()
         return self._summary(started)
 
-    async def _unless_stopped(self, awaitable) -> bool:
-        """Await ``awaitable`` unless a stop is requested first (then cancel it): False when
-        stopped. Start-up waits (database unreachable, exchange unreachable) use it, so a
-        signal is never ignored."""
-        task = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            task.result()   # its exception, if any
-            return True
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return False
-
     async def _first_universe(self, rest: RestClient) -> None:
         """The first universe load, retried with the reconnect back-off while the venue's REST
         API cannot be reached (offline machine, exchange down); after
         ``UNREACHABLE_REPORT_AFTER`` failures the log says so plainly, once, and points to the
-        replay. Cancelled by a stop (:meth:`_unless_stopped`)."""
+        replay. Cancelled by a stop (:func:`~collector_daemon.connection.unless_set`)."""
         attempt = 0
         while True:
             try:

@@ -12,13 +12,10 @@ import asyncio
 import csv
 import gzip
 import json
-import os
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
