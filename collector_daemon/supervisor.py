@@ -340,7 +340,18 @@ def main(args: argparse.Namespace, collect_argv: list[str]) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     platform: Platform | None = None
     try:
-        platform = start(args, collect_argv, stopping)
+        try:
+            platform = start(args, collect_argv, stopping)
+        except FileNotFoundError as exc:
+            print(f"tickvault run: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            from collector_daemon.storage.localdb import LocalPostgresError
+            import psycopg
+            if not isinstance(exc, (LocalPostgresError, psycopg.Error)):
+                raise
+            print(f"tickvault run: the database could not be prepared: {exc}", file=sys.stderr)
+            return 1
         print(f"tickvault run: logs of the collector(s) here; Dagster's in "
               f"{args.data_dir.absolute() / 'logs'}/dagster-{{grpc,webserver,daemon}}.log; "
               f"DAGSTER_HOME={platform.dagster_home}", file=sys.stderr, flush=True)
