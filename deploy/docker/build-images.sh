@@ -21,6 +21,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DOCKER_BUILDKIT=1
+# a docker CLI that builds with BuildKit: a newer CLI needs the buildx plugin for it; Debian's
+# docker.io (20.10) has it built in
+docker() {
+  if command docker buildx version >/dev/null 2>&1 || ! [ -x /usr/bin/docker ]; then command docker "$@"
+  else /usr/bin/docker "$@"; fi
+}
 PREFIX=${LOCAL_IMAGE_PREFIX:-tickvault-local}
 DEBIAN_IMAGE=$PREFIX/debian:bookworm
 PYTHON_IMAGE=$PREFIX/python:3.11
@@ -30,7 +36,7 @@ TICKVAULT_IMAGE=${TICKVAULT_IMAGE:-tickvault:local}
 
 log() { echo "build-images: $*" >&2; }
 have() { [ -z "${FORCE:-}" ] && docker image inspect "$1" >/dev/null 2>&1; }
-timed() { local t=$SECONDS; "$@"; log "$1 ${*: -1}: $((SECONDS - t)) s"; }
+timed() { local t=$SECONDS; "$@"; log "$1 $2: $((SECONDS - t)) s"; }
 
 mirror() {  # the Debian mirror of this machine's apt sources
   local uri
