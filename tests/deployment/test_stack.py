@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -41,19 +40,13 @@ import pytest
 
 from conftest import skip_or_fail
 from replay_helpers import CAPTURE
-from test_dashboard import panel_queries
+from test_dashboard import _free_port, panel_queries
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "tickvault-stacktest"
 OUTAGE_S = 30
 
 pytestmark = [pytest.mark.realdata, pytest.mark.timeout(1200)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(what: str, check: Callable[[], object], timeout_s: float = 120, every_s: float = 1) -> object:
