@@ -43,7 +43,9 @@ from replay_helpers import CAPTURE
 from test_dashboard import _free_port, panel_queries
 
 REPO = Path(__file__).resolve().parents[2]
-PROJECT = "tickvault-stacktest"
+#: compose project of this run (its containers, network and volumes): unique, so two checkouts
+#: testing on one machine do not meet
+PROJECT = f"tickvault-stacktest-{os.getpid()}"
 OUTAGE_S = 30
 
 pytestmark = [pytest.mark.realdata, pytest.mark.timeout(1200)]
@@ -158,7 +160,6 @@ def stack(real_data_dir: Path) -> Iterator[Stack]:
     }
     stack = Stack(env, ports)
     stack.timings["build_s"] = time.monotonic() - t0
-    stack.compose("down", "-v", "--remove-orphans", check=False)   # leftovers of an aborted run
     try:
         t1 = time.monotonic()
         stack.compose("up", "-d", "--no-build")
