@@ -10,6 +10,19 @@ Events are spaced by their exchange timestamps divided by ``speed`` (each gap ca
 Frames are serialised once per (event, channel) and written straight to each connection's transport
 as pre-built WebSocket text frames, batched, with the connection's own ``drain()`` for
 back-pressure; nothing is ever dropped for being slow.
+
+**Fast path** (``fast=True``, a load generator for benchmarks): at ``speed="max"`` with more than
+one loop and no frame faults, loop 0 is played faithfully (every event instantiated, published,
+routed and serialised) and recorded per connection; every later loop is then one copy of that
+connection's recorded byte stream with the fields the venue declares per loop
+(:meth:`~collector_daemon.emulator.venue.VenueEmulation.loop_fields`: exchange timestamps, book
+change ids) re-written in place at fixed offsets (same digit count, so every WebSocket header stays
+valid), written in chunks of about :data:`_FAST_CHUNK` bytes with the same back-pressure. The
+bytes equal the faithful path's (a test compares them). What it does not do in later loops: call
+``publish`` (the REST state stays the one of loop 0's end), follow subscriptions changed after
+loop 0, or serve a connection opened after loop 0. When the timeline has events the venue cannot
+re-key this way (Deribit trades: new trade ids) or a frame fault is configured, the faithful path
+plays every loop and ``stats()["replay"]["fast_fallback"]`` says why.
 """
 
 from __future__ import annotations
@@ -291,6 +304,80 @@ def _frames_by_instrument(
 _MAX_SPEED_BATCH = 256
 #: ... or as soon as one client has this many bytes buffered.
 _FLUSH_BYTES = 1 << 20
+#: Fast path: bytes handed to a transport at a time (cut at frame boundaries).
+_FAST_CHUNK = 1 << 18
+
+
+class _Recording:
+    """Fast path: one connection's loop-0 byte stream and where its per-loop fields are.
+
+    Attributes:
+        frames: the WebSocket frames sent in loop 0, in order (recorded while playing it).
+        channels: the channel of each frame.
+        stamps: replay time (ms) of each frame's event, for ``last_sent_ms``.
+        template: ``b"".join(frames)`` (built by :meth:`compile`).
+        patches: per ``(width, shift)``: the offsets and loop-0 values of those fields.
+        chunks: ``(end offset, frames before it)`` at frame boundaries every ~_FAST_CHUNK bytes.
+    """
+
+    __slots__ = ("frames", "channels", "stamps", "fields", "template", "patches", "chunks",
+                 "by_channel", "ts_shift")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.channels: list[str] = []
+        self.stamps: list[int] = []
+        self.fields: list[tuple[tuple[bytes, int], ...]] = []
+        self.template = b""
+        self.patches: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+        self.chunks: list[tuple[int, int]] = []
+        self.by_channel: Counter[str] = Counter()
+        self.ts_shift = 0
+
+    def compile(self, loops: int) -> str | None:
+        """Build the template, patch table and chunks; the reason it cannot be done, or None."""
+        offset = 0
+        for frame, fields in zip(self.frames, self.fields):
+            for prefix, shift in fields:
+                at = frame.find(prefix)
+                if at < 0:
+                    continue                    # field absent (a book snapshot's prev_change_id)
+                if frame.find(prefix, at + 1) >= 0:
+                    return f"field {prefix!r} occurs twice in a frame"
+                start = at + len(prefix)
+                end = start
+                while end < len(frame) and 48 <= frame[end] <= 57:
+                    end += 1
+                if end == start:
+                    return f"field {prefix!r} is not a non-negative integer"
+                value = int(frame[start:end])
+                width = end - start
+                if len(b"%d" % (value + (loops - 1) * shift)) != width:
+                    return f"field {prefix!r} changes its digit count within {loops} loops"
+                offs, vals = self.patches.setdefault((width, shift), ([], []))
+                offs.append(offset + start)
+                vals.append(value)
+                if prefix == b'"timestamp":':
+                    self.ts_shift = shift
+            offset += len(frame)
+        self.template = b"".join(self.frames)
+        self.by_channel = Counter(self.channels)
+        size = start_chunk = 0
+        for i, frame in enumerate(self.frames, 1):
+            size += len(frame)
+            if size - start_chunk >= _FAST_CHUNK or i == len(self.frames):
+                self.chunks.append((size, i))
+                start_chunk = size
+        return None
+
+    def render(self, k: int) -> bytearray:
+        """The byte stream of loop ``k``: the template with every field shifted k times."""
+        buf = bytearray(self.template)
+        for (width, shift), (offs, vals) in self.patches.items():
+            d = k * shift
+            for o, v in zip(offs, vals):
+                buf[o:o + width] = b"%d" % (v + d)
+        return buf
 
 
 class Replayer:
@@ -309,6 +396,7 @@ class Replayer:
         close_when_done: close every connection (1000 "replay finished") after the last event,
             once its frames are written.
         faults: fault injection config.
+        fast: play loops after the first from pre-rendered frames (see the module docstring).
     """
 
     def __init__(
@@ -323,6 +411,7 @@ class Replayer:
         start_grace: float = 0.1,
         close_when_done: bool = False,
         faults: Faults | None = None,
+        fast: bool = False,
     ) -> None:
         if speed != "max" and (not isinstance(speed, (int, float)) or speed <= 0):
             raise ValueError("speed must be 'max' or a positive number")
@@ -337,6 +426,11 @@ class Replayer:
         self.start_grace = start_grace
         self.close_when_done = close_when_done
         self.faults = faults or Faults()
+        self.fast = fast
+        #: "faithful" or "fast" (what played the loops after the first)
+        self.path = "faithful"
+        self.fast_fallback: str | None = None
+        self._recordings: dict[Client, _Recording] | None = None
 
         self.clients: list[Client] = []
         self._index: dict[str, dict[str, set[Client]]] = {}  # route -> channel -> clients
@@ -480,8 +574,16 @@ class Replayer:
         deadline = loop.time()
         prev_ts: int | None = None
         batch = 0
+        if self.fast:
+            self.fast_fallback = self._fast_refusal()
+            if self.fast_fallback is None:
+                self._recordings = {}
         for k in range(self.loop):
             self.current_loop = k
+            if k == 1 and self._recordings is not None:
+                await self._flush()
+                if await self._play_fast():
+                    break
             for i, base in enumerate(self.events):
                 played = venue.instantiate(base, k)
                 n_bad = self._malformed_at.get(k * n_base + i)
@@ -575,10 +677,84 @@ class Replayer:
                     c.last_sent_ms = ts
                     if trade_ids:
                         c.trade_ids.extend(trade_ids)
+                    if self._recordings is not None:
+                        self._record(c, frame, channel, ev)
                     if per_frame:
                         self._frame_faults(c)
                     if c.pending_bytes >= _FLUSH_BYTES:
                         c.write_pending()
+
+    # fast path -----------------------------------------------------------------------------------
+
+    def _fast_refusal(self) -> str | None:
+        """Why the fast path cannot play this replay (None: it can)."""
+        f = self.faults
+        if self.speed != "max":
+            return "only at speed max"
+        if self.loop < 2:
+            return "a single loop"
+        if f.per_frame() or f.malformed or f.inject or f.delay_ms is not None:
+            return "frame faults are configured"
+        return None
+
+    def _record(self, c: Client, frame: bytes, channel: str, ev: Event) -> None:
+        fields = self.venue.loop_fields(ev)
+        if fields is None:
+            self._recordings = None
+            self.fast_fallback = f"the venue cannot re-key {ev.kind} events per loop"
+            return
+        rec = self._recordings.get(c)  # type: ignore[union-attr]
+        if rec is None:
+            rec = self._recordings[c] = _Recording()  # type: ignore[index]
+        rec.frames.append(frame)
+        rec.channels.append(channel)
+        rec.stamps.append(ev.ts)
+        rec.fields.append(fields)
+
+    async def _play_fast(self) -> bool:
+        """Play loops 1..loop-1 from the recordings; False (faithful path goes on) if they
+        cannot be compiled."""
+        recs = self._recordings or {}
+        self._recordings = None
+        for rec in recs.values():
+            reason = rec.compile(self.loop)
+            if reason is not None:
+                self.fast_fallback = reason
+                return False
+        self.path = "fast"
+        per_loop = self.events_played
+        active = [(c, rec) for c, rec in recs.items() if rec.frames]
+        for k in range(1, self.loop):
+            self.current_loop = k
+            streams = [(c, rec, memoryview(rec.render(k))) for c, rec in active]
+            sent = {c: 0 for c, _ in active}
+            n_chunks = max((len(rec.chunks) for _, rec in active), default=0)
+            for j in range(n_chunks):
+                for c, rec, mv in streams:
+                    if j >= len(rec.chunks) or not c.is_open or c.transport.is_closing():
+                        continue
+                    start = rec.chunks[j - 1][0] if j else 0
+                    end, frames = rec.chunks[j]
+                    c.transport.write(mv[start:end])
+                    sent[c] = frames
+                for c, _, _ in streams:
+                    if c.is_open and c.ws.paused:
+                        with contextlib.suppress(Exception):
+                            await c.ws.drain()
+                await asyncio.sleep(0)   # let handlers (heartbeat, requests) run
+            for c, rec in active:
+                n = sent[c]
+                if n == 0:
+                    continue
+                c.notifications += n
+                counts = c.by_channel
+                part = rec.by_channel if n == len(rec.frames) else Counter(rec.channels[:n])
+                for channel, m in part.items():
+                    counts[channel] = counts.get(channel, 0) + m
+                c.last_sent_ms = rec.stamps[n - 1] + k * rec.ts_shift
+                self.replay_time_ms = max(self.replay_time_ms or 0, c.last_sent_ms)
+            self.events_played += per_loop
+        return True
 
     def _frame_faults(self, c: Client) -> None:
         f = self.faults
@@ -704,6 +880,8 @@ class Replayer:
                 "replay_time_ms": self.replay_time_ms,
                 "started_at": self.started_at,
                 "finished_at": self.finished_at,
+                "path": self.path,
+                "fast_fallback": self.fast_fallback,
             },
             "totals": {
                 "clients": len(self.clients),

@@ -162,6 +162,14 @@ class VenueEmulation(ABC):
         itself (shifted to the loop's time and ids when ``loop_index > 0``) followed by its fan-out
         copies. Must return ``(event,)`` for loop 0 of a non-fanned-out instrument."""
 
+    def loop_fields(self, event: Event) -> tuple[tuple[bytes, int], ...] | None:
+        """What changes in ``event``'s notification from one loop to the next, for the replayer's
+        fast path: ``(prefix, shift)`` pairs, each an integer field of the frame written as
+        ``prefix`` + decimal digits (e.g. ``b'"timestamp":'``) whose loop-k value is the loop-0
+        value + k x ``shift``. None when later loops change the event otherwise (new trade ids,
+        ...): no fast path then. Default None (a venue opts in)."""
+        return None
+
     @abstractmethod
     def publish(self, event: Event) -> None:
         """Called for every played event in timeline order, before it is sent, whether or not a

@@ -57,6 +57,10 @@ class DeribitEmulation(VenueEmulation):
     def publish(self, event: Event) -> None:
         self._timeline.publish(event)
 
+    def loop_fields(self, event: Event) -> tuple[tuple[bytes, int], ...] | None:
+        """See :meth:`DeribitTimeline.loop_fields`."""
+        return self._timeline.loop_fields(event)
+
     def listing_windows(self) -> dict[str, tuple[int, int]]:
         """Churn: instrument -> (listed from, delisted after), replay ms of the first loop."""
         return self._timeline.listing_windows()
