@@ -85,6 +85,8 @@ class Session(Protocol):
     id: int
     #: The path of the WebSocket the client connected to (``ws_paths``).
     path: str
+    #: The peer's address, ``"host:port"`` (``"?"`` when unknown).
+    remote: str
 
     def subscribe(self, channels: Sequence[str]) -> list[str]:
         """Subscribe to ``channels``; returns those actually subscribed, in request order.
