@@ -16,8 +16,9 @@ one loop and no frame faults, loop 0 is played faithfully (every event instantia
 routed and serialised) and recorded per connection; every later loop is then one copy of that
 connection's recorded byte stream with the fields the venue declares per loop
 (:meth:`~collector_daemon.emulator.venue.VenueEmulation.loop_fields`: exchange timestamps, book
-change ids) re-written in place at fixed offsets (same digit count, so every WebSocket header stays
-valid), written in chunks of about :data:`_FAST_CHUNK` bytes with the same back-pressure. The
+change ids) re-written with the same digit count (so every WebSocket header stays valid), written in chunks of about :data:`_FAST_CHUNK` bytes with the same back-pressure
+(each chunk is its static pieces joined with the loop's field values: one ``b"".join`` per
+chunk, no Python work per frame beyond formatting its fields). The
 bytes equal the faithful path's (a test compares them). What it does not do in later loops: call
 ``publish`` (the REST state stays the one of loop 0's end), follow subscriptions changed after
 loop 0, or serve a connection opened after loop 0. When the timeline has events the venue cannot
@@ -308,76 +309,99 @@ _FLUSH_BYTES = 1 << 20
 _FAST_CHUNK = 1 << 18
 
 
+class _Chunk:
+    """Fast path: about :data:`_FAST_CHUNK` bytes of one connection's stream, cut at frame
+    boundaries: static byte pieces alternating with the per-loop integer fields
+    (``parts[1::2]``), so a loop's bytes are ``b"".join(parts)`` once the fields are written."""
+
+    __slots__ = ("parts", "values", "shifts", "shift", "frames")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = [b""]
+        self.values: list[int] = []
+        self.shifts: list[int] = []
+        self.shift: int | None = None  # the one shift of every field, when they share it
+        self.frames = 0                 # frames of the stream up to the end of this chunk
+
+    def render(self, k: int) -> bytes:
+        """This chunk's bytes in loop ``k`` (a new object: transports may keep it)."""
+        if self.values:
+            if self.shift is not None:
+                self.parts[1::2] = map(_FORMAT, map((k * self.shift).__add__, self.values))
+            else:
+                self.parts[1::2] = map(_FORMAT, map(_add, self.values,
+                                                    map((k).__mul__, self.shifts)))
+        return b"".join(self.parts)
+
+
+_FORMAT = b"%d".__mod__
+_add = int.__add__
+
+
 class _Recording:
-    """Fast path: one connection's loop-0 byte stream and where its per-loop fields are.
+    """Fast path: one connection's loop-0 frames (recorded while playing it) and, once compiled,
+    its byte stream as :class:`_Chunk` objects.
 
     Attributes:
-        frames: the WebSocket frames sent in loop 0, in order (recorded while playing it).
-        channels: the channel of each frame.
-        stamps: replay time (ms) of each frame's event, for ``last_sent_ms``.
-        template: ``b"".join(frames)`` (built by :meth:`compile`).
-        patches: per ``(width, shift)``: the offsets and loop-0 values of those fields.
-        chunks: ``(end offset, frames before it)`` at frame boundaries every ~_FAST_CHUNK bytes.
+        frames: the WebSocket frames sent in loop 0, in order; ``channels``: the channel of each;
+        ``stamps``: replay time (ms) of each frame's event; ``fields``: the venue's
+        ``loop_fields`` of each.
     """
 
-    __slots__ = ("frames", "channels", "stamps", "fields", "template", "patches", "chunks",
-                 "by_channel", "ts_shift")
+    __slots__ = ("frames", "channels", "stamps", "fields", "chunks", "by_channel", "ts_shift")
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.channels: list[str] = []
         self.stamps: list[int] = []
         self.fields: list[tuple[tuple[bytes, int], ...]] = []
-        self.template = b""
-        self.patches: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
-        self.chunks: list[tuple[int, int]] = []
+        self.chunks: list[_Chunk] = []
         self.by_channel: Counter[str] = Counter()
         self.ts_shift = 0
 
     def compile(self, loops: int) -> str | None:
-        """Build the template, patch table and chunks; the reason it cannot be done, or None."""
-        offset = 0
-        for frame, fields in zip(self.frames, self.fields):
+        """Cut the stream into chunks of static pieces and fields; the reason it cannot be
+        done (a field twice in a frame, a field gaining a digit within ``loops``), or None."""
+        chunk = _Chunk()
+        size = 0
+        shifts: set[int] = set()
+        for i, (frame, fields) in enumerate(zip(self.frames, self.fields), 1):
+            spans = []
             for prefix, shift in fields:
                 at = frame.find(prefix)
                 if at < 0:
                     continue                    # field absent (a book snapshot's prev_change_id)
                 if frame.find(prefix, at + 1) >= 0:
                     return f"field {prefix!r} occurs twice in a frame"
-                start = at + len(prefix)
-                end = start
+                start = end = at + len(prefix)
                 while end < len(frame) and 48 <= frame[end] <= 57:
                     end += 1
                 if end == start:
                     return f"field {prefix!r} is not a non-negative integer"
                 value = int(frame[start:end])
-                width = end - start
-                if len(b"%d" % (value + (loops - 1) * shift)) != width:
+                if len(_FORMAT(value + (loops - 1) * shift)) != end - start:
                     return f"field {prefix!r} changes its digit count within {loops} loops"
-                offs, vals = self.patches.setdefault((width, shift), ([], []))
-                offs.append(offset + start)
-                vals.append(value)
+                spans.append((start, end, value, shift))
                 if prefix == b'"timestamp":':
                     self.ts_shift = shift
-            offset += len(frame)
-        self.template = b"".join(self.frames)
-        self.by_channel = Counter(self.channels)
-        size = start_chunk = 0
-        for i, frame in enumerate(self.frames, 1):
+            pos = 0
+            for start, end, value, shift in sorted(spans):
+                chunk.parts[-1] += frame[pos:start]
+                chunk.parts.append(b"")         # the field's digits, written per loop
+                chunk.parts.append(b"")
+                chunk.values.append(value)
+                chunk.shifts.append(shift)
+                shifts.add(shift)
+                pos = end
+            chunk.parts[-1] += frame[pos:]
             size += len(frame)
-            if size - start_chunk >= _FAST_CHUNK or i == len(self.frames):
-                self.chunks.append((size, i))
-                start_chunk = size
+            if size >= _FAST_CHUNK or i == len(self.frames):
+                chunk.frames = i
+                chunk.shift = shifts.pop() if len(shifts) == 1 else None
+                self.chunks.append(chunk)
+                chunk, size, shifts = _Chunk(), 0, set()
+        self.by_channel = Counter(self.channels)
         return None
-
-    def render(self, k: int) -> bytearray:
-        """The byte stream of loop ``k``: the template with every field shifted k times."""
-        buf = bytearray(self.template)
-        for (width, shift), (offs, vals) in self.patches.items():
-            d = k * shift
-            for o, v in zip(offs, vals):
-                buf[o:o + width] = b"%d" % (v + d)
-        return buf
 
 
 class Replayer:
@@ -726,18 +750,16 @@ class Replayer:
         active = [(c, rec) for c, rec in recs.items() if rec.frames]
         for k in range(1, self.loop):
             self.current_loop = k
-            streams = [(c, rec, memoryview(rec.render(k))) for c, rec in active]
             sent = {c: 0 for c, _ in active}
             n_chunks = max((len(rec.chunks) for _, rec in active), default=0)
             for j in range(n_chunks):
-                for c, rec, mv in streams:
+                for c, rec in active:
                     if j >= len(rec.chunks) or not c.is_open or c.transport.is_closing():
                         continue
-                    start = rec.chunks[j - 1][0] if j else 0
-                    end, frames = rec.chunks[j]
-                    c.transport.write(mv[start:end])
-                    sent[c] = frames
-                for c, _, _ in streams:
+                    chunk = rec.chunks[j]
+                    c.transport.write(chunk.render(k))
+                    sent[c] = chunk.frames
+                for c, _ in active:
                     if c.is_open and c.ws.paused:
                         with contextlib.suppress(Exception):
                             await c.ws.drain()
