@@ -19,6 +19,7 @@ import websockets
 
 from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
 from collector_daemon.venues.deribit.emulation.instruments import parse_instrument, settlement_period
+from test_emulator_server import capture_notifications
 
 pytestmark = pytest.mark.realdata
 
@@ -34,18 +35,6 @@ def real_instrument_records(capture: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
             if rec["dir"] == "http_response" and "get_instruments" in rec["url"]:
                 out.extend(json.loads(rec["raw"])["result"])
-    return out
-
-
-def capture_eth_tickers(capture: Path) -> list[dict[str, Any]]:
-    out = []
-    with gzip.open(capture, "rt") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            if rec["dir"] == "recv":
-                msg = json.loads(rec["raw"])
-                if msg.get("params", {}).get("channel", "").startswith("ticker.ETH-"):
-                    out.append(msg["params"]["data"])
     return out
 
 
@@ -126,7 +115,8 @@ def test_auth_and_private_subscribe_of_raw_channels_as_cryptofeed_sends_them(cap
     assert out["private"]["result"] == [f"ticker.{n}.raw" for n in ETH_OPTIONS] + [
         "trades.ETH-9APR21-1950-C.raw"]
     # the raw channels carry the capture's tickers, value for value, in order
-    expected = capture_eth_tickers(capture_0405)
+    expected = [data for channel, data in capture_notifications(capture_0405)
+                if channel.startswith("ticker.ETH-")]
     assert len(expected) == 197
     assert [f["data"] for f in out["frames"]] == expected
     assert all(f["channel"] == f"ticker.{f['data']['instrument_name']}.raw" for f in out["frames"])
