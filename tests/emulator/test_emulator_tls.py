@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import websockets
 
+from collector_daemon.connection import _describe
 from collector_daemon.daemon import Collector
 from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
 from collector_daemon.emulator.tls import make_ca, pem
@@ -40,8 +41,12 @@ def test_tls_server_certificate_verifies_with_the_generated_ca_only(real_data_di
                 assert json.loads(await ws.recv())["result"] == {"version": "emulator"}
             other = tmp_path / "other-ca.crt"
             other.write_bytes(pem(make_ca("another CA")[1]))
-            with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+            with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed") as info:
                 await websockets.connect(server.ws_url, ssl=ssl.create_default_context(cafile=other))
+            # what the collector's connection records as the disconnect reason
+            assert _describe(info.value) == (
+                "TLS certificate verification failed (unable to get local issuer certificate): "
+                "check the CA the collector trusts (SSL_CERT_FILE) and the host name of the URL")
             # a plain-text client gets no WebSocket from a TLS port
             with pytest.raises(Exception):  # noqa: B017 - the handshake fails one way or another
                 await websockets.connect(server.ws_url.replace("wss://", "ws://"), open_timeout=5)
