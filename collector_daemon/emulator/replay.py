@@ -345,10 +345,12 @@ class _Recording:
     Attributes:
         frames: the WebSocket frames sent in loop 0, in order; ``channels``: the channel of each;
         ``stamps``: replay time (ms) of each frame's event; ``fields``: the venue's
-        ``loop_fields`` of each.
+        ``loop_fields`` of each. :meth:`compile` moves the bytes into ``chunks`` (and empties
+        ``frames`` and ``fields``); ``n_frames`` is their number.
     """
 
-    __slots__ = ("frames", "channels", "stamps", "fields", "chunks", "by_channel", "ts_shift")
+    __slots__ = ("frames", "channels", "stamps", "fields", "chunks", "by_channel", "ts_shift",
+                 "n_frames")
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -358,6 +360,7 @@ class _Recording:
         self.chunks: list[_Chunk] = []
         self.by_channel: Counter[str] = Counter()
         self.ts_shift = 0
+        self.n_frames = 0
 
     def compile(self, loops: int) -> str | None:
         """Cut the stream into chunks of static pieces and fields; the reason it cannot be
@@ -401,6 +404,8 @@ class _Recording:
                 self.chunks.append(chunk)
                 chunk, size, shifts = _Chunk(), 0, set()
         self.by_channel = Counter(self.channels)
+        self.n_frames = len(self.frames)
+        self.frames, self.fields = [], []   # the chunks hold the bytes now
         return None
 
 
@@ -747,7 +752,7 @@ class Replayer:
                 return False
         self.path = "fast"
         per_loop = self.events_played
-        active = [(c, rec) for c, rec in recs.items() if rec.frames]
+        active = [(c, rec) for c, rec in recs.items() if rec.n_frames]
         for k in range(1, self.loop):
             self.current_loop = k
             sent = {c: 0 for c, _ in active}
@@ -770,7 +775,7 @@ class Replayer:
                     continue
                 c.notifications += n
                 counts = c.by_channel
-                part = rec.by_channel if n == len(rec.frames) else Counter(rec.channels[:n])
+                part = rec.by_channel if n == rec.n_frames else Counter(rec.channels[:n])
                 for channel, m in part.items():
                     counts[channel] = counts.get(channel, 0) + m
                 c.last_sent_ms = rec.stamps[n - 1] + k * rec.ts_shift
