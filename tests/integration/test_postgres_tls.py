@@ -15,7 +15,7 @@ import ssl
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
