@@ -400,6 +400,8 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
         emu_cmd += ["--trades", str(TRADES), "--align-trades"]
     emu_cmd += ["--speed", w.speed, "--loop", str(w.loops), "--fanout", str(w.fanout),
                 "--port", str(port), "--wait-for-clients", str(waits)]
+    if args.emulator_path == "fast":
+        emu_cmd.append("--fast")
     env_base = {k: v for k, v in os.environ.items() if not k.startswith("TICKVAULT_")}
     env_base["PYTHONUNBUFFERED"] = "1"
     env_base["PYTHONPATH"] = str(src)
@@ -526,6 +528,8 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
                          "speed": w.speed, "instruments": w.instruments,
                          "subscribed_channels": sum(len(c["subscriptions"]) for c in stats["clients"]),
                          "connections": len(stats["clients"]), "wait_for_clients": waits},
+            "emulator_path": stats["replay"].get("path"),
+            "emulator_fast_fallback": stats["replay"].get("fast_fallback"),
             "sent": {"notifications": stats["totals"]["notifications"], "ticker_frames": want_q,
                      "trades": want_t, "ticker_instruments": len(tickers),
                      "trade_frames": stats["totals"]["notifications"] - want_q,
@@ -638,7 +642,7 @@ def run_ceiling(args: argparse.Namespace, w: Workload, index: int, out: Path) ->
     if w.use_trades:
         emu_cmd += ["--trades", str(TRADES), "--align-trades"]
     emu_cmd += ["--speed", "max", "--loop", str(w.loops), "--fanout", str(w.fanout), "--port", str(port),
-                "--wait-for-clients", "1"]
+                "--wait-for-clients", "1"] + (["--fast"] if args.emulator_path == "fast" else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKVAULT_")} | {
         "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(args.src)}
     ready, finished = threading.Event(), threading.Event()
@@ -661,7 +665,9 @@ def run_ceiling(args: argparse.Namespace, w: Workload, index: int, out: Path) ->
         stats = http_json(f"http://127.0.0.1:{port}/emulator/stats")
         send_s = stats["replay"]["finished_at"] - stats["replay"]["started_at"]
         n = stats["totals"]["notifications"]
-        return {"mode": "ceiling", "run": index, "notifications": n, "bytes": got, "send_s": send_s,
+        return {"mode": "ceiling", "run": index, "emulator_path": stats["replay"]["path"],
+                "emulator_fast_fallback": stats["replay"]["fast_fallback"],
+                "notifications": n, "bytes": got, "send_s": send_s,
                 "msgs_per_s": n / send_s, "emulator_cpu_s": end["emulator"] - base["emulator"],
                 "emulator_us_per_msg": 1e6 * (end["emulator"] - base["emulator"]) / n,
                 "reader_cpu_s": end["me"] - base["me"],
@@ -851,6 +857,9 @@ def summary(env: dict[str, Any], results: list[dict[str, Any]], args: argparse.N
             ("notifications/s end to end", med(g(lambda r: r["msgs_per_s"]))),
             ("wall s (replay start -> last commit)", med(g(lambda r: r["wall_s"]))),
             ("emulator send s", med(g(lambda r: r["sent"]["emulator_send_s"]))),
+            ("emulator path (loops after the first)", ", ".join(
+                f"{r.get('emulator_path')}" + (f" ({r['emulator_fast_fallback']})"
+                                               if r.get("emulator_fast_fallback") else "") for r in plain)),
             ("last receive -> last commit s", med(g(lambda r: r["commit_tail_s"]))),
             ("receive->commit p50 ms (all rows)", med(g(lambda r: r["latency_ms"]["p50"]))),
             ("receive->commit p99 ms (all rows)", med(g(lambda r: r["latency_ms"]["p99"]))),
@@ -863,6 +872,8 @@ def summary(env: dict[str, Any], results: list[dict[str, Any]], args: argparse.N
             ("CPU s PostgreSQL (all processes)", med(g(lambda r: r["cpu_s"]["postgres"]))),
             ("CPU s PostgreSQL client backends", med(g(lambda r: r["cpu_s"]["postgres_backends"]))),
             ("CPU s emulator", med(g(lambda r: r["cpu_s"]["emulator"]))),
+            ("emulator CPU µs per notification", med(g(lambda r: 1e6 * r["cpu_s"]["emulator"]
+                                                       / r["sent"]["notifications"]))),
             ("CPU s everything else on the machine", med(g(lambda r: r["cpu_s"]["others"]))),
             ("collector CPU µs per row", med(g(lambda r: 1e6 * r["cpu_s"]["collector"] / r["stored"]["rows"]))),
             ("PostgreSQL CPU µs per row", med(g(lambda r: 1e6 * r["cpu_s"]["postgres"] / r["stored"]["rows"]))),
@@ -905,6 +916,7 @@ def summary(env: dict[str, Any], results: list[dict[str, Any]], args: argparse.N
         out += [f"### emulator ceiling (emulator alone, max speed, a byte-counting client): {len(cs)} run(s)", "",
                 "| metric | value |", "|---|---:|",
                 f"| notifications | {cs[0]['notifications']:,} |",
+                f"| emulator path | {', '.join(str(r['emulator_path']) for r in cs)} |",
                 f"| msg/s sent | {med([r['msgs_per_s'] for r in cs])} |",
                 f"| emulator CPU µs per message | {med([r['emulator_us_per_msg'] for r in cs])} |",
                 f"| CPU s everything else on the machine | {med([r['others_cpu_s'] for r in cs])} |", ""]
@@ -932,6 +944,10 @@ def main() -> int:
                    help="one extra max-speed run under py-spy (not counted in the medians)")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames of asyncpg, msgspec)")
     p.add_argument("--top", type=int, default=25, help="profile rows to show")
+    p.add_argument("--emulator-path", choices=("fast", "faithful"), default="fast",
+                   help="fast (default): the emulator sends loops after the first from pre-rendered "
+                        "frames (emulate --fast; ~1 µs per frame); faithful: every loop rendered "
+                        "event by event. The summary says which path played")
     p.add_argument("--settle", type=float, default=20.0,
                    help="give up waiting for missing rows after the count is stable this long (s)")
     p.add_argument("--wait-for-clients", type=int, default=0,
@@ -994,7 +1010,8 @@ def main() -> int:
             try:
                 if mode == "ceiling":
                     r = run_ceiling(args, workloads[mode], i, out)
-                    print(f"  emulator alone: {r['msgs_per_s']:,.0f} msg/s, {r['emulator_us_per_msg']:.1f} "
+                    print(f"  emulator alone ({r['emulator_path']} path): {r['msgs_per_s']:,.0f} msg/s, "
+                          f"{r['emulator_us_per_msg']:.2f} "
                           f"CPU µs/msg, others {r['others_cpu_s']:.1f} CPU s", file=sys.stderr)
                     results.append(r)
                     continue

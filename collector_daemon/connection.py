@@ -36,6 +36,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -152,8 +153,15 @@ class Connection:
         self.max_frame_chars = max_frame_chars
         self.stop_on_replay_end = stop_on_replay_end
         self.refused_retry_s = refused_retry_s
-        self._socket_options = ({"socket_factory": receive_buffer_socket_factory(recv_buffer_bytes)}
-                                if recv_buffer_bytes > 0 else {})
+        self._socket_options: dict[str, object] = (
+            {"socket_factory": receive_buffer_socket_factory(recv_buffer_bytes)}
+            if recv_buffer_bytes > 0 else {})
+        if url.startswith("wss://"):
+            # TLS through asyncio's own SSL transport: picows' default (aiofastnet) dropped the
+            # decrypted data it still held when the server closed the socket while reading was
+            # paused (tests/emulator/test_emulator_tls.py lost two thirds of a replay). The CA
+            # is the default context's: the system's, or SSL_CERT_FILE.
+            self._socket_options["use_aiofastnet"] = False
         self.watchdog = watchdog
         self.observers = observers or {}
         self.on_lost_window = on_lost_window
@@ -648,6 +656,9 @@ def _is_replay_end(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS certificate verification failed ({exc.verify_message}): check the CA the "
+                "collector trusts (SSL_CERT_FILE) and the host name of the URL")
     if isinstance(exc, websockets.exceptions.ConnectionClosed):
         frame = exc.rcvd or exc.sent
         if frame is None:

@@ -10,6 +10,20 @@ Events are spaced by their exchange timestamps divided by ``speed`` (each gap ca
 Frames are serialised once per (event, channel) and written straight to each connection's transport
 as pre-built WebSocket text frames, batched, with the connection's own ``drain()`` for
 back-pressure; nothing is ever dropped for being slow.
+
+**Fast path** (``fast=True``, a load generator for benchmarks): at ``speed="max"`` with more than
+one loop and no frame faults, loop 0 is played faithfully (every event instantiated, published,
+routed and serialised) and recorded per connection; every later loop is then one copy of that
+connection's recorded byte stream with the fields the venue declares per loop
+(:meth:`~collector_daemon.emulator.venue.VenueEmulation.loop_fields`: exchange timestamps, book
+change ids) re-written with the same digit count (so every WebSocket header stays valid), written in chunks of about :data:`_FAST_CHUNK` bytes with the same back-pressure
+(each chunk is its static pieces joined with the loop's field values: one ``b"".join`` per
+chunk, no Python work per frame beyond formatting its fields). The
+bytes equal the faithful path's (a test compares them). What it does not do in later loops: call
+``publish`` (the REST state stays the one of loop 0's end), follow subscriptions changed after
+loop 0, or serve a connection opened after loop 0. When the timeline has events the venue cannot
+re-key this way (Deribit trades: new trade ids) or a frame fault is configured, the faithful path
+plays every loop and ``stats()["replay"]["fast_fallback"]`` says why.
 """
 
 from __future__ import annotations
@@ -291,6 +305,108 @@ def _frames_by_instrument(
 _MAX_SPEED_BATCH = 256
 #: ... or as soon as one client has this many bytes buffered.
 _FLUSH_BYTES = 1 << 20
+#: Fast path: bytes handed to a transport at a time (cut at frame boundaries).
+_FAST_CHUNK = 1 << 18
+
+
+class _Chunk:
+    """Fast path: about :data:`_FAST_CHUNK` bytes of one connection's stream, cut at frame
+    boundaries: static byte pieces alternating with the per-loop integer fields
+    (``parts[1::2]``), so a loop's bytes are ``b"".join(parts)`` once the fields are written."""
+
+    __slots__ = ("parts", "values", "shifts", "shift", "frames")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = [b""]
+        self.values: list[int] = []
+        self.shifts: list[int] = []
+        self.shift: int | None = None  # the one shift of every field, when they share it
+        self.frames = 0                 # frames of the stream up to the end of this chunk
+
+    def render(self, k: int) -> bytes:
+        """This chunk's bytes in loop ``k`` (a new object: transports may keep it)."""
+        if self.values:
+            if self.shift is not None:
+                self.parts[1::2] = map(_FORMAT, map((k * self.shift).__add__, self.values))
+            else:
+                self.parts[1::2] = map(_FORMAT, map(_add, self.values,
+                                                    map((k).__mul__, self.shifts)))
+        return b"".join(self.parts)
+
+
+_FORMAT = b"%d".__mod__
+_add = int.__add__
+
+
+class _Recording:
+    """Fast path: one connection's loop-0 frames (recorded while playing it) and, once compiled,
+    its byte stream as :class:`_Chunk` objects.
+
+    Attributes:
+        frames: the WebSocket frames sent in loop 0, in order; ``channels``: the channel of each;
+        ``stamps``: replay time (ms) of each frame's event; ``fields``: the venue's
+        ``loop_fields`` of each. :meth:`compile` moves the bytes into ``chunks`` (and empties
+        ``frames`` and ``fields``); ``n_frames`` is their number.
+    """
+
+    __slots__ = ("frames", "channels", "stamps", "fields", "chunks", "by_channel", "ts_shift",
+                 "n_frames")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.channels: list[str] = []
+        self.stamps: list[int] = []
+        self.fields: list[tuple[tuple[bytes, int], ...]] = []
+        self.chunks: list[_Chunk] = []
+        self.by_channel: Counter[str] = Counter()
+        self.ts_shift = 0
+        self.n_frames = 0
+
+    def compile(self, loops: int) -> str | None:
+        """Cut the stream into chunks of static pieces and fields; the reason it cannot be
+        done (a field twice in a frame, a field gaining a digit within ``loops``), or None."""
+        chunk = _Chunk()
+        size = 0
+        shifts: set[int] = set()
+        for i, (frame, fields) in enumerate(zip(self.frames, self.fields), 1):
+            spans = []
+            for prefix, shift in fields:
+                at = frame.find(prefix)
+                if at < 0:
+                    continue                    # field absent (a book snapshot's prev_change_id)
+                if frame.find(prefix, at + 1) >= 0:
+                    return f"field {prefix!r} occurs twice in a frame"
+                start = end = at + len(prefix)
+                while end < len(frame) and 48 <= frame[end] <= 57:
+                    end += 1
+                if end == start:
+                    return f"field {prefix!r} is not a non-negative integer"
+                value = int(frame[start:end])
+                if len(_FORMAT(value + (loops - 1) * shift)) != end - start:
+                    return f"field {prefix!r} changes its digit count within {loops} loops"
+                spans.append((start, end, value, shift))
+                if prefix == b'"timestamp":':
+                    self.ts_shift = shift
+            pos = 0
+            for start, end, value, shift in sorted(spans):
+                chunk.parts[-1] += frame[pos:start]
+                chunk.parts.append(b"")         # the field's digits, written per loop
+                chunk.parts.append(b"")
+                chunk.values.append(value)
+                chunk.shifts.append(shift)
+                shifts.add(shift)
+                pos = end
+            chunk.parts[-1] += frame[pos:]
+            size += len(frame)
+            if size >= _FAST_CHUNK or i == len(self.frames):
+                chunk.frames = i
+                chunk.shift = shifts.pop() if len(shifts) == 1 else None
+                self.chunks.append(chunk)
+                chunk, size, shifts = _Chunk(), 0, set()
+        self.by_channel = Counter(self.channels)
+        self.n_frames = len(self.frames)
+        self.frames, self.fields = [], []   # the chunks hold the bytes now
+        return None
 
 
 class Replayer:
@@ -309,6 +425,7 @@ class Replayer:
         close_when_done: close every connection (1000 "replay finished") after the last event,
             once its frames are written.
         faults: fault injection config.
+        fast: play loops after the first from pre-rendered frames (see the module docstring).
     """
 
     def __init__(
@@ -323,6 +440,7 @@ class Replayer:
         start_grace: float = 0.1,
         close_when_done: bool = False,
         faults: Faults | None = None,
+        fast: bool = False,
     ) -> None:
         if speed != "max" and (not isinstance(speed, (int, float)) or speed <= 0):
             raise ValueError("speed must be 'max' or a positive number")
@@ -337,6 +455,11 @@ class Replayer:
         self.start_grace = start_grace
         self.close_when_done = close_when_done
         self.faults = faults or Faults()
+        self.fast = fast
+        #: "faithful" or "fast" (what played the loops after the first)
+        self.path = "faithful"
+        self.fast_fallback: str | None = None
+        self._recordings: dict[Client, _Recording] | None = None
 
         self.clients: list[Client] = []
         self._index: dict[str, dict[str, set[Client]]] = {}  # route -> channel -> clients
@@ -480,8 +603,16 @@ class Replayer:
         deadline = loop.time()
         prev_ts: int | None = None
         batch = 0
+        if self.fast:
+            self.fast_fallback = self._fast_refusal()
+            if self.fast_fallback is None:
+                self._recordings = {}
         for k in range(self.loop):
             self.current_loop = k
+            if k == 1 and self._recordings is not None:
+                await self._flush()
+                if await self._play_fast():
+                    break
             for i, base in enumerate(self.events):
                 played = venue.instantiate(base, k)
                 n_bad = self._malformed_at.get(k * n_base + i)
@@ -575,10 +706,82 @@ class Replayer:
                     c.last_sent_ms = ts
                     if trade_ids:
                         c.trade_ids.extend(trade_ids)
+                    if self._recordings is not None:
+                        self._record(c, frame, channel, ev)
                     if per_frame:
                         self._frame_faults(c)
                     if c.pending_bytes >= _FLUSH_BYTES:
                         c.write_pending()
+
+    # fast path -----------------------------------------------------------------------------------
+
+    def _fast_refusal(self) -> str | None:
+        """Why the fast path cannot play this replay (None: it can)."""
+        f = self.faults
+        if self.speed != "max":
+            return "only at speed max"
+        if self.loop < 2:
+            return "a single loop"
+        if f.per_frame() or f.malformed or f.inject or f.delay_ms is not None:
+            return "frame faults are configured"
+        return None
+
+    def _record(self, c: Client, frame: bytes, channel: str, ev: Event) -> None:
+        fields = self.venue.loop_fields(ev)
+        if fields is None:
+            self._recordings = None
+            self.fast_fallback = f"the venue cannot re-key {ev.kind} events per loop"
+            return
+        rec = self._recordings.get(c)  # type: ignore[union-attr]
+        if rec is None:
+            rec = self._recordings[c] = _Recording()  # type: ignore[index]
+        rec.frames.append(frame)
+        rec.channels.append(channel)
+        rec.stamps.append(ev.ts)
+        rec.fields.append(fields)
+
+    async def _play_fast(self) -> bool:
+        """Play loops 1..loop-1 from the recordings; False (faithful path goes on) if they
+        cannot be compiled."""
+        recs = self._recordings or {}
+        self._recordings = None
+        for rec in recs.values():
+            reason = rec.compile(self.loop)
+            if reason is not None:
+                self.fast_fallback = reason
+                return False
+        self.path = "fast"
+        per_loop = self.events_played
+        active = [(c, rec) for c, rec in recs.items() if rec.n_frames]
+        for k in range(1, self.loop):
+            self.current_loop = k
+            sent = {c: 0 for c, _ in active}
+            n_chunks = max((len(rec.chunks) for _, rec in active), default=0)
+            for j in range(n_chunks):
+                for c, rec in active:
+                    if j >= len(rec.chunks) or not c.is_open or c.transport.is_closing():
+                        continue
+                    chunk = rec.chunks[j]
+                    c.transport.write(chunk.render(k))
+                    sent[c] = chunk.frames
+                for c, _ in active:
+                    if c.is_open and c.ws.paused:
+                        with contextlib.suppress(Exception):
+                            await c.ws.drain()
+                await asyncio.sleep(0)   # let handlers (heartbeat, requests) run
+            for c, rec in active:
+                n = sent[c]
+                if n == 0:
+                    continue
+                c.notifications += n
+                counts = c.by_channel
+                part = rec.by_channel if n == rec.n_frames else Counter(rec.channels[:n])
+                for channel, m in part.items():
+                    counts[channel] = counts.get(channel, 0) + m
+                c.last_sent_ms = rec.stamps[n - 1] + k * rec.ts_shift
+                self.replay_time_ms = max(self.replay_time_ms or 0, c.last_sent_ms)
+            self.events_played += per_loop
+        return True
 
     def _frame_faults(self, c: Client) -> None:
         f = self.faults
@@ -704,6 +907,8 @@ class Replayer:
                 "replay_time_ms": self.replay_time_ms,
                 "started_at": self.started_at,
                 "finished_at": self.finished_at,
+                "path": self.path,
+                "fast_fallback": self.fast_fallback,
             },
             "totals": {
                 "clients": len(self.clients),

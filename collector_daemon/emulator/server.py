@@ -10,6 +10,8 @@ In-process use (what ``tickvault collect --replay`` and the tests do)::
     await server.start(host="127.0.0.1", port=0)      # port 0 = a free port
     server.ws_url                                      # ws://127.0.0.1:<port>/ws/api/v2
     server.rest_url                                    # http://127.0.0.1:<port>/api/v2
+                                                       # (wss:// and https:// with tls_dir; the
+                                                       # clients trust server.ca_file)
     await server.finished.wait()                       # the timeline is exhausted
     server.stats()                                     # same JSON as GET /emulator/stats
     await server.stop()
@@ -38,7 +40,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from collector_daemon.emulator import tls
 from collector_daemon.emulator.replay import Client, Faults, Replayer
+from collector_daemon.emulator.tls import ServerTls
 from collector_daemon.emulator.venue import load_venue
 
 #: Path of the statistics endpoint.
@@ -70,6 +74,12 @@ class EmulatorConfig:
             many seconds (a client subscribing in several requests misses nothing).
         heartbeat_unit: wall seconds per second of a client's heartbeat interval (1.0 like the
             exchange; tests shrink it). Never scaled by ``speed``.
+        tls_dir: serve TLS (``wss://``, ``https://``) with a CA and server certificate generated
+            at start into this directory (:mod:`.tls`); clients trust ``<tls_dir>/ca.crt``.
+        fast: at ``speed="max"``, play later loops from pre-rendered frames
+            (:class:`~collector_daemon.emulator.replay.Replayer`, "fast path"); the faithful path
+            is used when the timeline or the faults do not allow it (``stats()["replay"]["path"]``
+            says which one played).
     """
 
     capture: Path
@@ -86,6 +96,8 @@ class EmulatorConfig:
     venue: str = "deribit"
     start_grace: float = 0.1
     heartbeat_unit: float = 1.0
+    tls_dir: Path | None = None
+    fast: bool = False
 
 
 def _json_response(status: int, body: bytes) -> Response:
@@ -113,7 +125,8 @@ class EmulatorServer:
         self.replayer = Replayer(
             self.venue, events, speed=config.speed, loop=config.loop, max_idle=config.max_idle,
             wait_for_clients=config.wait_for_clients, start_grace=config.start_grace,
-            close_when_done=config.close_when_done, faults=config.faults)
+            close_when_done=config.close_when_done, faults=config.faults, fast=config.fast)
+        self.tls: ServerTls | None = tls.generate(Path(config.tls_dir)) if config.tls_dir else None
         self.host = "127.0.0.1"
         self.port = 0
         self._server: Server | None = None
@@ -125,22 +138,29 @@ class EmulatorServer:
         return self.replayer.finished
 
     @property
+    def ca_file(self) -> Path | None:
+        """The generated CA certificate clients must trust (None without TLS)."""
+        return self.tls.ca_file if self.tls else None
+
+    def _base(self, scheme: str) -> str:
+        return f"{scheme}{'s' if self.tls else ''}://{self.host}:{self.port}"
+
+    @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.venue.ws_path}"
+        return self._base("ws") + self.venue.ws_path
 
     @property
     def ws_urls(self) -> dict[str, str]:
         """URL per WebSocket path served (``VenueEmulation.ws_paths``; one entry for most venues)."""
-        return {p: f"ws://{self.host}:{self.port}{p}"
-                for p in (self.venue.ws_paths or (self.venue.ws_path,))}
+        return {p: self._base("ws") + p for p in (self.venue.ws_paths or (self.venue.ws_path,))}
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.venue.rest_prefix}"
+        return self._base("http") + self.venue.rest_prefix
 
     @property
     def stats_url(self) -> str:
-        return f"http://{self.host}:{self.port}{STATS_PATH}"
+        return self._base("http") + STATS_PATH
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0 = a free port, see :attr:`port`) and start the replay."""
@@ -151,6 +171,7 @@ class EmulatorServer:
             ping_interval=None,  # the venue's own heartbeat is emulated instead
             max_size=1 << 20,  # > 32 kB so the venue can answer "request entity too large"
             write_limit=(1 << 20, 1 << 18),
+            ssl=self.tls.server_context() if self.tls else None,
         )
         self.host = host
         self.port = next(iter(self._server.sockets)).getsockname()[1]
@@ -292,6 +313,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start the clock when N clients have subscribed (default 1)")
     parser.add_argument("--exit-when-done", action="store_true",
                         help="close clients (1000) and exit when the replay is over")
+    parser.add_argument("--tls", type=Path, metavar="DIR",
+                        help="serve wss:// and https:// with a CA and server certificate generated "
+                             "at start into DIR; clients trust DIR/ca.crt (e.g. SSL_CERT_FILE)")
+    parser.add_argument("--fast", action="store_true",
+                        help="with --speed max: later loops sent from pre-rendered frames (load "
+                             "generator; the stats say which path played)")
     faults = parser.add_argument_group("faults (all seeded by --seed)")
     faults.add_argument("--seed", type=int, default=0)
     faults.add_argument("--drop-every", type=int, help="abort a connection every N notifications")
@@ -317,7 +344,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         capture=args.capture, trades=args.trades, align_trades=args.align_trades,
         speed=args.speed, loop=args.loop,
         fanout=args.fanout, churn=args.churn, max_idle=args.max_idle, wait_for_clients=args.wait_for_clients,
-        close_when_done=args.exit_when_done, venue=args.venue,
+        close_when_done=args.exit_when_done, venue=args.venue, tls_dir=args.tls, fast=args.fast,
         faults=Faults(
             seed=args.seed, drop_every=args.drop_every, drop_random=args.drop_random,
             drop_count=args.drop_count, delay_ms=args.delay_ms, malformed=args.malformed,
@@ -355,8 +382,8 @@ async def main(args: argparse.Namespace) -> int:
     server = EmulatorServer(config)
     await server.start(args.host, args.port)
     print(f"emulator ({config.venue}): ws {' '.join(server.ws_urls.values())}  rest {server.rest_url}  "
-          f"stats {server.stats_url}  ({len(server.replayer.events)} events x {config.loop} loops)",
-          flush=True)
+          f"stats {server.stats_url}  ({len(server.replayer.events)} events x {config.loop} loops)"
+          + (f"  ca {server.ca_file}" if server.ca_file else ""), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

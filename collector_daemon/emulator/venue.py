@@ -85,6 +85,8 @@ class Session(Protocol):
     id: int
     #: The path of the WebSocket the client connected to (``ws_paths``).
     path: str
+    #: The peer's address, ``"host:port"`` (``"?"`` when unknown).
+    remote: str
 
     def subscribe(self, channels: Sequence[str]) -> list[str]:
         """Subscribe to ``channels``; returns those actually subscribed, in request order.
@@ -161,6 +163,14 @@ class VenueEmulation(ABC):
         """The events actually played for ``event`` in loop ``loop_index`` (0-based): the event
         itself (shifted to the loop's time and ids when ``loop_index > 0``) followed by its fan-out
         copies. Must return ``(event,)`` for loop 0 of a non-fanned-out instrument."""
+
+    def loop_fields(self, event: Event) -> tuple[tuple[bytes, int], ...] | None:
+        """What changes in ``event``'s notification from one loop to the next, for the replayer's
+        fast path: ``(prefix, shift)`` pairs, each an integer field of the frame written as
+        ``prefix`` + decimal digits (e.g. ``b'"timestamp":'``) whose loop-k value is the loop-0
+        value + k x ``shift``. None when later loops change the event otherwise (new trade ids,
+        ...): no fast path then. Default None (a venue opts in)."""
+        return None
 
     @abstractmethod
     def publish(self, event: Event) -> None:

@@ -587,14 +587,20 @@ def test_rest_instruments_book_summary_and_trade_paging(capture_0405: Path, cyri
     row = next(r for r in eth["result"] if r["instrument_name"] == "ETH-9APR21-1950-C")
     first_ticker = capture_tickers(capture_0405)["ETH-9APR21-1950-C"][0]
     assert row == {
-        "instrument_name": "ETH-9APR21-1950-C", "kind": "option", "base_currency": "ETH",
-        "quote_currency": "ETH", "settlement_currency": "ETH", "counter_currency": "ETH",
+        "instrument_name": "ETH-9APR21-1950-C", "instrument_id": row["instrument_id"],
+        "kind": "option", "base_currency": "ETH",
+        "quote_currency": "ETH", "settlement_currency": "ETH", "counter_currency": "USD",
         "instrument_type": "reversed", "price_index": "eth_usd", "is_active": True,
-        "creation_timestamp": first_ticker["timestamp"], "tick_size": 0.0005,
+        "creation_timestamp": first_ticker["timestamp"], "tick_size": 0.0005, "tick_size_steps": [],
         "contract_size": 1.0, "min_trade_amount": 1.0,
+        "maker_commission": 0.0003, "taker_commission": 0.0003, "block_trade_commission": 0.00025,
+        "block_trade_min_trade_amount": 25, "block_trade_tick_size": 0.0001, "max_leverage": 1,
+        "max_liquidation_commission": 0.0075,
         "expiration_timestamp": 1617955200000,  # 2021-04-09 08:00 UTC
+        "settlement_period": "week",            # a Friday, not the month's last
         "strike": 1950.0, "option_type": "call",
     }
+    assert len({r["instrument_id"] for r in eth["result"]}) == len(eth["result"])
     assert [r["instrument_name"] for r in out["btc_future"]] == ["BTC-PERPETUAL"]
     assert out["btc_future"][0]["expiration_timestamp"] == 32503708800000
     assert out["ws_instruments"]["result"] == eth["result"]

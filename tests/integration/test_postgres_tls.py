@@ -10,13 +10,12 @@ not retry it as if the database were down)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import shutil
 import ssl
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -24,12 +23,8 @@ import dagster as dg
 import psycopg
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from collector_daemon import cli
+from collector_daemon.emulator.tls import key_pem, make_ca, make_server_cert, pem
 from collector_daemon.rows import QUOTES
 from collector_daemon.storage.localdb import LocalPostgres
 from collector_daemon.storage.migrate import migrate
@@ -46,43 +41,6 @@ def _quote(i: int) -> tuple:
     return ("deribit", "ETH-9APR21-1950-C", T0_US + i * 1000, T0_US + i * 1000 + 250, 0.0795, 4.0,
             0.0945, 5.0, 0.084155, 78.74, 51.06, 117.97, 2115.89, "ETH-9APR21", 2103.4, 3963.0,
             0.06, 0.8609, 0.00134, 0.46511, -5.09811, 0.16173, 0.0, "open")
-
-
-def _pem(obj) -> bytes:
-    return obj.public_bytes(serialization.Encoding.PEM)
-
-
-def _make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _make_server_cert(ca_key, ca_cert) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return key, cert
 
 
 @dataclass
@@ -104,13 +62,12 @@ def tls_server(pg_plain: LocalPostgres) -> Iterator[TlsServer]:
     base = Path(tempfile.mkdtemp(prefix="tickvault-tls-"))
     base.chmod(0o755)   # the postgres user (server's user when we are root) must enter it
     try:
-        ca_key, ca_cert = _make_ca("tickvault test CA")
-        key, cert = _make_server_cert(ca_key, ca_cert)
-        (base / "ca.crt").write_bytes(_pem(ca_cert))
-        (base / "other-ca.crt").write_bytes(_pem(_make_ca("some other CA")[1]))
-        (base / "server.crt").write_bytes(_pem(cert))
-        (base / "server.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        ca_key, ca_cert = make_ca("tickvault test CA")
+        key, cert = make_server_cert(ca_key, ca_cert, ("localhost", "127.0.0.1"))
+        (base / "ca.crt").write_bytes(pem(ca_cert))
+        (base / "other-ca.crt").write_bytes(pem(make_ca("some other CA")[1]))
+        (base / "server.crt").write_bytes(pem(cert))
+        (base / "server.key").write_bytes(key_pem(key))
         (base / "server.key").chmod(0o600)   # PostgreSQL refuses a key others can read
         (base / "pg_hba.conf").write_text(
             "local    all  all                trust\n"

@@ -7,9 +7,11 @@ Facts followed (``shared/reference/exchange-apis-and-peers.md`` section A):
   ``trades.{instrument}.{interval}``, ``trades.{kind}.{currency}.{interval}``; notifications are
   ``{"jsonrpc":"2.0","method":"subscription","params":{"channel":..,"data":..}}``; trades come as an
   array (the ``100ms`` channels batch same-time trades). Exchange timestamps are ms since epoch.
-* A.2 ``raw`` needs an authenticated connection (error 13778); the emulator has no auth, so ``raw``
-  channels are left out of the subscribe result. A ``100ms``/``agg2`` subscription receives the
-  capture's frames (recorded on ``raw``) re-channelled to the subscribed name.
+* A.2 ``raw`` needs an authenticated connection (error 13778): without ``public/auth`` the
+  emulator leaves ``raw`` channels out of the subscribe result; after it (any credentials, loopback
+  peers only, logged) ``raw`` is served, on ``public/subscribe`` and ``private/subscribe`` alike (what
+  cryptofeed sends). Every interval receives the capture's frames (recorded on ``raw``)
+  re-channelled to the subscribed name.
 * A.4 unknown channels are silently left out of the subscribe ``result``; a frame over 32 kB gets
   -32600 "request entity too large"; ``public/set_heartbeat`` (interval >= 10 s) + ``test_request``
   + close 4000 "heartbeat close"; every RPC response carries ``usIn``/``usOut``/``usDiff`` (µs);

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 #: ``{kind}`` of ``trades.{kind}.{currency}.{interval}``.
@@ -84,6 +84,22 @@ def parse_instrument(name: str) -> InstrumentInfo:
         return InstrumentInfo(name, "future", base, quote, currency, expiry)
     return InstrumentInfo(name, "future_combo" if parts[1] == "FS" else "option_combo",
                           base, quote, currency)
+
+
+def settlement_period(info: InstrumentInfo) -> str | None:
+    """Deribit's ``settlement_period`` of an instrument (A.5 ``get_instruments``):
+    ``"perpetual"``; for dated instruments (expiry at 08:00 UTC) ``"month"`` when the expiry is
+    the month's last Friday, ``"week"`` on another Friday, ``"day"`` otherwise; None without an
+    expiry (spot, combos: the exchange's records of those carry none either). Checked against the
+    real ``get_instruments`` responses of 2021-07-22 (tests/emulator)."""
+    if info.expiry_ms is None:
+        return None
+    if info.expiry_ms == PERPETUAL_EXPIRY_MS:
+        return "perpetual"
+    day = datetime.fromtimestamp(info.expiry_ms / 1000, UTC)
+    if day.weekday() != 4:
+        return "day"
+    return "month" if (day + timedelta(days=7)).month != day.month else "week"
 
 
 def format_strike(strike: float) -> str:

@@ -5,6 +5,8 @@ routing, and the frames of the timeline's events."""
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,12 @@ from collector_daemon.venues.deribit.emulation.timeline import DeribitTimeline
 
 #: Intervals an unauthenticated connection may subscribe (A.2); ``raw`` is refused.
 ALLOWED_INTERVALS = frozenset({"100ms", "agg2"})
+#: The interval only an authenticated connection may subscribe (A.2); served as ``100ms``.
+RAW = "raw"
+#: Lifetime of the emulator's access tokens (s), like Deribit's (one year).
+TOKEN_EXPIRES_S = 31536000
+
+log = logging.getLogger(__name__)
 #: Largest WebSocket request Deribit accepts (A.4).
 MAX_REQUEST_BYTES = 32 * 1024
 
@@ -41,6 +49,7 @@ class DeribitEmulation(VenueEmulation):
     def __init__(self, fanout: int = 1, churn: bool = False) -> None:
         super().__init__(fanout, churn)
         self._timeline = DeribitTimeline(self.fanout, self.churn)
+        self._authenticated: set[int] = set()  # Session.id of connections after public/auth
         #: the REST data methods (``public/get_instruments`` etc.), also used by benchmarks/ingest.py
         self.rest = DeribitRest(self._timeline)
 
@@ -57,6 +66,10 @@ class DeribitEmulation(VenueEmulation):
     def publish(self, event: Event) -> None:
         self._timeline.publish(event)
 
+    def loop_fields(self, event: Event) -> tuple[tuple[bytes, int], ...] | None:
+        """See :meth:`DeribitTimeline.loop_fields`."""
+        return self._timeline.loop_fields(event)
+
     def listing_windows(self) -> dict[str, tuple[int, int]]:
         """Churn: instrument -> (listed from, delisted after), replay ms of the first loop."""
         return self._timeline.listing_windows()
@@ -64,12 +77,16 @@ class DeribitEmulation(VenueEmulation):
     # --- channels and frames --------------------------------------------------------------------
 
     def route(self, channel: str) -> str | None:
+        """Routing key of a channel; ``raw`` routes like ``100ms`` (the capture was recorded on
+        ``raw``); whether the connection may have it is decided in :meth:`handle_message`."""
         parts = channel.split(".")
         if len(parts) == 3 and parts[0] in ("ticker", "book", "trades") \
-                and parts[2] in ALLOWED_INTERVALS and parts[1] in self._timeline.info:
+                and (parts[2] in ALLOWED_INTERVALS or parts[2] == RAW) \
+                and parts[1] in self._timeline.info:
             return f"{parts[0]}.{parts[1]}"
         if len(parts) == 4 and parts[0] == "trades" and parts[1] in TRADE_KINDS \
-                and parts[2] in self._timeline.currencies and parts[3] in ALLOWED_INTERVALS:
+                and parts[2] in self._timeline.currencies \
+                and (parts[3] in ALLOWED_INTERVALS or parts[3] == RAW):
             return f"trades.{parts[1]}.{parts[2]}"
         return None
 
@@ -96,7 +113,11 @@ class DeribitEmulation(VenueEmulation):
     def handle_message(self, session: Session, message: str | bytes, received_us: int) -> list[str]:
         """JSON-RPC 2.0 over WebSocket: ``public/subscribe``, ``public/unsubscribe``,
         ``public/unsubscribe_all``, ``public/set_heartbeat``, ``public/disable_heartbeat``,
-        ``public/test``, ``public/hello``, ``public/get_time`` and the REST data methods."""
+        ``public/test``, ``public/hello``, ``public/get_time``, the REST data methods, and what
+        cryptofeed sends: ``public/auth`` (any credentials, from a loopback peer only; logged) and
+        ``private/subscribe`` / ``private/unsubscribe`` (authenticated connections; 13009
+        ``unauthorized`` otherwise). ``raw`` channels are subscribed on authenticated
+        connections only (left out of the result otherwise, A.2)."""
         try:
             request = json.loads(message)
         except ValueError:
@@ -119,11 +140,19 @@ class DeribitEmulation(VenueEmulation):
     def _call_ws(self, session: Session, method: str, params: Any) -> Any:
         if not isinstance(params, dict):
             raise RpcError(-32602, "Invalid params")
-        if method in ("public/subscribe", "public/unsubscribe"):
+        if method == "public/auth":
+            return self._auth(session, params)
+        if method in ("public/subscribe", "public/unsubscribe",
+                      "private/subscribe", "private/unsubscribe"):
             channels = params.get("channels")
             if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
                 raise invalid_param("channels", "must be a list of strings")
-            if method == "public/subscribe":
+            authenticated = session.id in self._authenticated
+            if method.startswith("private/") and not authenticated:
+                raise RpcError(13009, "unauthorized")
+            if method.endswith("/subscribe"):
+                if not authenticated:
+                    channels = [c for c in channels if c.rpartition(".")[2] != RAW]
                 return session.subscribe(channels)
             return session.unsubscribe(channels)
         if method == "public/unsubscribe_all":
@@ -152,6 +181,28 @@ class DeribitEmulation(VenueEmulation):
         if session.rest_fault():
             raise RpcError(10028, "too_many_requests", http_status=429)
         return handler(params)
+
+    def _auth(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        """``public/auth`` (grant types ``client_credentials``, ``client_signature``,
+        ``refresh_token``): any credentials are accepted from a loopback peer, and the log says
+        so; other peers get 13009 ``unauthorized``. The result has Deribit's shape (access and
+        refresh tokens, ``expires_in`` s, ``scope``, ``token_type``)."""
+        grant = params.get("grant_type")
+        if grant not in ("client_credentials", "client_signature", "refresh_token"):
+            raise invalid_param("grant_type", "wrong format")
+        host = session.remote.rpartition(":")[0]
+        if not (host.startswith("127.") or host in ("::1", "localhost")):
+            raise RpcError(13009, "unauthorized")
+        if session.id not in self._authenticated:
+            self._authenticated.add(session.id)
+            log.warning("emulator: public/auth (%s) of connection %d from %s accepted without "
+                        "checking its credentials (client_id %r): loopback only", grant,
+                        session.id, session.remote, params.get("client_id"))
+        scope = params.get("scope")
+        return {"access_token": secrets.token_hex(16), "refresh_token": secrets.token_hex(16),
+                "expires_in": TOKEN_EXPIRES_S, "token_type": "bearer",
+                "scope": f"connection mainaccount {scope}" if isinstance(scope, str)
+                else "connection mainaccount", "enabled_features": []}
 
     def handle_http(
         self, method: str, query: dict[str, str], fault: str | None, received_us: int

@@ -10,15 +10,17 @@ from typing import Any
 
 from collector_daemon.emulator.venue import RpcError
 from collector_daemon.venues.deribit.emulation.instruments import (
-    PERPETUAL_EXPIRY_MS,
     TRADE_KINDS,
     InstrumentInfo,
     id_number,
+    settlement_period,
 )
 from collector_daemon.venues.deribit.emulation.timeline import DeribitTimeline
 
 #: ``count`` limits of the trade-history methods (A.5).
 DEFAULT_COUNT, MAX_COUNT = 10, 1000
+#: ``instrument_id`` of synthesized records: this + the position of the name in sorted order.
+SYNTH_ID_BASE = 900_000
 
 
 def invalid_param(param: str, reason: str) -> RpcError:
@@ -116,10 +118,9 @@ class DeribitRest:
     def get_instruments(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """``public/get_instruments {currency, kind?, expired?}``: the capture's recorded
         ``get_instruments`` rows for that currency when it has them, plus a synthesized row for
-        every other instrument of the timeline (incl. fan-out copies): name-derived base/quote/
-        settlement currency, expiry (08:00 UTC, ms), strike, option_type, kind,
-        ``creation_timestamp`` = first seen on the timeline (ms); tick_size/contract_size/
-        min_trade_amount are Deribit's usual values for the kind. ``expired=true`` → []."""
+        every other instrument of the timeline (incl. fan-out copies) with every field the
+        exchange's records have (:meth:`_synth_row`): ``creation_timestamp`` = first seen on the
+        timeline (ms). ``expired=true`` → []."""
         currency, kind = self._currency_kind(params)
         if _p_bool(params, "expired", False):
             return []
@@ -138,43 +139,64 @@ class DeribitRest:
                         row.update(instrument_name=copy, strike=self._timeline.info[copy].strike)
                         rows.append((self._timeline.info[copy].currency, row))
                         listed[copy] = row
-            for name in sorted(self._timeline.first_seen):
+            for i, name in enumerate(sorted(self._timeline.first_seen)):
                 if name not in listed:
                     info = self._timeline.info[name]
-                    rows.append((info.currency, self._synth_row(info)))
+                    rows.append((info.currency, self._synth_row(info, SYNTH_ID_BASE + i)))
             self._instrument_rows = rows
         return self._instrument_rows
 
-    def _synth_row(self, info: InstrumentInfo) -> dict[str, Any]:
+    def _synth_row(self, info: InstrumentInfo, instrument_id: int) -> dict[str, Any]:
+        """A ``get_instruments`` record as complete as the exchange's: every field of the real
+        records (2021-07-22 responses in shared/data/real/deribit, and the current field set of
+        nautilus' ``http_get_instruments.json``), values derived from the name
+        (:func:`settlement_period`, expiry, strike) or Deribit's per-kind values seen there
+        (tick size, contract size, minimum amount, commissions, leverage). cryptofeed reads
+        ``settlement_period``, ``expiration_timestamp`` and ``tick_size`` of every record."""
         option = info.kind == "option"
-        inverse_btc = info.base == "BTC" and not info.linear
+        future = info.kind == "future"
+        inverse = not info.linear
+        inverse_btc = info.base == "BTC" and inverse
         if option:
             tick, size, minimum = 0.0005, 1.0, 0.1 if inverse_btc else 1.0
-        elif info.kind == "future" and not info.linear:
+        elif future and inverse:
             tick, size, minimum = (0.5, 10.0, 10.0) if inverse_btc else (0.05, 1.0, 1.0)
         else:
             tick, size, minimum = 0.0001, 1.0, 1.0
+        quote = "USD" if future and inverse else info.quote
         row: dict[str, Any] = {
             "instrument_name": info.name,
+            "instrument_id": instrument_id,
             "kind": info.kind,
             "base_currency": info.base,
-            "quote_currency": info.quote,
-            "settlement_currency": info.quote,
-            "counter_currency": info.quote,
+            "quote_currency": quote,
+            "settlement_currency": info.base if inverse else info.quote,
+            "counter_currency": "USD" if inverse else info.quote,
             "instrument_type": "linear" if info.linear else "reversed",
             "price_index": f"{info.base.lower()}_{'usdc' if info.linear else 'usd'}",
             "is_active": True,
             "creation_timestamp": self._timeline.first_seen.get(info.name),
             "tick_size": tick,
+            "tick_size_steps": [],
             "contract_size": size,
             "min_trade_amount": minimum,
+            "maker_commission": 0.0003 if option else 0.0,
+            "taker_commission": 0.0003 if option else 0.0005,
+            "block_trade_commission": 0.00025,
+            "block_trade_min_trade_amount": 25 if option else 200000,
+            "block_trade_tick_size": 0.0001 if option else 0.01,
+            "max_leverage": 1 if option else 50,
+            "max_liquidation_commission": 0.0075,
         }
         if info.expiry_ms is not None:
             row["expiration_timestamp"] = info.expiry_ms
-        if info.expiry_ms == PERPETUAL_EXPIRY_MS:
-            row["settlement_period"] = "perpetual"
+        period = settlement_period(info)
+        if period is not None:
+            row["settlement_period"] = period
         if option:
             row.update(strike=info.strike, option_type=info.option_type)
+        if future:
+            row["future_type"] = row["instrument_type"]
         return row
 
     def get_book_summary_by_currency(self, params: dict[str, Any]) -> list[dict[str, Any]]:

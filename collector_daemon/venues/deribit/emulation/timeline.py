@@ -259,6 +259,18 @@ class DeribitTimeline:
         variant.change_shift = k * self._change_span if event.kind == "book" else 0
         return variant
 
+    def loop_fields(self, event: Event) -> tuple[tuple[bytes, int], ...] | None:
+        """Per-loop changes of a ticker or book notification (``timestamp`` + k x span, book
+        ``change_id``/``prev_change_id`` + k x change-id span: what :meth:`_variant` does);
+        None for trades (their ids and ``trade_seq`` are re-keyed too)."""
+        if event.kind == "trades":
+            return None
+        fields: tuple[tuple[bytes, int], ...] = ((b'"timestamp":', self._ts_shift),)
+        if event.kind == "book" and self._change_span:
+            fields += ((b'"change_id":', self._change_span),
+                       (b'"prev_change_id":', self._change_span))
+        return fields
+
     @staticmethod
     def payload(event: Event) -> Any:
         """``event.data``, materialising it first for a lazy :class:`_Variant`."""
