@@ -56,6 +56,10 @@ class ExportSettings:
         spill_dir: existing directory for the temporary spill files (None: the system temp
             dir). Holds about the Arrow size of one day of one table (quotes: ~230 MB per
             million rows) while the export runs; each run uses and removes its own subdirectory.
+        read_passes: the day is read in this many filtered SELECTs over consecutive instrument
+            ranges (1: one unfiltered stream), so that a pass's ranges are sorted and encoded
+            while the next pass is read; each pass costs the database one more scan of the
+            day's rows (filter only). Same files whatever the value.
     """
 
     chunk_rows: int = 500_000
