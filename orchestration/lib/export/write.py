@@ -67,7 +67,7 @@ class ExportSettings:
     zstd_level: int = 3
     part_bytes: int = 64 * 2**20
     spill_dir: str | None = None
-    read_passes: int = 4
+    read_passes: int = 2
 
 
 def _next_part_number(keys: list[str]) -> int:
