@@ -566,3 +566,19 @@ def test_s3_range_reader_reads_a_footer(storage) -> None:
     with store.open("t/x.parquet", head.size) as fh:
         assert pq.ParquetFile(fh).read().column("x").to_pylist() == list(range(1000))
     assert store.head("t/none.parquet") is None and store.get_bytes("t/none") is None
+
+
+def test_read_passes_do_not_change_the_files(loaded_db, tmp_path) -> None:
+    # 1 pass: one unfiltered stream; 3 and 7: filtered passes over instrument ranges, some
+    # spanning both venues (bybit's 273 rows, then deribit's 16,380 in ranges of <= 3,000).
+    digests = {}
+    for passes in (1, 3, 7):
+        store = ex.LocalStore(tmp_path / str(passes))
+        settings = ex.ExportSettings(chunk_rows=3_000, rows_per_file=6_000, read_passes=passes)
+        exports = ex.export_table_day(loaded_db, store, PREFIX, "quotes", DAY, settings)
+        digests[passes] = [(e.venue, e.rows, [(f.key, f.rows, f.sha256) for f in e.files])
+                           for e in exports]
+        assert all(o.passed for o in ex.verify_export(loaded_db, store, "quotes", DAY).values())
+    assert digests[1][0][:2] == ("bybit", 273) and digests[1][1][:2] == ("deribit", 60 * 273)
+    assert len(digests[1][1][2]) == 4
+    assert digests[3] == digests[1] and digests[7] == digests[1]

@@ -12,8 +12,12 @@ the path's ``venue=`` level; Spark refuses a data column that is also a partitio
 How a partition is written (:func:`export_table_day`):
 
 1. In one REPEATABLE READ snapshot: count the day's rows per (venue, instrument) (a GROUP BY
-   over the day), then stream the day's rows, unordered, by binary ``COPY`` (ADBC). The
-   database reads the day's rows twice, the count pass and the stream; it never sorts them.
+   over the day), then stream the day's rows, unordered, by binary ``COPY`` (ADBC), in
+   ``ExportSettings.read_passes`` passes: consecutive instrument ranges holding about equal
+   rows each, one ``SELECT`` per pass filtered on (venue, instrument_name). The database reads
+   the day's rows once for the count and once per pass; it never sorts them. The passes run on
+   a thread of their own (ADBC's decoding on one more), so the ranges of a finished pass are
+   sorted and encoded (step 4) while the next pass is read.
 2. The rows are routed to spill files (Arrow IPC, local disk, ``ExportSettings.spill_dir``), one
    per *range*: consecutive instruments (byte order) holding at most ``chunk_rows`` rows
    together, or a time slice of one busy instrument (quotes, trades; a candles instrument,
@@ -21,7 +25,7 @@ How a partition is written (:func:`export_table_day`):
    memory by the sort key (instrument_name, then the other natural-key columns: exchange_ts for
    quotes, exchange_ts and trade_id for trades) and written as one row group. Memory is bounded
    by ``chunk_rows``, not by the size of the day, and the partition's files are sorted as a
-   whole.
+   whole. The files do not depend on ``read_passes``.
 3. Before anything is uploaded, a partition whose export in force holds more rows than the
    snapshot is refused (:class:`ExportError`): the database only loses rows of a day through
    retention, and replacing the archive with what is left would lose the dropped rows.

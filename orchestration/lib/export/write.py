@@ -7,11 +7,13 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +35,7 @@ from orchestration.lib.export.manifest import (
     stored_manifest,
 )
 from orchestration.lib.export.objectstore import ObjectStore
-from orchestration.lib.export.spill import Range, sorted_range, spill_day
+from orchestration.lib.export.spill import DaySpill, Range, sorted_range
 
 _PART_RE = re.compile(r"part-(\d+)\.parquet$")
 
@@ -54,6 +56,10 @@ class ExportSettings:
         spill_dir: existing directory for the temporary spill files (None: the system temp
             dir). Holds about the Arrow size of one day of one table (quotes: ~230 MB per
             million rows) while the export runs; each run uses and removes its own subdirectory.
+        read_passes: the day is read in this many filtered SELECTs over consecutive instrument
+            ranges (1: one unfiltered stream), so that a pass's ranges are sorted and encoded
+            while the next pass is read; each pass costs the database one more scan of the
+            day's rows (filter only). Same files whatever the value.
     """
 
     chunk_rows: int = 500_000
@@ -61,22 +67,7 @@ class ExportSettings:
     zstd_level: int = 3
     part_bytes: int = 64 * 2**20
     spill_dir: str | None = None
-
-
-def _files(ranges: list[Range], rows_per_file: int) -> list[list[Range]]:
-    """Consecutive ranges grouped into files of at most ``rows_per_file`` rows (a range is
-    never split)."""
-    files: list[list[Range]] = []
-    total = 0
-    for rng in ranges:
-        if rng.path is None:
-            continue
-        if not files or total + rng.rows > rows_per_file:
-            files.append([])
-            total = 0
-        files[-1].append(rng)
-        total += rng.rows
-    return files
+    read_passes: int = 2
 
 
 def _next_part_number(keys: list[str]) -> int:
@@ -84,39 +75,77 @@ def _next_part_number(keys: list[str]) -> int:
     return max(numbers) + 1 if numbers else 0
 
 
-def _write_file(store: ObjectStore, key: str, schema: pa.Schema, layout: TableLayout, day: date,
-                ranges: list[Range], settings: ExportSettings) -> ExportedFile:
-    """Write ``ranges`` (in order, one row group each) as one Parquet object. The next range is
-    read and sorted on a second thread while the current one is encoded (pyarrow releases the
-    GIL in both), so at most two sorted ranges are in memory."""
-    sink = store.writer(key, settings.part_bytes)
-    rows = 0
+def _prepared(spill: DaySpill, ids: list[int], layout: TableLayout,
+              day: date) -> Iterator[tuple[Range, pa.Table]]:
+    """The ranges ``spill.ranges[i]`` for i in ``ids`` (in order) with their sorted rows
+    (without ``venue``), once each one's spill file is complete; ranges without rows are
+    skipped. The next range is read and sorted on a second thread while the caller encodes the
+    current one (pyarrow releases the GIL in both), so at most two sorted ranges are in
+    memory."""
     day_start_us = start_of_day_us(day)
 
-    def prepare(rng: Range) -> pa.Table:
-        return sorted_range(layout, rng, day_start_us).drop_columns(["venue"])
+    def prepare(i: int) -> tuple[Range, pa.Table | None]:
+        rng = spill.ready(i)
+        if rng.path is None:
+            return rng, None
+        return rng, sorted_range(layout, rng, day_start_us).drop_columns(["venue"])
 
-    try:
-        writer = pq.ParquetWriter(
-            sink, schema, compression="zstd", compression_level=settings.zstd_level,
-            use_dictionary=True, write_statistics=True,
-            sorting_columns=pq.SortingColumn.from_ordering(
-                schema, [(c, "ascending") for c in layout.sort_key]))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(prepare, ranges[0])
-            for following in [*ranges[1:], None]:
-                table = pending.result()
+    if not ids:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, ids[0])
+        try:
+            for following in [*ids[1:], None]:
+                rng, table = pending.result()
                 if following is not None:
                     pending = pool.submit(prepare, following)
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                rows += table.num_rows
+                if table is not None:
+                    yield rng, table
                 del table
+        except BaseException:  # also GeneratorExit: the consumer failed
+            spill.stop()
+            raise
+
+
+def _write_files(store: ObjectStore, folder: str, number: int, schema: pa.Schema,
+                 layout: TableLayout, tables: Iterator[tuple[Range, pa.Table]],
+                 settings: ExportSettings, written: list[ExportedFile]) -> None:
+    """Write the ``tables`` (one row group each) as ``part-<number>.parquet``,
+    ``part-<number + 1>.parquet``, ...: a file takes consecutive ranges while their expected
+    rows stay within ``settings.rows_per_file`` (a range is never split). Each committed file
+    is appended to ``written``."""
+    writer = sink = None
+    key, file_rows, rows = "", 0, 0
+
+    def finish() -> None:
         writer.close()
         stored = sink.commit()
+        written.append(ExportedFile(key, rows, stored.size, stored.sha256, stored.etag))
+
+    try:
+        for rng, table in tables:
+            if writer is None or file_rows + rng.rows > settings.rows_per_file:
+                if writer is not None:
+                    finish()
+                key, file_rows, rows = f"{folder}part-{number}.parquet", 0, 0
+                number += 1
+                sink = store.writer(key, settings.part_bytes)
+                writer = pq.ParquetWriter(
+                    sink, schema, compression="zstd", compression_level=settings.zstd_level,
+                    use_dictionary=True, write_statistics=True,
+                    sorting_columns=pq.SortingColumn.from_ordering(
+                        schema, [(c, "ascending") for c in layout.sort_key]))
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            file_rows += rng.rows
+            rows += table.num_rows
+            del table
+        if writer is not None:
+            finish()
+            writer = None
     except BaseException:
-        sink.abort()
+        if writer is not None:
+            sink.abort()
         raise
-    return ExportedFile(key, rows, stored.size, stored.sha256, stored.etag)
 
 
 def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day: date,
@@ -148,11 +177,19 @@ def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day:
         return None
     spill_dir = Path(tempfile.mkdtemp(prefix="tickvault-export-", dir=settings.spill_dir))
     try:
-        ranges, source_rows = spill_day(dsn, layout, day, settings.chunk_rows, spill_dir)
-        folders = {v: partition_prefix(prefix, v, layout.table, day) for v in sorted(source_rows)}
-        _refuse_shrinking(dsn, store, layout, day, folders, source_rows)
-        previous = {v: store.list_keys(folder) for v, folder in folders.items()}
-        exports = _upload(store, layout, day, folders, previous, ranges, source_rows, settings)
+        with adbc.connect(dsn) as conn:
+            spill = DaySpill(conn, layout, day, settings.chunk_rows, spill_dir,
+                             settings.read_passes)
+            try:
+                source_rows = spill.source_rows
+                folders = {v: partition_prefix(prefix, v, layout.table, day)
+                           for v in sorted(source_rows)}
+                _refuse_shrinking(dsn, store, layout, day, folders, source_rows)
+                previous = {v: store.list_keys(folder) for v, folder in folders.items()}
+                spill.start()
+                exports = _upload(store, layout, day, folders, previous, spill, settings)
+            finally:
+                spill.close()
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     with psycopg.connect(dsn) as conn:
@@ -188,23 +225,21 @@ def _refuse_shrinking(dsn: str, store: ObjectStore, layout: TableLayout, day: da
 
 
 def _upload(store: ObjectStore, layout: TableLayout, day: date, folders: dict[str, str],
-            previous: dict[str, list[str]], ranges: list[Range], source_rows: dict[str, int],
+            previous: dict[str, list[str]], spill: DaySpill,
             settings: ExportSettings) -> list[PartitionExport]:
-    """Upload every venue's files, then write every venue's manifest; on an error delete this
-    run's objects of each venue whose manifest in force is not this run's, and re-raise."""
+    """Upload every venue's files (as the spill's ranges become ready), then write every
+    venue's manifest; on an error delete this run's objects of each venue whose manifest in
+    force is not this run's, and re-raise."""
+    source_rows = spill.source_rows
     export_ids = {venue: uuid.uuid4().hex for venue in folders}
     written: dict[str, list[ExportedFile]] = {venue: [] for venue in folders}
     exports: list[PartitionExport] = []
     try:
         for venue, folder in folders.items():
-            number = _next_part_number(previous[venue])
-            schema = layout.schema_for(venue, day)
-            for file_ranges in _files([r for r in ranges if r.venue == venue],
-                                      settings.rows_per_file):
-                key = f"{folder}part-{number}.parquet"
-                written[venue].append(_write_file(store, key, schema, layout, day, file_ranges,
-                                                  settings))
-                number += 1
+            ids = [i for i, r in enumerate(spill.ranges) if r.venue == venue]
+            _write_files(store, folder, _next_part_number(previous[venue]),
+                         layout.schema_for(venue, day), layout,
+                         _prepared(spill, ids, layout, day), settings, written[venue])
             export = PartitionExport(
                 venue, layout.table, day, export_ids[venue], source_rows[venue],
                 tuple(written[venue]), folder + MANIFEST_NAME, store.url, datetime.now(UTC),
