@@ -72,9 +72,13 @@ class Response(NamedTuple):
 
 
 class Control(NamedTuple):
-    """A frame the venue wants answered (``reply``) or that only proves liveness (``reply`` None)."""
+    """A frame the venue wants answered (``reply``) or that only proves liveness (``reply`` None).
+    ``status``: the venue's own system status the frame announces (Kraken ``status`` channel:
+    ``online``, ``maintenance``, ``cancel_only``, ``post_only``), recorded by the connection as a
+    ``status`` connection event; None for frames that announce none."""
 
     reply: str | None
+    status: str | None = None
 
 
 class Request(NamedTuple):
@@ -168,6 +172,18 @@ class VenueProtocol(abc.ABC):
         spot) decode per endpoint. Default: :meth:`decoder`."""
         return self.decoder()
 
+    def subscribe_batches(self, channels: list[str]) -> list[list[str]]:
+        """``channels`` split into the groups one (un)subscribe frame may carry: chunks of
+        :attr:`max_channels_per_subscribe` in order. Kraken overrides it: one frame names one
+        channel kind (``trade``, ``ohlc`` of one interval) for several symbols."""
+        step = self.max_channels_per_subscribe
+        return [channels[i:i + step] for i in range(0, len(channels), step)]
+
+    def min_reconnect_delay_s(self, status: str | None) -> float:
+        """The shortest wait before reconnecting while the venue's last announced system status
+        (:attr:`Control.status`) is ``status`` (Kraken: 5 s during maintenance); 0 = no minimum."""
+        return 0.0
+
     def max_channels_per_connection(self, channels: list[str]) -> int | None:
         """The most of ``channels`` (one endpoint's) one connection may carry (Bybit: the args
         of a connection stay under 21,000 characters), or None for no venue limit; the daemon
@@ -252,12 +268,16 @@ class ConnectionLimits:
             (Deribit).
         subscribe_burst / subscribe_period_s: subscribe frames: ``burst`` per ``period`` (a token
             bucket shared by the daemon's connections).
+        connects_per_period: ``(connects, period_s)``: the most (re)connects per period and IP
+            (a token bucket shared by the daemon's connections; Kraken behind Cloudflare: about
+            150 per 10 minutes); None = no limit beyond each connection's backoff.
     """
 
     connections_per_ip: int | None = None
     rest_counts_as_connection: bool = False
     subscribe_burst: int = 10
     subscribe_period_s: float = 1.0
+    connects_per_period: tuple[int, float] | None = None
 
 
 class RecoveryPlan(NamedTuple):
