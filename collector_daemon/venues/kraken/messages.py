@@ -163,7 +163,8 @@ def rest_trade_row(symbol: str, r: object, receive_us: int) -> tuple:
 
 
 def ohlc_row(c: object, receive_us: int, closed: bool) -> tuple:
-    """A WS v2 ohlc object -> an ``exchange_candles`` row (``source`` ``ws``).
+    """A WS v2 ohlc object -> an ``exchange_candles`` row (``source`` ``ws``). An interval
+    without trades (``trades`` 0: Kraken sends ``vwap`` 0 and the last close) stores vwap NULL.
 
     Raises:
         BadValue: a field is missing or of the wrong type, prices not positive, volume negative,
@@ -186,7 +187,8 @@ def ohlc_row(c: object, receive_us: int, closed: bool) -> tuple:
     return (VENUE, symbol, interval, parse_ts_us(c.get("interval_begin")),
             _positive("open", c.get("open")), _positive("high", c.get("high")),
             _positive("low", c.get("low")), _positive("close", c.get("close")),
-            None if vwap is None else _positive("vwap", vwap), float(volume), trades, closed,
+            None if vwap is None or (vwap == 0 and trades == 0) else _positive("vwap", vwap),
+            float(volume), trades, closed,
             "ws", receive_us)
 
 
