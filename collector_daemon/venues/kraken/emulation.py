@@ -85,6 +85,8 @@ class KrakenEmulation(VenueEmulation):
         #: (symbol, trade_id) published but never sent over the WebSocket
         self.withheld: set[tuple[str, int]] = set()
         self.system_status = "online"
+        #: trades per REST Trades page (Kraken: 1,000; tests page smaller)
+        self.trades_page = TRADES_PAGE
         self._span_ms = 0
         self._id_span: dict[str, int] = {}
         self._greeted: set[int] = set()
@@ -365,7 +367,7 @@ class KrakenEmulation(VenueEmulation):
         """Up to 1,000 trades at or after ``since_ns``; ``last``: the newest one's time (ns)."""
         times = self._trade_ns.get(symbol, [])
         start = bisect.bisect_left(times, since_ns) if since_ns else 0
-        page = self.trades.get(symbol, [])[start:start + TRADES_PAGE]
+        page = self.trades.get(symbol, [])[start:start + self.trades_page]
         last = page[-1][0] if page else since_ns
         return {key: [row for _, row in page], "last": str(last)}
 
