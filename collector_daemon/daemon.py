@@ -160,7 +160,8 @@ class Collector:
         self.pipeline.start()
         self._start_metrics()
         self.gaps = GapKeeper(self.venue.name, self.writer.pool, self._recover, streams=self.streams,
-                              spool=self.spool, write_timeout_s=self.settings.write_timeout_s)
+                              spool=self.spool, write_timeout_s=self.settings.write_timeout_s,
+                              seed_days=self.venue.sequence_seed_days)
         seeded = await self.gaps.seed()
         log.info("sequence tracking (%s) seeded for %d instruments",
                  ", ".join(self.gaps.sequenced_streams) or "no sequenced stream", seeded)

@@ -353,6 +353,10 @@ class Venue(abc.ABC):
     schema_dir: ClassVar[Path | None] = None
     #: How far back the venue's main REST host serves a time window (s); None = no limit.
     recent_horizon_s: ClassVar[float | None] = None
+    #: How far back (days) the collector looks for the last stored sequence number per
+    #: instrument at start (``GapKeeper.seed``); None = the whole table (Kraken: REST serves all
+    #: history, so the first live trade opens the gap from the last stored one to now).
+    sequence_seed_days: ClassVar[int | None] = 3
 
     def load_settings(self, **overrides: Any) -> VenueSettings:
         """The venue's settings from the environment with ``overrides`` on top.

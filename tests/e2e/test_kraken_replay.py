@@ -140,3 +140,17 @@ def test_status_recorded(migrated_db_url, tmp_path, real_data_dir, status):
     with psycopg.connect(migrated_db_url) as conn:
         events = conn.execute("SELECT reason FROM connection_events WHERE event = 'status'").fetchall()
     assert events == [(status,)]
+
+
+def test_start_syncs_from_the_last_stored_trade(migrated_db_url, tmp_path, real_data_dir):
+    """Run 1 ends with trade 10218400 stored; the collector is down while trades up to 10218700
+    happen (run 2's stream starts at 10218701): at start it is seeded with the last stored trade id
+    of the pair (whatever its age), so the first live trade opens the exact gap, fetched by cursor."""
+    real = real_trades(real_data_dir)
+    asyncio.run(replay(migrated_db_url, tmp_path, real_data_dir, withheld=set(range(10218401, 10219300))))
+    assert max(stored_trades(migrated_db_url)) == 10218400
+    asyncio.run(replay(migrated_db_url, tmp_path, real_data_dir, withheld=set(range(10218000, 10218701))))
+    assert_exact(stored_trades(migrated_db_url), real, {i: "rest" for i in range(10218401, 10218701)})
+    with psycopg.connect(migrated_db_url) as conn:
+        gaps = conn.execute("SELECT instrument_name, seq_from, seq_to, status FROM data_gaps").fetchall()
+    assert gaps == [(SYMBOL, 10218401, 10218700, "backfilled")]

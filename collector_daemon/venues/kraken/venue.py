@@ -129,6 +129,7 @@ class KrakenVenue(Venue):
     channel_streams = CHANNEL_STREAMS
     rest_errors = (KrakenRestError, httpx.HTTPError)
     schema_dir = Path(__file__).parent / "schema"
+    sequence_seed_days = None
 
     def streams(self, settings: KrakenSettings) -> tuple[StreamSpec, ...]:
         return (StreamSpec("trades", TRADES, Recovery.SEQUENCE, sequence_column="trade_seq",
