@@ -318,6 +318,13 @@ class BatchWriter:
         return await cls._via_stage(conn, table, rows, "ON CONFLICT DO NOTHING")
 
     @classmethod
+    async def insert_absent(cls, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
+        """Insert-if-absent ``rows`` on the caller's connection (one whose staging tables this
+        writer's pool made) inside the caller's transaction, e.g. with a cursor committed in the
+        same transaction (``tickvault history``). Returns the rows inserted."""
+        return await cls._via_stage(conn, table, rows, "ON CONFLICT DO NOTHING")
+
+    @classmethod
     async def _write_upsert(cls, conn: asyncpg.Connection, table: TableSpec,
                             rows: Sequence[tuple]) -> int:
         """Rows updated in place (``table.upsert``): the last row per natural key of the batch,

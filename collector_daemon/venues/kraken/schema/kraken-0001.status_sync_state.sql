@@ -16,9 +16,8 @@ CREATE TABLE IF NOT EXISTS sync_state (
     venue           text        NOT NULL,
     instrument_name text        NOT NULL,
     stream          text        NOT NULL,
+    range_start     text        NOT NULL,
     cursor          text        NOT NULL,
-    cursor_ts       timestamptz,
-    target_end      timestamptz,
     pages           bigint      NOT NULL DEFAULT 0,
     rows_inserted   bigint      NOT NULL DEFAULT 0,
     rows_rejected   bigint      NOT NULL DEFAULT 0,
@@ -28,3 +27,6 @@ CREATE TABLE IF NOT EXISTS sync_state (
 );
 COMMENT ON TABLE sync_state IS
     'Cursor of a resumable REST history run per venue, instrument and stream (Kraken Trades: the since cursor in ns).';
+COMMENT ON COLUMN sync_state.range_start IS 'Start of the synced range (venue cursor units; Kraken: ns since the epoch).';
+COMMENT ON COLUMN sync_state.cursor IS 'Where the next page starts: every row from range_start up to here is stored.';
+COMMENT ON COLUMN sync_state.done IS 'The last run reached the newest rows (or its end bound).';
