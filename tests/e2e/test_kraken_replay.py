@@ -154,3 +154,23 @@ def test_start_syncs_from_the_last_stored_trade(migrated_db_url, tmp_path, real_
     with psycopg.connect(migrated_db_url) as conn:
         gaps = conn.execute("SELECT instrument_name, seq_from, seq_to, status FROM data_gaps").fetchall()
     assert gaps == [(SYMBOL, 10218401, 10218700, "backfilled")]
+
+
+def test_maintenance_paces_reconnects_and_malformed_frames_are_kept(migrated_db_url, tmp_path, real_data_dir):
+    """While the venue announces maintenance, a reconnect waits at least 5 s (the backoff here is
+    0.05-0.3 s); malformed frames injected by the emulator are kept in rejected_messages and
+    every trade is still stored once (stream + REST)."""
+    summary, stats = asyncio.run(replay(migrated_db_url, tmp_path, real_data_dir, status="maintenance",
+                                        faults=Faults(seed=7, drop_every=500, drop_count=1, malformed=6),
+                                        speed=5_000))
+    assert stats["totals"]["drops"] == summary.reconnects == 1
+    with psycopg.connect(migrated_db_url) as conn:
+        events = conn.execute("SELECT event, extract(epoch FROM event_ts)::float8 FROM connection_events "
+                              "WHERE event IN ('connect', 'disconnect') ORDER BY event_id").fetchall()
+        rejected = conn.execute("SELECT count(*) FROM rejected_messages WHERE venue = 'kraken'").fetchone()[0]
+    kinds = [e for e, _ in events]
+    down = kinds.index("disconnect")
+    assert kinds[down + 1] == "connect" and events[down + 1][1] - events[down][1] >= 5.0, events
+    # (positions played while the socket was down reach nobody)
+    assert rejected == summary.rejected == stats["totals"]["malformed_sent"] >= 1
+    assert set(stored_trades(migrated_db_url)) == set(real_trades(real_data_dir))
