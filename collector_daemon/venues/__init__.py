@@ -21,12 +21,16 @@ import enum
 import importlib
 import os
 import pkgutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import msgspec
 from pydantic_settings import BaseSettings
+from tenacity import (
+    AttemptManager, AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential,
+)
 
 from collector_daemon.rows import TableSpec
 
@@ -51,6 +55,24 @@ class RecoveryIncomplete(Exception):
     lies beyond what the venue's REST serves (Bybit's recent-trade returns only the latest
     trades). ``str(exc)`` says which part and why; the gap becomes ``unrecoverable`` with it, and
     the rows fetched stay stored."""
+
+
+_json_decode = msgspec.json.Decoder().decode
+
+
+def decode_json_object(frame: str | bytes) -> dict:
+    """One WebSocket frame as its JSON object (a decoder's first step).
+
+    Raises:
+        RejectedFrame: not JSON, or JSON that is not an object.
+    """
+    try:
+        msg = _json_decode(frame)
+    except msgspec.DecodeError as exc:
+        raise RejectedFrame(f"decode error: {exc}") from None
+    if not isinstance(msg, dict):
+        raise RejectedFrame("not a JSON object")
+    return msg
 
 
 class Data(NamedTuple):
@@ -326,6 +348,21 @@ class RestClient(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def attempts(self, retryable: Callable[[BaseException], bool], *, tries: int,
+                       backoff_max_s: float) -> AsyncIterator[AttemptManager]:
+        """tenacity attempts of one call: ``async for attempt in self.attempts(...): with attempt:
+        ...`` retries the errors ``retryable`` accepts with capped exponential backoff and jitter
+        (0.5 s doubling up to ``backoff_max_s``), at most ``tries`` times, then re-raises; each
+        retry is counted in :attr:`retries`."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=wait_random_exponential(multiplier=0.5, max=backoff_max_s),
+            stop=stop_after_attempt(tries), reraise=True,
+        ):
+            if attempt.retry_state.attempt_number > 1:
+                self.retries += 1
+            yield attempt
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the HTTP connections."""
@@ -544,6 +581,7 @@ def get_venue(name: str) -> Venue:
 __all__: Sequence[str] = (
     "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
     "RecoveryIncomplete", "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec",
-    "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "get_venue", "register",
+    "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "decode_json_object", "get_venue",
+    "register",
     "select_venues", "venues",
 )

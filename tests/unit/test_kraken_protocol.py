@@ -3,7 +3,6 @@ ws_* samples, tardis-node's v2 messages) and REST rows (Nautilus' http_trades.js
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import json
 
-import msgspec
-
 from collector_daemon.rows import EXCHANGE_CANDLES, TRADES
 from collector_daemon.venues import (
     Control, Data, Decoder, IdSource, RejectedFrame, Request, Response, VenueProtocol,
+    decode_json_object,
 )
 from collector_daemon.venues.kraken import messages as m
 
@@ -48,8 +47,6 @@ STATUSES = ("online", "maintenance", "cancel_only", "post_only", "limit_only")
 #: Channel prefix -> stream (ohlc candles are not a gap-tracked stream: they carry no exchange_ts
 #: and a resubscription's snapshot sends the recent candles again).
 CHANNEL_STREAMS = {"trade:": "trades"}
-
-_decode = msgspec.json.Decoder().decode
 
 
 def channel_name(kind: str, symbol: str, interval: int | None = None) -> str:
@@ -161,12 +158,7 @@ class KrakenDecoder(Decoder):
             RejectedFrame: not a JSON object, a bad field (named), several symbols in one data
                 frame, an unknown channel or method.
         """
-        try:
-            msg = _decode(frame)
-        except msgspec.DecodeError as exc:
-            raise RejectedFrame(f"not JSON: {exc}") from None
-        if not isinstance(msg, dict):
-            raise RejectedFrame("not a JSON object")
+        msg = decode_json_object(frame)
         channel = msg.get("channel")
         if channel is not None:
             if channel == "heartbeat":

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import msgspec
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from collector_daemon.venues import RestClient
 from collector_daemon.venues.kraken import messages as m
@@ -109,14 +108,9 @@ class KrakenRest(RestClient):
         """
         query = {k: v for k, v in params.items() if v is not None}
         pair_limiter = self._pair_limiter(str(query.get("pair"))) if method in PER_PAIR else None
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_retryable),
-            wait=wait_random_exponential(multiplier=0.5, max=self._backoff_max_s),
-            stop=stop_after_attempt(self._attempts), reraise=True,
-        ):
+        async for attempt in self.attempts(_retryable, tries=self._attempts,
+                                           backoff_max_s=self._backoff_max_s):
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    self.retries += 1
                 if pair_limiter is not None:
                     await pair_limiter.acquire()
                 if self._ip_limiter is not None:
