@@ -113,3 +113,15 @@ def test_pairs_from_asset_pairs_and_settings(real_data_dir, monkeypatch):
     venue = get_venue("kraken")
     assert venue.stream_specs()[0].sequence_column == "trade_seq"
     assert venue.limits.connects_per_period == (150, 600.0)
+
+
+def test_collector_paces_connects_per_ip(tmp_path):
+    """The daemon's connect limiter: Kraken's ~150 (re)connects per 10 minutes per IP, shared by
+    every socket of the collector (other venues have none)."""
+    from collector_daemon.daemon import Collector
+    from collector_daemon.settings import load_settings
+    base = dict(database_url="postgresql://tickvault@127.0.0.1:1/unused", metrics_port="",
+                spool_dir=tmp_path / "spool")
+    kraken = Collector(load_settings(venue="kraken", **base))
+    assert (kraken._connect_limiter.max_rate, kraken._connect_limiter.time_period) == (150, 600.0)
+    assert Collector(load_settings(venue="deribit", **base))._connect_limiter is None
