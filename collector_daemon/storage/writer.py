@@ -318,11 +318,15 @@ class BatchWriter:
         return await cls._via_stage(conn, table, rows, "ON CONFLICT DO NOTHING")
 
     @classmethod
-    async def insert_absent(cls, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:
+    async def insert_absent(cls, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple],
+                            also_absent: str = "") -> int:
         """Insert-if-absent ``rows`` on the caller's connection (one whose staging tables this
         writer's pool made) inside the caller's transaction, e.g. with a cursor committed in the
-        same transaction (``tickvault history``). Returns the rows inserted."""
-        return await cls._via_stage(conn, table, rows, "ON CONFLICT DO NOTHING")
+        same transaction (``tickvault history``). ``also_absent``: an SQL condition over the
+        staged row ``s`` that must hold too (``NOT EXISTS (...)``), for rows whose natural key
+        can differ between sources. Returns the rows inserted."""
+        where = f"WHERE {also_absent} " if also_absent else ""
+        return await cls._via_stage(conn, table, rows, where + "ON CONFLICT DO NOTHING")
 
     @classmethod
     async def _write_upsert(cls, conn: asyncpg.Connection, table: TableSpec,

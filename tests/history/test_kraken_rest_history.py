@@ -113,3 +113,30 @@ def test_crash_mid_run_resumes_without_duplicate_or_hole(migrated_db_url, real_d
     assert state[0] is True
     # a re-run: starts at the stored cursor, inserts nothing
     assert rc2 == 0 and " 0 inserted" in again and "resumed at cursor" in again, again
+
+
+def test_a_trade_the_stream_stored_a_microsecond_apart_is_not_stored_again(migrated_db_url, real_data_dir):
+    """REST's time is float seconds: the same trade from the stream may carry another µs (another
+    natural key). The sync decides by trade id."""
+    from tickvault.history.kraken_rest import sync_trades
+    real = json.loads((real_data_dir / SOURCE).read_text())["result"]["XBTUSDT"]
+    t = real[100]
+    with psycopg.connect(migrated_db_url) as conn:
+        conn.execute("INSERT INTO trades (venue, instrument_name, trade_id, trade_seq, exchange_ts, receive_ts, "
+                     "price, amount, direction, source, ord_type) VALUES ('kraken', %s, %s, %s, "
+                     "to_timestamp(%s / 1e6), now(), %s, %s, 'buy', 'ws', 'limit')",
+                     (PAIR, str(t[6]), t[6], round(t[2] * 1e6) + 1, float(t[0]), float(t[1])))
+
+    async def scenario():
+        server = await _server(real_data_dir, rest_errors=None)
+        try:
+            return await sync_trades(migrated_db_url, PAIR, since_ns=0, rest_url=server.rest_url,
+                                     pair_interval_s=0)
+        finally:
+            await server.stop()
+
+    summary = asyncio.run(asyncio.wait_for(scenario(), 60))
+    stored = _stored(migrated_db_url)
+    assert [r[0] for r in stored] == [r[6] for r in real]            # once each
+    assert [r[5] for r in stored if r[0] == t[6]] == ["ws"] and summary.inserted == 999
+    assert summary.rejected == 3 and summary.done

@@ -8,7 +8,8 @@ rate-limit errors (``EAPI:Rate limit exceeded``, ``EGeneral:Too many requests``)
 (:class:`collector_daemon.venues.kraken.rest.KrakenRest`).
 
 Each page is committed in **one transaction**: its valid rows into ``trades`` (insert-if-absent on
-the natural key), its invalid rows into ``rejected_messages`` with the reason (price or volume not
+the natural key and on the trade id: REST's float-second time cannot carry every µs, so a trade
+the stream stored may differ by a µs), its invalid rows into ``rejected_messages`` with the reason (price or volume not
 positive and finite, implausible time, side/type outside their sets, a bad trade id), and the next
 cursor into ``sync_state`` (venue ``kraken``, the pair, stream ``trades``). So a crash loses at
 most the page in flight: the next run resumes from the stored cursor, and rows already stored
@@ -36,6 +37,13 @@ from collector_daemon.venues.kraken.rest import KrakenRest, KrakenRestError
 log = logging.getLogger(__name__)
 
 STREAM = "trades"
+#: A trade already stored under its trade id: REST gives the time as float seconds, which cannot
+#: carry every µs exactly, so the same trade from the stream may sit a µs apart (a different
+#: natural key). The id (``trade_seq``, unique per pair) decides, within a second of the time.
+_SAME_TRADE = ("NOT EXISTS (SELECT 1 FROM trades t WHERE t.venue = s.venue AND "
+               "t.instrument_name = s.instrument_name AND t.trade_seq = s.trade_seq AND "
+               "t.exchange_ts BETWEEN s.exchange_ts - interval '1 second' AND "
+               "s.exchange_ts + interval '1 second')")
 #: ``rejected_messages.connection_id`` of rows this module rejects.
 SOURCE_ID = "rest-history"
 
@@ -122,7 +130,8 @@ async def sync_trades(dsn: str, pair: str, *, since_ns: int = 0, until_ns: int |
                     if passed:   # the next range starts at the bound, not past trades left out
                         nxt = until_ns
                     async with conn.transaction():
-                        inserted = await BatchWriter.insert_absent(conn, TRADES, rows) if rows else 0
+                        inserted = await BatchWriter.insert_absent(conn, TRADES, rows, _SAME_TRADE) \
+                            if rows else 0
                         if rejects:
                             await conn.copy_records_to_table(REJECTED_MESSAGES.name, records=rejects,
                                                              columns=REJECTED_MESSAGES.columns)

@@ -164,8 +164,12 @@ class KrakenVenue(Venue):
     async def recovery_pages(self, rest: KrakenRest, gap, plan: RecoveryPlan, settings: KrakenSettings,
                              instrument_groups: Mapping[str, tuple[str, str]]) -> AsyncIterator[list[tuple]]:
         """Trades from REST ``Trades`` paged by the ``since`` cursor from the gap's start: by trade
-        id range (``seq``: until an id past ``seq_to``) or by window (until a trade after
-        ``gap_end``), per pair (every configured pair for ``*``).
+        id range (``seq``: the missing ids only, until an id past ``seq_to``) or by window (the
+        trades strictly inside it, until one after ``gap_end``), per pair (every configured pair
+        for ``*``). Only rows the stream did not deliver are yielded: REST's time is float
+        seconds, which cannot carry every µs, so a delivered trade could come back under another
+        natural key; a window's edge trades were delivered, and a disconnect also shows as a
+        trade id jump at the first trade after it, recovered by id.
 
         Raises:
             KrakenRestError: a call failed, a pair is not listed, or a page holds a malformed row
@@ -180,8 +184,9 @@ class KrakenVenue(Venue):
                 if plan.method == "seq":
                     yield [r for r in page if gap.seq_from <= r[3] <= gap.seq_to]
                     done = any(r[3] > gap.seq_to for r in page)
-                else:
-                    yield [r for r in page if gap.gap_start <= r[4] <= gap.gap_end]
+                else:   # inside the window: its edges are trades the stream delivered, and
+                    # REST's float-second time may put them a µs off (another natural key)
+                    yield [r for r in page if gap.gap_start < r[4] < gap.gap_end]
                     done = any(r[4] > gap.gap_end for r in page)
                 if done:
                     break
