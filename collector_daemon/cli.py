@@ -1,4 +1,4 @@
-"""``tickvault`` command line: run | migrate | collect | emulate | status | localdb | import | query.
+"""``tickvault`` command line: run | migrate | collect | emulate | status | localdb | import | history | query.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (the message names the
 ``TICKVAULT_*`` variable).
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "localdb":
             from collector_daemon.storage import localdb
             return localdb.main(args)
-        if args.command in ("import", "query"):
+        if args.command in ("import", "query", "history"):
             from tickvault.cli import run
             return run(args)
     except SettingsError as exc:

@@ -12,7 +12,10 @@ frames until the socket closes -> record the disconnect -> capped exponential ba
 (:func:`backoff_delay`: every delay within [backoff_min_s, backoff_max_s]) -> reconnect and
 resubscribe.
 
-Every connect, subscribe ack and disconnect becomes a ``connection_events`` row. The first ack
+Every connect, subscribe ack and disconnect becomes a ``connection_events`` row, and so does each
+change of the venue's announced system status (``Control.status``, event ``status``, the status in
+``reason``; while it is one the venue names in ``min_reconnect_delay_s``, e.g. Kraken's
+maintenance, reconnects wait at least that long). The first ack
 after a reconnect carries the lost window: ``window_start`` = last frame received before the
 disconnect, ``window_end`` = when the resubscription was confirmed.
 
@@ -129,6 +132,8 @@ class Connection:
         stream_tables: stream name -> table name of the venue's streams (default: a stream is
             named after its table); the watchdog's limits are per table.
         endpoint: the venue's endpoint key this connection serves (``VenueProtocol.endpoint_of``).
+        connect_limiter: paces (re)connects across the venue's connections
+            (``ConnectionLimits.connects_per_period``); None = only the backoff.
     """
 
     def __init__(self, venue: VenueProtocol, url: str, connection_id: str, pipeline: Pipeline,
@@ -139,7 +144,8 @@ class Connection:
                  watchdog: "Watchdog | None" = None,
                  observers: dict[str, Callable[[list[tuple]], None]] | None = None,
                  on_lost_window: Callable[[str, int, int | None, tuple[str, ...]], None] | None = None,
-                 stream_tables: dict[str, str] | None = None, endpoint: str = "public") -> None:
+                 stream_tables: dict[str, str] | None = None, endpoint: str = "public",
+                 connect_limiter: AsyncLimiter | None = None) -> None:
         self.venue = venue
         self.url = url
         self.connection_id = connection_id
@@ -167,6 +173,9 @@ class Connection:
         self.on_lost_window = on_lost_window
         self.stream_tables = stream_tables or {}
         self.endpoint = endpoint
+        self.connect_limiter = connect_limiter
+        #: the venue's last announced system status (``Control.status``), None before any
+        self.venue_status: str | None = None
         self._last_by_table: dict[str, int] = {}
         self.watchdog_reconnects = 0
         self.desired: list[str] = []
@@ -208,6 +217,9 @@ class Connection:
         attempt = 0
         while not self._stopping:
             try:
+                if self.connect_limiter is not None:   # a stop ends the wait for a connect slot
+                    if not (await unless_set(self._stopped, self.connect_limiter.acquire()))[0]:
+                        break
                 _, ws = await unless_set(self._stopped, connect(
                     self.url, max_size=TRANSPORT_MAX_SIZE, compression=None, open_timeout=10,
                     close_timeout=2, **self._socket_options))
@@ -262,7 +274,8 @@ class Connection:
                 await self._event("disconnect", reason=reason,
                                   window_start=self._last_frame_us or None)
                 self.stats.reconnects += 1
-                delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
+                delay = max(backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s),
+                            self.venue.min_reconnect_delay_s(self.venue_status))
                 attempt += 1
                 self._report_unreachable(exc)
                 log.warning("%s: disconnected (%s); reconnecting in %.1f s",
@@ -303,16 +316,13 @@ class Connection:
             desired = set(self.desired)
             missing = [c for c in self.desired if c not in self.subscribed]
             extra = [c for c in self.subscribed if c not in desired]
-            step = self.venue.max_channels_per_subscribe
-            for i in range(0, len(extra), step):
-                chunk = extra[i:i + step]
+            for chunk in self.venue.subscribe_batches(extra):
                 request = self.venue.unsubscribe_request(chunk, self._ids)
                 gone = set(self.venue.acknowledged_channels(request, await self._request(ws, request)))
                 self.subscribed -= gone
                 self._accepting -= gone
                 await self._event("unsubscribed", channels=sorted(gone))
-            for i in range(0, len(missing), step):
-                chunk = missing[i:i + step]
+            for chunk in self.venue.subscribe_batches(missing):
                 async with self.subscribe_limiter:
                     self._accepting.update(chunk)
                     request = self.venue.subscribe_request(chunk, self._ids)
@@ -477,14 +487,15 @@ class Connection:
                         if not rows:   # e.g. Deribit trades "data":[]: alive, nothing to store
                             continue
                         rows_received[table.name] = rows_received.get(table.name, 0) + len(rows)
-                        ts = ts_index.get(table.name)
-                        if ts is None:
+                        ts = ts_index.get(table.name, -1)
+                        if ts == -1:
                             ts = ts_index[table.name] = table.exchange_ts_index
-                        exchange_us = rows[-1][ts]
-                        if exchange_us > self._max_exchange_us:
-                            self._max_exchange_us = exchange_us
-                        if self._lost_exchange_from is not None:
-                            self._report_window(exchange_us)
+                        if ts is not None:   # tables without exchange_ts (candles) move no clock
+                            exchange_us = rows[-1][ts]
+                            if exchange_us > self._max_exchange_us:
+                                self._max_exchange_us = exchange_us
+                            if self._lost_exchange_from is not None:
+                                self._report_window(exchange_us)
                         observer = observers.get(table.name)
                         if observer is not None:
                             observer(rows)
@@ -492,8 +503,12 @@ class Connection:
                             await pipeline.seal(table)
                     elif type(item) is Response:
                         self._answer(item)
-                    elif item.reply is not None:
-                        await ws.send(item.reply)
+                    else:
+                        if item.status is not None and item.status != self.venue_status:
+                            self.venue_status = item.status
+                            await self._event("status", reason=item.status)
+                        if item.reply is not None:
+                            await ws.send(item.reply)
                 except websockets.exceptions.WebSocketException:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one frame never ends the connection

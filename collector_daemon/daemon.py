@@ -138,6 +138,8 @@ class Collector:
         self.stats.rows_duplicate = self.writer.rows_duplicate    # updated in place per batch
         limits = self.venue.limits   # the subscribe budget is shared by all sockets
         self._limiter = AsyncLimiter(limits.subscribe_burst, limits.subscribe_period_s)
+        self._connect_limiter = (AsyncLimiter(*limits.connects_per_period)
+                                 if limits.connects_per_period else None)
         self._watchdog = Watchdog(settings.silence_reconnect_s, {
             s.table.name: (s.stale_warn_s, s.stale_reconnect_s) for s in self.streams})
         self.gaps: GapKeeper | None = None    # needs the pool: created in run()
@@ -182,7 +184,8 @@ class Collector:
         self.pipeline.start()
         self._start_metrics()
         self.gaps = GapKeeper(self.venue.name, self.writer.pool, self._recover, streams=self.streams,
-                              spool=self.spool, write_timeout_s=self.settings.write_timeout_s)
+                              spool=self.spool, write_timeout_s=self.settings.write_timeout_s,
+                              seed_days=self.venue.sequence_seed_days)
         if not (await unless_set(self._stop, self.gaps.seed()))[0]:
             return await self._stopped_at_start(started)
         log.info("sequence tracking (%s) seeded for %d instruments",
@@ -338,7 +341,8 @@ class Collector:
             refused_retry_s=self.settings.refused_retry_s, watchdog=self._watchdog,
             recv_buffer_bytes=self.settings.ws_recv_buffer_bytes, observers=observers,
             on_lost_window=self._lost_window,
-            stream_tables={s.name: s.table.name for s in self.streams}, endpoint=endpoint)
+            stream_tables={s.name: s.table.name for s in self.streams}, endpoint=endpoint,
+            connect_limiter=self._connect_limiter)
         return conn
 
     def _live(self) -> tuple[int, ...]:

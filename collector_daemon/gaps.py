@@ -71,7 +71,9 @@ class GapKeeper:
             venue called ``venue`` with its settings from the environment.
         pool: an asyncpg pool whose connections use ``writer.init_connection`` (µs timestamps).
         recover: coroutine that resolves open gap ids over REST; None = record only.
-        seed_days: how far back the last trade_seq per instrument is looked up at start.
+        seed_days: how far back the last trade_seq per instrument is looked up at start; None =
+            the whole table (a venue whose REST serves all history: the first live row then opens
+            the gap from the last stored one, i.e. the sync from the last stored trade to now).
         spool: where the gaps still pending at :meth:`close` go when the database is down;
             None = :meth:`close` raises the database error instead.
         max_pending: most gaps held while the database is unavailable.
@@ -83,7 +85,7 @@ class GapKeeper:
     """
 
     def __init__(self, venue: str, pool: asyncpg.Pool, recover: RecoverFn | None = None, *,
-                 streams: Sequence[StreamSpec] | None = None, seed_days: int = 3, spool: Spool | None = None, max_pending: int = 10_000,
+                 streams: Sequence[StreamSpec] | None = None, seed_days: int | None = 3, spool: Spool | None = None, max_pending: int = 10_000,
                  retry_backoff_s: tuple[float, float] = (0.5, 10.0),
                  write_timeout_s: float = WRITE_TIMEOUT_S,
                  recovery_retry_delays_s: tuple[float, ...] = RECOVERY_RETRY_DELAYS_S) -> None:
@@ -135,10 +137,11 @@ class GapKeeper:
         async with self.pool.acquire() as conn:
             for table, (spec, *_) in self._sequenced.items():
                 col = spec.sequence_column
+                recent = ("AND exchange_ts > now() - make_interval(days => $2) "
+                          if self.seed_days is not None else "AND $2::int IS NULL ")
                 rows = await conn.fetch(
                     f"SELECT DISTINCT ON (instrument_name) instrument_name, {col}, exchange_ts "
-                    f"FROM {table} WHERE venue = $1 AND {col} IS NOT NULL "
-                    "AND exchange_ts > now() - make_interval(days => $2) "
+                    f"FROM {table} WHERE venue = $1 AND {col} IS NOT NULL {recent}"
                     f"ORDER BY instrument_name, {col} DESC", self.venue, self.seed_days)
                 self.last[spec.name] = {r[0]: (r[1], r[2]) for r in rows}
         return sum(len(v) for v in self.last.values())

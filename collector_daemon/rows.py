@@ -22,12 +22,17 @@ class TableSpec:
         natural_key: columns of the table's unique constraint; empty for append-only tables
             (those are written with a plain COPY; keyed tables are insert-if-absent).
         timestamp_columns: columns holding µs-since-epoch integers.
+        upsert: for keyed tables whose rows are updated in place (an exchange's open candle),
+            the SQL after ``ON CONFLICT`` (``(key) DO UPDATE SET ... WHERE ...``); such rows
+            always go through the staging table, the last row per key of a batch wins. None =
+            insert-if-absent.
     """
 
     name: str
     columns: tuple[str, ...]
     natural_key: tuple[str, ...] = ()
     timestamp_columns: tuple[str, ...] = ()
+    upsert: str | None = None
 
     @property
     def exchange_ts_index(self) -> int | None:
@@ -88,6 +93,23 @@ DATA_GAPS = TableSpec(
     timestamp_columns=("gap_start", "gap_end"),
 )
 
+#: Candles as an exchange publishes them (schema/0011): an open candle is updated by later rows
+#: (the stored row is the last state); a closed one never changes afterwards.
+EXCHANGE_CANDLES = TableSpec(
+    "exchange_candles",
+    (
+        "venue", "instrument_name", "interval_minutes", "interval_begin", "open", "high", "low",
+        "close", "vwap", "volume", "trade_count", "closed", "source", "receive_ts",
+    ),
+    natural_key=("venue", "instrument_name", "interval_minutes", "interval_begin"),
+    timestamp_columns=("interval_begin", "receive_ts"),
+    upsert=("(venue, instrument_name, interval_minutes, interval_begin) DO UPDATE SET "
+            "open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, "
+            "vwap = coalesce(EXCLUDED.vwap, exchange_candles.vwap), volume = EXCLUDED.volume, "
+            "trade_count = EXCLUDED.trade_count, closed = EXCLUDED.closed, source = EXCLUDED.source, "
+            "receive_ts = EXCLUDED.receive_ts WHERE NOT exchange_candles.closed"),
+)
+
 #: Reference data; upserted by the universe refresh (not by the streaming writer).
 INSTRUMENTS = TableSpec(
     "instruments",
@@ -104,7 +126,8 @@ INSTRUMENTS = TableSpec(
 #: venues add with :func:`register_table` (the writer's staging tables and the spool's replay
 #: look tables up here).
 TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (QUOTES, TRADES, CONNECTION_EVENTS, REJECTED_MESSAGES, DATA_GAPS)
+    t.name: t for t in (QUOTES, TRADES, CONNECTION_EVENTS, REJECTED_MESSAGES, DATA_GAPS,
+                         EXCHANGE_CANDLES)
 }
 
 

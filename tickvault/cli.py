@@ -1,4 +1,5 @@
-"""``tickvault import ...`` and ``tickvault query ...``: the history subcommands, added to the
+"""``tickvault import ...``, ``tickvault history ...`` and ``tickvault query ...``: the history
+subcommands, added to the
 ``tickvault`` parser by ``collector_daemon.cli``.
 
 Exit codes: 0 success (also when lines were rejected: they are in the rejects file), 1 the
@@ -29,6 +30,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--rejects", type=Path, help="file for rejected lines "
                                                     "(default ./tickvault-rejects-<kind>-<UTC>.csv)")
 
+    hist = sub.add_parser("history", help="an exchange's trade history over REST, resumable")
+    hist_kinds = hist.add_subparsers(dest="history_kind", required=True)
+    p = hist_kinds.add_parser("kraken-trades", help="Kraken REST Trades -> trades (paged by cursor, "
+                                                    "resumes from sync_state)")
+    p.add_argument("--pair", required=True, help="WS v2 symbol, e.g. BTC/USD")
+    p.add_argument("--since", required=True,
+                   help="UTC start (2016-01-01 or ISO time), or 0 for the pair's first trade")
+    p.add_argument("--until", help="UTC end, inclusive (default: now)")
+
     query = sub.add_parser("query", help="candles, trades or quotes from the database and the archive")
     what = query.add_subparsers(dest="query_kind", required=True)
     for kind in ("candles", "trades", "quotes"):
@@ -48,7 +58,36 @@ def run(args: argparse.Namespace) -> int:
     """Run ``import`` or ``query`` (``args.command``)."""
     if args.command == "import":
         return _import(args)
+    if args.command == "history":
+        return _history(args)
     return _query(args)
+
+
+def _history(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from collector_daemon.settings import load_settings
+    from tickvault import query
+    from tickvault.history.kraken_rest import KrakenRestError, sync_trades
+
+    def ns(text: str) -> int:
+        return 0 if text.strip() == "0" else int(query.parse_time(text).timestamp() * 1e6) * 1000
+
+    try:
+        since, until = ns(args.since), (ns(args.until) if args.until else None)
+        dsn = load_settings().database_url.get_secret_value()
+        summary = asyncio.run(sync_trades(
+            dsn, args.pair, since_ns=since, until_ns=until,
+            on_page=lambda s: print(s.line(), file=sys.stderr) if sys.stderr.isatty() else None))
+    except ValueError as exc:
+        print(f"tickvault history: {exc}", file=sys.stderr)
+        return 2
+    except KrakenRestError as exc:
+        print(f"tickvault history: REST failed (the next run resumes from the stored cursor): {exc}",
+              file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0
 
 
 def _import(args: argparse.Namespace) -> int:

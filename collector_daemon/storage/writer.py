@@ -11,6 +11,10 @@ Keyed tables (quotes, trades) are written insert-if-absent:
   (~175k rows/s). After a conflict the table stays on the staging path for ``conflict_cooldown_s``
   so a stream of overlapping batches does not pay for two writes each.
 
+Tables whose rows are updated in place (``TableSpec.upsert``: an exchange's open candle) go
+through the staging table + ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE`` the stored row may
+still change; the last row per key of a batch wins.
+
 Append-only tables (connection_events, rejected_messages, data_gaps) take a plain COPY. A batch
 *replayed* from the spool (``write(..., replay=True)``) may have been written before (a segment
 drained part-way, then retried or left by a crash; a write whose commit landed after it timed
@@ -283,6 +287,8 @@ class BatchWriter:
 
     async def _write_on(self, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple],
                         replay: bool = False) -> int:
+        if table.upsert is not None:
+            return await self._write_upsert(conn, table, rows)
         if not table.keyed:
             if replay:
                 return await self._write_absent(conn, table, rows)
@@ -318,6 +324,26 @@ class BatchWriter:
     async def _write_staged(cls, conn: asyncpg.Connection, table: TableSpec,
                             rows: Sequence[tuple]) -> int:
         return await cls._via_stage(conn, table, rows, "ON CONFLICT DO NOTHING")
+
+    @classmethod
+    async def insert_absent(cls, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple],
+                            also_absent: str = "") -> int:
+        """Insert-if-absent ``rows`` on the caller's connection (one whose staging tables this
+        writer's pool made) inside the caller's transaction, e.g. with a cursor committed in the
+        same transaction (``tickvault history``). ``also_absent``: an SQL condition over the
+        staged row ``s`` that must hold too (``NOT EXISTS (...)``), for rows whose natural key
+        can differ between sources. Returns the rows inserted."""
+        where = f"WHERE {also_absent} " if also_absent else ""
+        return await cls._via_stage(conn, table, rows, where + "ON CONFLICT DO NOTHING")
+
+    @classmethod
+    async def _write_upsert(cls, conn: asyncpg.Connection, table: TableSpec,
+                            rows: Sequence[tuple]) -> int:
+        """Rows updated in place (``table.upsert``): the last row per natural key of the batch,
+        through the staging table (one statement cannot update a row twice)."""
+        key = [table.columns.index(c) for c in table.natural_key]
+        last = {tuple(row[i] for i in key): row for row in rows}
+        return await cls._via_stage(conn, table, list(last.values()), "ON CONFLICT " + table.upsert)
 
     @classmethod
     async def _write_absent(cls, conn: asyncpg.Connection, table: TableSpec, rows: Sequence[tuple]) -> int:

@@ -21,12 +21,16 @@ import enum
 import importlib
 import os
 import pkgutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import msgspec
 from pydantic_settings import BaseSettings
+from tenacity import (
+    AttemptManager, AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential,
+)
 
 from collector_daemon.rows import TableSpec
 
@@ -53,6 +57,24 @@ class RecoveryIncomplete(Exception):
     the rows fetched stay stored."""
 
 
+_json_decode = msgspec.json.Decoder().decode
+
+
+def decode_json_object(frame: str | bytes) -> dict:
+    """One WebSocket frame as its JSON object (a decoder's first step).
+
+    Raises:
+        RejectedFrame: not JSON, or JSON that is not an object.
+    """
+    try:
+        msg = _json_decode(frame)
+    except msgspec.DecodeError as exc:
+        raise RejectedFrame(f"decode error: {exc}") from None
+    if not isinstance(msg, dict):
+        raise RejectedFrame("not a JSON object")
+    return msg
+
+
 class Data(NamedTuple):
     """Decoded market data: ``rows`` (tuples in ``table.columns`` order) for ``table``."""
 
@@ -72,9 +94,13 @@ class Response(NamedTuple):
 
 
 class Control(NamedTuple):
-    """A frame the venue wants answered (``reply``) or that only proves liveness (``reply`` None)."""
+    """A frame the venue wants answered (``reply``) or that only proves liveness (``reply`` None).
+    ``status``: the venue's own system status the frame announces (Kraken ``status`` channel:
+    ``online``, ``maintenance``, ``cancel_only``, ``post_only``), recorded by the connection as a
+    ``status`` connection event; None for frames that announce none."""
 
     reply: str | None
+    status: str | None = None
 
 
 class Request(NamedTuple):
@@ -168,6 +194,18 @@ class VenueProtocol(abc.ABC):
         spot) decode per endpoint. Default: :meth:`decoder`."""
         return self.decoder()
 
+    def subscribe_batches(self, channels: list[str]) -> list[list[str]]:
+        """``channels`` split into the groups one (un)subscribe frame may carry: chunks of
+        :attr:`max_channels_per_subscribe` in order. Kraken overrides it: one frame names one
+        channel kind (``trade``, ``ohlc`` of one interval) for several symbols."""
+        step = self.max_channels_per_subscribe
+        return [channels[i:i + step] for i in range(0, len(channels), step)]
+
+    def min_reconnect_delay_s(self, status: str | None) -> float:
+        """The shortest wait before reconnecting while the venue's last announced system status
+        (:attr:`Control.status`) is ``status`` (Kraken: 5 s during maintenance); 0 = no minimum."""
+        return 0.0
+
     def max_channels_per_connection(self, channels: list[str]) -> int | None:
         """The most of ``channels`` (one endpoint's) one connection may carry (Bybit: the args
         of a connection stay under 21,000 characters), or None for no venue limit; the daemon
@@ -252,12 +290,16 @@ class ConnectionLimits:
             (Deribit).
         subscribe_burst / subscribe_period_s: subscribe frames: ``burst`` per ``period`` (a token
             bucket shared by the daemon's connections).
+        connects_per_period: ``(connects, period_s)``: the most (re)connects per period and IP
+            (a token bucket shared by the daemon's connections; Kraken behind Cloudflare: about
+            150 per 10 minutes); None = no limit beyond each connection's backoff.
     """
 
     connections_per_ip: int | None = None
     rest_counts_as_connection: bool = False
     subscribe_burst: int = 10
     subscribe_period_s: float = 1.0
+    connects_per_period: tuple[int, float] | None = None
 
 
 class RecoveryPlan(NamedTuple):
@@ -306,6 +348,21 @@ class RestClient(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def attempts(self, retryable: Callable[[BaseException], bool], *, tries: int,
+                       backoff_max_s: float) -> AsyncIterator[AttemptManager]:
+        """tenacity attempts of one call: ``async for attempt in self.attempts(...): with attempt:
+        ...`` retries the errors ``retryable`` accepts with capped exponential backoff and jitter
+        (0.5 s doubling up to ``backoff_max_s``), at most ``tries`` times, then re-raises; each
+        retry is counted in :attr:`retries`."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=wait_random_exponential(multiplier=0.5, max=backoff_max_s),
+            stop=stop_after_attempt(tries), reraise=True,
+        ):
+            if attempt.retry_state.attempt_number > 1:
+                self.retries += 1
+            yield attempt
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the HTTP connections."""
@@ -333,6 +390,10 @@ class Venue(abc.ABC):
     schema_dir: ClassVar[Path | None] = None
     #: How far back the venue's main REST host serves a time window (s); None = no limit.
     recent_horizon_s: ClassVar[float | None] = None
+    #: How far back (days) the collector looks for the last stored sequence number per
+    #: instrument at start (``GapKeeper.seed``); None = the whole table (Kraken: REST serves all
+    #: history, so the first live trade opens the gap from the last stored one to now).
+    sequence_seed_days: ClassVar[int | None] = 3
 
     def load_settings(self, **overrides: Any) -> VenueSettings:
         """The venue's settings from the environment with ``overrides`` on top.
@@ -520,6 +581,7 @@ def get_venue(name: str) -> Venue:
 __all__: Sequence[str] = (
     "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
     "RecoveryIncomplete", "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec",
-    "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "get_venue", "register",
+    "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "decode_json_object", "get_venue",
+    "register",
     "select_venues", "venues",
 )

@@ -30,6 +30,10 @@ nightly_export_job = dg.define_asset_job(
     "nightly_export_job", selection=dg.AssetSelection.assets("parquet_export"),
     description="Export one (day, table) partition to Parquet, with its checks.")
 
+history_import_job = dg.define_asset_job(
+    "history_import_job", selection=dg.AssetSelection.assets("history_import"),
+    description="Bulk import of one exchange history file (run config names it).")
+
 retention_job = dg.define_asset_job(
     "retention_job", selection=dg.AssetSelection.assets("tick_retention"),
     description="Drop verified-exported days past the retention age.")

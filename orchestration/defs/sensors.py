@@ -1,12 +1,16 @@
-"""Sensors: observation of the collector's tables, backfill requests after audits, and the
-export of a day again once its candles are built."""
+"""Sensors: observation of the collector's tables, backfill requests after audits, the
+export of a day again once its candles are built, and bulk imports of files dropped into the
+import folder."""
 
 import json
+import os
+import time
+from pathlib import Path
 
 import dagster as dg
 
 from orchestration.defs.assets.stream import COLLECTOR_TABLES
-from orchestration.defs.jobs import nightly_export_job, trades_backfill_job
+from orchestration.defs.jobs import history_import_job, nightly_export_job, trades_backfill_job
 from orchestration.lib.export import EXPORT_TABLES
 from orchestration.lib.observe import table_stats
 from orchestration.resources import DatabaseResource
@@ -121,3 +125,49 @@ def export_after_candles(context: dg.SensorEvaluationContext, asset_event: dg.Ev
     for table in EXPORT_TABLES:
         yield dg.RunRequest(run_key=f"parquet_export:{day}:{table}:after-candles:{asset_event.run_id}",
                             partition_key=dg.MultiPartitionKey({"date": day, "table": table}))
+
+
+#: Folder watched by :func:`history_import_folder`: one sub-folder per importer
+#: (``tickvault.history.IMPORTERS``), e.g. ``$TICKVAULT_IMPORT_DIR/<importer>/<file or zip>``.
+IMPORT_DIR_VARIABLE = "TICKVAULT_IMPORT_DIR"
+#: A file changed more recently than this (s) may still be being copied: left for a later tick.
+IMPORT_SETTLE_S = 10.0
+
+
+@dg.sensor(job=history_import_job, minimum_interval_seconds=60, default_status=RUNNING,
+           description="Imports each file (CSV, zip or folder) dropped into $TICKVAULT_IMPORT_DIR/"
+                       "<importer>/, once per version (name, size, mtime); the import's summary "
+                       "is the materialisation's metadata.")
+def history_import_folder(context: dg.SensorEvaluationContext):
+    """One ``history_import`` run per new or changed entry of an importer's sub-folder of
+    ``$TICKVAULT_IMPORT_DIR`` (run key: importer, name, size and mtime, so a file is imported
+    once and again only when it changes; the import itself is idempotent anyway). Entries changed
+    within :data:`IMPORT_SETTLE_S` wait for the next tick. Rejected lines go to
+    ``<dir>/rejects/<importer>-<name>.csv``."""
+    from tickvault.history import IMPORTERS
+
+    root = os.environ.get(IMPORT_DIR_VARIABLE)
+    if not root:
+        return dg.SkipReason(f"{IMPORT_DIR_VARIABLE} is not set: no import folder to watch")
+    base = Path(root)
+    if not base.is_dir():
+        return dg.SkipReason(f"{IMPORT_DIR_VARIABLE}={root} is not a folder")
+    now = time.time()
+    requests = []
+    for importer in IMPORTERS:
+        folder = base / importer
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            st = entry.stat()
+            if now - st.st_mtime < IMPORT_SETTLE_S:
+                continue
+            config = {"importer": importer, "path": str(entry),
+                      "rejects_path": str(base / "rejects" / f"{importer}-{entry.name}.csv")}
+            requests.append(dg.RunRequest(
+                run_key=f"{importer}:{entry.name}:{st.st_size}:{st.st_mtime_ns}",
+                run_config={"ops": {"history_import": {"config": config}}},
+                tags={"tickvault/import": f"{importer}/{entry.name}"}))
+    return requests or dg.SkipReason("no new file in the import folders")

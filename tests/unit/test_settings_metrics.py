@@ -85,12 +85,12 @@ def test_metrics_and_healthz_over_http() -> None:
 def test_an_unknown_venue_fails_at_start_with_the_known_ones(monkeypatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TICKVAULT_DATABASE_URL", "postgresql://u@h/db")
-    with pytest.raises(SettingsError, match="TICKVAULT_VENUE: unknown venue 'nope'; known venues: bybit, deribit"):
+    with pytest.raises(SettingsError, match="TICKVAULT_VENUE: unknown venue 'nope'; known venues: bybit, deribit, kraken"):
         load_settings(venue="nope")
     proc = subprocess.run([sys.executable, "-m", "collector_daemon.cli", "collect", "--venue", "nope"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "TICKVAULT_DATABASE_URL": "postgresql://u@h/db"})
-    assert proc.returncode == 2 and "known venues: bybit, deribit" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "known venues: bybit, deribit, kraken" in proc.stderr, proc.stderr
 
 
 def test_venue_settings_have_their_own_prefix_and_the_old_names(monkeypatch, tmp_path) -> None:

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import polars as pl
 
+from collector_daemon.rows import EXCHANGE_CANDLES
 from tickvault.history.sources import (
     CHUNK_BYTES,
     RejectsFile,
@@ -392,15 +393,6 @@ def _ohlcvt_frame(df: pl.DataFrame, plan: _Plan, ids: _TradeIds, receive_us: int
     return out, rejects
 
 
-#: The file's closed candle completes a stored open one (WS); a closed one never changes.
-_CANDLE_UPSERT = (
-    "(venue, instrument_name, interval_minutes, interval_begin) DO UPDATE SET "
-    "open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, "
-    "vwap = coalesce(EXCLUDED.vwap, exchange_candles.vwap), volume = EXCLUDED.volume, "
-    "trade_count = EXCLUDED.trade_count, closed = true, source = EXCLUDED.source, "
-    "receive_ts = EXCLUDED.receive_ts WHERE NOT exchange_candles.closed")
-
-
 def _run(dsn: str, kind: str, plans: list[_Plan], rejects_path: Path | None,
          on_progress: Callable[[int, int, int], None] | None, chunk_bytes: int) -> ImportSummary:
     started = time.monotonic()
@@ -409,7 +401,7 @@ def _run(dsn: str, kind: str, plans: list[_Plan], rejects_path: Path | None,
     max_us = receive_us + 86_400_000_000
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     rejects = RejectsFile(rejects_path or Path(f"tickvault-rejects-{summary.kind}-{stamp}.csv"))
-    writer = (TableWriter(dsn, "exchange_candles", _CANDLE_UPSERT) if kind == "ohlcvt"
+    writer = (TableWriter(dsn, "exchange_candles", EXCHANGE_CANDLES.upsert) if kind == "ohlcvt"
               else TableWriter(dsn, "trades"))
     transform = _ohlcvt_frame if kind == "ohlcvt" else _trades_frame
     done_bytes, total = 0, sum(p.source.size for p in plans)

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 
 from collector_daemon.rows import TableSpec, register_table
-from collector_daemon.venues import RejectedFrame
+from collector_daemon.venues import decode_json_object
 
 VENUE = "bybit"
 CATEGORIES = ("linear", "option", "spot")
@@ -229,19 +228,5 @@ def trade_row(category: str, trade: dict, receive_us: int, source: str = "ws") -
             _num(trade.get("iv"), "iv"), source)
 
 
-_json_decode = msgspec.json.Decoder().decode
-
-
-def decode_object(frame: str | bytes) -> dict:
-    """One WebSocket frame (public or private) as its JSON object.
-
-    Raises:
-        RejectedFrame: not JSON, or JSON that is not an object.
-    """
-    try:
-        msg = _json_decode(frame)
-    except msgspec.DecodeError as exc:
-        raise RejectedFrame(f"decode error: {exc}") from None
-    if not isinstance(msg, dict):
-        raise RejectedFrame("not a JSON object")
-    return msg
+#: One WebSocket frame (public or private) as its JSON object (the venues' shared step).
+decode_object = decode_json_object
