@@ -1,4 +1,4 @@
-"""``tickvault`` command line: migrate | collect | emulate | status | localdb | import | query.
+"""``tickvault`` command line: migrate | collect | emulate | status | accounts | localdb | import | query.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (the message names the
 ``TICKVAULT_*`` variable).
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per-instrument row counts and freshness")
     status.add_argument("--hours", type=float, default=24.0, help="look-back window (default 24 h)")
 
+    from collector_daemon.core import accounts
+    accounts.add_arguments(sub.add_parser("accounts", help="trading accounts whose private streams are recorded"))
+
     local = sub.add_parser("localdb", help="project-local PostgreSQL under ./.data")
     localdb.add_arguments(local)
 
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(emulator.main(args))
         if args.command == "status":
             return _status(args)
+        if args.command == "accounts":
+            from collector_daemon.core import accounts
+            return accounts.main(args, load_settings().database_url.get_secret_value())
         if args.command == "localdb":
             from collector_daemon.storage import localdb
             return localdb.main(args)

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings
 from collector_daemon.rows import TableSpec
 
 if TYPE_CHECKING:   # only for annotations: the core modules import this one
+    from collector_daemon.core.accounts import Account
     from collector_daemon.core.gaps import Gap
     from collector_daemon.core.universe import FetchedUniverse
 
@@ -286,6 +287,8 @@ class VenueSettings(BaseSettings):
     top_n: int | None = None
     rest_url: str = ""
     history_url: str | None = None
+    #: Re-read the ``accounts`` table at least this often (s), besides its NOTIFY.
+    accounts_refresh_s: float = 60.0
 
     def universe_groups(self) -> tuple[str, ...]:
         """The groups the universe is kept in (``universe_versions.currency``): currencies,
@@ -418,6 +421,32 @@ class Venue(abc.ABC):
         """Open interest per instrument now, from REST (the ``open_interest_vs_rest`` check);
         None when the venue offers no such snapshot."""
         return None
+
+    def private_ws_url(self, settings: VenueSettings) -> str | None:
+        """The WebSocket URL of the venue's private (per account) connections; None when the
+        venue records no private data (the default)."""
+        return None
+
+    def private_protocol(self, settings: VenueSettings, account: "Account") -> VenueProtocol:
+        """The wire protocol of ``account``'s private connection (authentication, topics, rows
+        carrying the account id).
+
+        Raises:
+            NotImplementedError: the venue records no private data.
+        """
+        raise NotImplementedError(f"venue {self.name} records no private data")
+
+    def reconcile_account(self, rest: RestClient, settings: VenueSettings, account: "Account",
+                          since_us: int | None) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
+        """What ``account``'s private streams may have missed since ``since_us`` (µs; None = as
+        far back as the venue's settings say, at start), fetched
+        over REST as ``(table, rows)`` pages (rows stamped source ``rest``; rows already stored
+        are skipped by the tables' natural keys). Run at start and after every reconnect.
+
+        Raises:
+            NotImplementedError: the venue records no private data.
+        """
+        raise NotImplementedError(f"venue {self.name} records no private data")
 
     def emulation(self, fanout: int = 1, churn: bool = False) -> Any:
         """The venue's emulation for ``tickvault emulate`` (a
