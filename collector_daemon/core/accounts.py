@@ -257,7 +257,7 @@ class PrivateSession:
 # --------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``tickvault accounts add|list|disable|enable`` (database: ``TICKVAULT_DATABASE_URL``)."""
+    """``tickvault accounts add|list|disable|enable|grant`` (database: ``TICKVAULT_DATABASE_URL``)."""
     what = parser.add_subparsers(dest="accounts_command", required=True)
     add = what.add_parser("add", help="register an account (its secret stays where --secret-ref points)")
     add.add_argument("--venue", required=True)
@@ -272,6 +272,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = what.add_parser(verb, help=f"{verb} an account (the collector follows within seconds)")
         p.add_argument("--venue", required=True)
         p.add_argument("label")
+    grant = what.add_parser("grant", help=(
+        "let a database role read this account's private rows (and no other account's: "
+        "row-level security)"))
+    grant.add_argument("--venue", required=True)
+    grant.add_argument("--role", required=True, help="an existing database role (a tenant's)")
+    grant.add_argument("label")
 
 
 def main(args: argparse.Namespace, dsn: str) -> int:
@@ -306,6 +312,8 @@ def main(args: argparse.Namespace, dsn: str) -> int:
             for r in rows:
                 print("\t".join("" if v is None else str(v) for v in r))
             return 0
+        if cmd == "grant":
+            return _grant(conn, args.venue, args.label, args.role)
         cur = conn.execute("UPDATE accounts SET enabled = %s WHERE venue = %s AND label = %s",
                            (cmd == "enable", args.venue, args.label))
         if cur.rowcount == 0:
@@ -314,3 +322,29 @@ def main(args: argparse.Namespace, dsn: str) -> int:
             return 1
         print(f"account {args.venue} {args.label} {cmd}d")
         return 0
+
+
+def _grant(conn, venue: str, label: str, role: str) -> int:
+    """Add ``role`` as a reader of the account and grant it SELECT on every table with the
+    ``tickvault_tenant_read`` row-level security policy (the private tables)."""
+    from psycopg import sql
+
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+        print(f"tickvault accounts grant: no database role {role!r} (CREATE ROLE it first)", file=sys.stderr)
+        return 2
+    row = conn.execute("SELECT account_id FROM accounts WHERE venue = %s AND label = %s", (venue, label)).fetchone()
+    if row is None:
+        print(f"tickvault accounts grant: no {venue} account labelled {label!r}", file=sys.stderr)
+        return 1
+    tables = [t for (t,) in conn.execute(
+        "SELECT tablename FROM pg_policies WHERE policyname = 'tickvault_tenant_read' "
+        "AND schemaname = current_schema() ORDER BY tablename").fetchall()]
+    with conn.transaction():
+        conn.execute("INSERT INTO account_readers (role_name, account_id) VALUES (%s, %s) "
+                     "ON CONFLICT DO NOTHING", (role, row[0]))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(conn.execute("SELECT current_schema()").fetchone()[0]), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, tables)), sql.Identifier(role)))
+    print(f"role {role} reads account {venue} {label} ({row[0]}) in {', '.join(tables)}")
+    return 0

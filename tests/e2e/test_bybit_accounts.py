@@ -110,13 +110,14 @@ def test_collector_follows_accounts_and_reconciles(migrated_db_url, tmp_path, re
             await wait_for("beta stopped", lambda: {a.label for a, _ in keeper.sessions.values()}
                            == {"alpha", "gamma", "epsilon"})
             refreshes = keeper.refreshes
-            return metrics, refreshes, server.stats()
+            return metrics, refreshes, dict(server.replayer.rest_faults)
         finally:
             collector.request_stop()
             await asyncio.wait_for(run, 60)
             await server.stop()
 
-    metrics, refreshes, _ = asyncio.run(scenario())
+    metrics, refreshes, faults = asyncio.run(scenario())
+    assert faults["rpc"] >= 1 and faults["http429"] >= 1   # 10006 and 403 answered, reconciliation finished
     assert refreshes <= 4   # NOTIFY drove the changes (the periodic re-read is every 30 s)
     got = counts(migrated_db_url)
     assert not any(who in ("gamma", "off") for _, who in got)               # the wrong key and the disabled one
