@@ -200,7 +200,9 @@ class PrivateSession:
         retry_s: wait before trying a failed reconciliation again (s).
         poll_s: how often the connection's state is looked at (s).
 
-    ``reconciled`` counts finished reconciliations, ``reconcile_errors`` failed ones.
+    ``reconciled`` counts finished reconciliations, ``reconcile_errors`` failed ones;
+    ``reconciled_connects`` is the connection count (``Connection.connects``) when the last
+    finished one started: reconnects in quick succession share one reconciliation.
     """
 
     def __init__(self, account: Account, connection: "Connection",
@@ -213,6 +215,7 @@ class PrivateSession:
         self.poll_s = poll_s
         self.reconciled = 0
         self.reconcile_errors = 0
+        self.reconciled_connects = 0
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> "PrivateSession":
@@ -226,11 +229,10 @@ class PrivateSession:
         return self
 
     async def _reconcile_loop(self) -> None:
-        done_for = 0   # the connection count last reconciled
         conn = self.connection
         while True:
             await asyncio.sleep(self.poll_s)
-            if conn.connects == done_for or not conn.subscribed:
+            if conn.connects == self.reconciled_connects or not conn.subscribed:
                 continue
             connects = conn.connects
             try:
@@ -241,7 +243,7 @@ class PrivateSession:
                           exc, self.retry_s)
                 await asyncio.sleep(self.retry_s)
                 continue
-            done_for = connects
+            self.reconciled_connects = connects
             self.reconciled += 1
 
     async def stop(self) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,7 +64,8 @@ PATHS = {"/v5/public/linear": "linear", "/v5/public/option": "option", "/v5/publ
          "/v5/private": "private"}
 MAX_ARGS_CHARS = 21_000
 SPOT_MAX_ARGS = 10
-_SEP = "|"   # qualified channel: "<category>|<topic>"
+_SEP = "|"   # qualified channel: "<category>|<topic>", private: "private|<key>|<topic>"
+_PRIVATE_TOPICS = ("execution", "order", "position", "wallet")
 
 
 def _dumps(obj: Any) -> str:
@@ -113,7 +115,9 @@ class BybitEmulation(VenueEmulation):
         #: time + k * private_step_ms)
         self.private_start_ms: int | None = None
         self.private_step_ms = 1
-        self._authed: dict[int, str] = {}   # session id -> API key
+        self._authed: dict[int, str] = {}
+        #: API key -> the private timeline messages played so far (REST serves them)
+        self._private_ledger: dict[str, list[dict]] = {}   # session id -> API key
 
     # --- timeline -------------------------------------------------------------------------------
 
@@ -189,6 +193,12 @@ class BybitEmulation(VenueEmulation):
         return (Event(event.ts + shift, event.kind, event.instrument, event.routes, data, ids),)
 
     def publish(self, event: Event) -> None:
+        if event.kind == "private":   # made now, at the wall clock, and kept for REST
+            frame, copy = event.data
+            event.data = self._rekey(frame, event.instrument, f"t{copy}", lambda _ms: str(time.time_ns() // 1_000_000))
+            event.encoded = None
+            self._private_ledger.setdefault(event.instrument, []).append(event.data)
+            return
         category, topic = event.routes[0].split(_SEP, 1)
         msg = event.data
         self._clock = max(self._clock, event.ts)
@@ -211,6 +221,8 @@ class BybitEmulation(VenueEmulation):
     # --- channels and frames --------------------------------------------------------------------
 
     def route(self, channel: str) -> str | None:
+        if channel.startswith("private" + _SEP):   # private|<key>|<topic>
+            return channel if channel.rsplit(_SEP, 1)[1] in _PRIVATE_TOPICS else None
         category, _, topic = channel.partition(_SEP)
         kind, _, subject = topic.partition(".")
         known = self._known.get(category)
@@ -221,6 +233,8 @@ class BybitEmulation(VenueEmulation):
         return channel
 
     def channel_subject(self, channel: str) -> tuple[str, str | None]:
+        if channel.startswith("private" + _SEP):
+            return "private", None
         category, _, topic = channel.partition(_SEP)
         kind, _, subject = topic.partition(".")
         if kind == "tickers":
@@ -348,40 +362,66 @@ class BybitEmulation(VenueEmulation):
                 return [_dumps({"req_id": req_id, "success": False, "ret_msg": "Request not authorized",
                                 "op": op, "conn_id": conn_id})]
             out = [_dumps({"req_id": req_id, "success": True, "ret_msg": "", "op": op, "conn_id": conn_id})]
+            topics = [t for t in msg.get("args") or () if isinstance(t, str)]
+            qualified = [f"private{_SEP}{key}{_SEP}{t}" for t in topics]   # the timeline's traffic
+            (session.subscribe if op == "subscribe" else session.unsubscribe)(qualified)
             if op == "subscribe":
-                for topic in msg.get("args") or ():
+                for topic in topics:
                     out += [_dumps(f) for f in self.private_messages(key, topic, range(self.private_copies))]
             return out
         return [_dumps({"req_id": req_id, "success": False, "ret_msg": f"error:unsupported op {str(op)[:50]}",
                         "op": op, "conn_id": conn_id})]
 
     def private_messages(self, key: str, topic: str, copies: range) -> list[dict]:
-        """Account ``key``'s messages of ``topic``: each of :attr:`private_frames` of that topic,
-        as copy k for k in ``copies``: ids (``execId``, ``orderId``, the message ``id``) suffixed
-        ``-{key}-{k}`` and every event time set to copy k's (see :attr:`private_start_ms`); the
-        other fields as the real message has them."""
+        """Account ``key``'s messages of ``topic`` sent on subscribing: each of
+        :attr:`private_frames` of that topic, as copy k for k in ``copies`` (:meth:`_rekey`,
+        timed per :attr:`private_start_ms`)."""
         out = []
         for frame in self.private_frames:
             if frame.get("topic") != topic:
                 continue
             for k in copies:
-                def at(ms: object) -> str:
+                def at(ms: object, k: int = k) -> str:
                     base = self.private_start_ms if self.private_start_ms is not None else int(ms)
                     return str(base + k * self.private_step_ms)
-                data = []
-                for d in frame["data"]:
-                    d = dict(d)
-                    if topic == "execution":
-                        d.update(execId=f"{d['execId']}-{key}-{k}", orderId=f"{d['orderId']}-{key}-{k}",
-                                 execTime=at(d["execTime"]))
-                    elif topic == "order":
-                        d.update(orderId=f"{d['orderId']}-{key}-{k}", updatedTime=at(d["updatedTime"]),
-                                 createdTime=at(d["createdTime"]))
-                    elif topic == "position":
-                        d.update(updatedTime=at(d["updatedTime"]))
-                    data.append(d)
-                out.append({**frame, "id": f"{frame.get('id', 'x')}-{key}-{k}",
-                            "creationTime": int(at(frame["creationTime"])), "data": data})
+                out.append(self._rekey(frame, key, str(k), at))
+        return out
+
+    @staticmethod
+    def _rekey(frame: dict, key: str, copy: str, at) -> dict:
+        """A copy of a real private message for account ``key``: ids (``execId``, ``orderId``,
+        the message ``id``) suffixed ``-{key}-{copy}``, every event time ``at(original)``; the
+        other fields as the real message has them."""
+        topic = frame["topic"]
+        data = []
+        for d in frame["data"]:
+            d = dict(d)
+            if topic == "execution":
+                d.update(execId=f"{d['execId']}-{key}-{copy}", orderId=f"{d['orderId']}-{key}-{copy}",
+                         execTime=at(d["execTime"]))
+            elif topic == "order":
+                d.update(orderId=f"{d['orderId']}-{key}-{copy}", updatedTime=at(d["updatedTime"]),
+                         createdTime=at(d["createdTime"]))
+            elif topic == "position":
+                d.update(updatedTime=at(d["updatedTime"]))
+            data.append(d)
+        return {**frame, "id": f"{frame.get('id', 'x')}-{key}-{copy}",
+                "creationTime": int(at(frame["creationTime"])), "data": data}
+
+    def private_events(self, keys: Sequence[str], copies: int, start_ts: int, end_ts: int) -> list[Event]:
+        """Timeline events of private traffic: for each account key, ``copies`` copies of every
+        one of :attr:`private_frames`, spread evenly over ``[start_ts, end_ts]`` (timeline ms),
+        delivered to that account's subscribed connection only (fault injection, drops
+        included, applies as to public notifications). A copy is made when played: ids
+        suffixed ``-{key}-t{k}``, event times = the wall clock; REST serves every copy played."""
+        frames = [f for f in self.private_frames if f.get("topic") in _PRIVATE_TOPICS]
+        n = max(1, copies * len(frames) - 1)
+        out = []
+        for key in keys:
+            for i in range(copies * len(frames)):
+                frame = frames[i % len(frames)]
+                out.append(Event(start_ts + (end_ts - start_ts) * i // n, "private", key,
+                                 (f"private{_SEP}{key}{_SEP}{frame['topic']}",), (frame, i // len(frames))))
         return out
 
     def _private_rest(self, method: str, query: dict[str, str], raw_query: str,
@@ -415,7 +455,7 @@ class BybitEmulation(VenueEmulation):
                 if category == "linear" and not (query.get("symbol") or query.get("settleCoin")):
                     raise ValueError("symbol or settleCoin is required")
                 latest = {}
-                for msg in self.private_messages(key, "position", everything):
+                for msg in self._private_all(key, "position", everything):
                     for p in msg["data"]:
                         if p.get("category") == category and (
                                 category != "linear" or p["symbol"].endswith(query.get("settleCoin") or p["symbol"])):
@@ -424,7 +464,7 @@ class BybitEmulation(VenueEmulation):
             elif method == "account/wallet-balance":
                 if query.get("accountType") != "UNIFIED":
                     raise ValueError("accountType")
-                wallets = [w for msg in self.private_messages(key, "wallet", everything) for w in msg["data"]]
+                wallets = [w for msg in self._private_all(key, "wallet", everything) for w in msg["data"]]
                 result = {"list": [{**wallets[-1], "accountType": "UNIFIED"}] if wallets else []}
             else:
                 return 404, b'{"error":"not found"}'
@@ -432,6 +472,12 @@ class BybitEmulation(VenueEmulation):
             return self._error(10001, f"params error: {exc}", now_ms)
         return 200, _dumps({"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {},
                             "time": now_ms}).encode()
+
+    def _private_all(self, key: str, topic: str, copies: range) -> list[dict]:
+        """Every ``topic`` message of account ``key`` so far: the subscribe-time copies and the
+        timeline's played ones."""
+        return self.private_messages(key, topic, copies) + [
+            msg for msg in self._private_ledger.get(key, ()) if msg["topic"] == topic]
 
     def _private_history(self, method: str, key: str, query: dict[str, str], copies: range,
                          now_ms: int) -> dict:
@@ -446,7 +492,7 @@ class BybitEmulation(VenueEmulation):
         if end - start > 7 * 86_400_000 or end < start:
             raise ValueError("the time range between startTime and endTime cannot exceed 7 days")
         coin = query.get("baseCoin") or "BTC"
-        entries = [d for msg in self.private_messages(key, topic, copies) for d in msg["data"]
+        entries = [d for msg in self._private_all(key, topic, copies) for d in msg["data"]
                    if d.get("category") == category and start <= int(d[time_field]) <= end
                    and (category != "option" or d["symbol"].startswith(coin + "-"))]
         entries.sort(key=lambda d: -int(d[time_field]))
