@@ -189,7 +189,7 @@ class Collector:
             if self.private_url:
                 self.accounts = AccountKeeper(self.venue.name, self.settings.database_url.get_secret_value(),
                                               lambda a: self._private_session(a, rest),
-                                              refresh_s=self.venue_settings.accounts_refresh_s)
+                                              refresh_s=self.settings.accounts_refresh_s)
                 side_tasks.append(asyncio.create_task(self.accounts.run(), name="accounts"))
             stop_task = asyncio.create_task(self._stop.wait(), name="stop")
             ended_task = asyncio.create_task(self._connections_ended(), name="connections-ended")

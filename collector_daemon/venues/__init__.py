@@ -287,8 +287,6 @@ class VenueSettings(BaseSettings):
     top_n: int | None = None
     rest_url: str = ""
     history_url: str | None = None
-    #: Re-read the ``accounts`` table at least this often (s), besides its NOTIFY.
-    accounts_refresh_s: float = 60.0
 
     def universe_groups(self) -> tuple[str, ...]:
         """The groups the universe is kept in (``universe_versions.currency``): currencies,
