@@ -93,10 +93,7 @@ class Fields:
                 raise m.BadValue(f"{f}: expected a string")
             out[col] = v or None
         for f, col in self.ints.items():
-            v = obj.get(f)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                raise m.BadValue(f"{f}: expected an integer")
-            out[col] = v
+            out[col] = _int(obj.get(f), f, col)
         for f, col in self.bools.items():
             out[col] = m._bool(obj.get(f), f)
         for f, col in self.ms.items():
@@ -107,6 +104,24 @@ class Fields:
         """Fields of ``obj`` without a column (stored as sent in ``other``)."""
         handled = self.handled
         return {k: v for k, v in obj.items() if k not in handled and k not in also}
+
+
+#: Integer columns narrower than bigint: their range (positionIdx: 0 one-way, 1/2 hedge mode).
+_INT_RANGE = {"position_idx": (0, 2)}
+
+
+def _int(value: object, field: str, column: str) -> int | None:
+    """An integer field within its column's range (bigint unless :data:`_INT_RANGE` says).
+
+    Raises:
+        BadValue: not an integer, or out of range.
+    """
+    if value is None:
+        return None
+    low, high = _INT_RANGE.get(column, (-2**63, 2**63 - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise m.BadValue(f"{field}: expected an integer in [{low}, {high}], got {str(value)[:30]}")
+    return value
 
 
 def _fields(numeric=(), text=(), ints=(), bools=(), ms=()) -> Fields:
@@ -254,9 +269,9 @@ def position_row(account: Account, position: object, receive_us: int, source: st
     if category is not None and isinstance(position, dict):
         position = {"category": category, **position}
     p = _head(position, "position")
-    idx = p.get("positionIdx", 0)
-    if isinstance(idx, bool) or not isinstance(idx, int):
-        raise m.BadValue("positionIdx: expected an integer")
+    idx = _int(p.get("positionIdx", 0), "positionIdx", "position_idx")
+    if idx is None:
+        raise m.BadValue("positionIdx: null")
     side = p.get("side")
     return (m.VENUE, account.account_id, account.run_tag, p["category"],
             m.instrument_name(p["category"], p["symbol"]), idx, _time(p, "updatedTime"), receive_us,
@@ -383,8 +398,11 @@ class BybitPrivateDecoder(Decoder):
         and subscribe answers -> :class:`Response`; pongs -> :class:`Control`.
 
         Raises:
-            RejectedFrame: not JSON, a malformed entry, an unknown topic or frame kind.
+            RejectedFrame: not JSON, a NUL character (``\\u0000``) anywhere, a malformed entry,
+                an unknown topic or frame kind.
         """
+        if (b"\\u0000" if isinstance(frame, bytes) else "\\u0000") in frame:
+            raise RejectedFrame("a string holds a NUL character (PostgreSQL text cannot)")
         msg = m.decode_object(frame)
         topic = msg.get("topic")
         if topic is not None:
