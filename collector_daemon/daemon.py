@@ -191,6 +191,7 @@ class Collector:
                                               lambda a: self._private_session(a, rest),
                                               refresh_s=self.settings.accounts_refresh_s)
                 side_tasks.append(asyncio.create_task(self.accounts.run(), name="accounts"))
+                self.stats.accounts = self.accounts.status
             stop_task = asyncio.create_task(self._stop.wait(), name="stop")
             ended_task = asyncio.create_task(self._connections_ended(), name="connections-ended")
             writer_task = self.pipeline.writer_task

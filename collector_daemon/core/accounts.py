@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -97,12 +97,6 @@ async def load_accounts(conn: asyncpg.Connection, venue: str) -> list[Account]:
     return [Account(r["account_id"], r["label"], r["key_id"], r["secret_ref"], r["run_tag"]) for r in rows]
 
 
-class Session(Protocol):
-    """What the keeper needs of one account's running session (its connection and reconciliation)."""
-
-    async def stop(self) -> None: ...
-
-
 class AccountKeeper:
     """One private session per enabled account of a venue, following the ``accounts`` table.
 
@@ -117,14 +111,15 @@ class AccountKeeper:
     (naming the account, never its secret) and retried at the next refresh; the others go on.
     """
 
-    def __init__(self, venue: str, dsn: str, start: Callable[[Account], Awaitable[Session]], *,
+    def __init__(self, venue: str, dsn: str, start: Callable[[Account], Awaitable["PrivateSession"]], *,
                  refresh_s: float = 60.0) -> None:
         self.venue = venue
         self._dsn = dsn
         self._start = start
         self.refresh_s = refresh_s
-        self.sessions: dict[int, tuple[Account, Session]] = {}
+        self.sessions: dict[int, tuple[Account, PrivateSession]] = {}
         self._changed = asyncio.Event()
+        self._stopped = False
         self.refreshes = 0
 
     async def run(self) -> None:
@@ -173,6 +168,8 @@ class AccountKeeper:
                 del self.sessions[account_id]
                 await session.stop()
         for account_id, account in wanted.items():
+            if self._stopped:   # the collector is shutting down: start nothing more
+                return
             if account_id not in self.sessions:
                 try:
                     self.sessions[account_id] = (account, await self._start(account))
@@ -182,8 +179,22 @@ class AccountKeeper:
                     continue
                 log.info("account %s (%d): session started", account.label, account_id)
 
+    def status(self) -> dict[str, dict]:
+        """Per account label (collector_status.stats["accounts"]): ``account_id``, ``state``
+        (``streaming``: authenticated and subscribed; ``refused``: the exchange refused the
+        topics, e.g. a wrong key; ``connecting``), ``reconciled`` and ``reconcile_errors``."""
+        out = {}
+        for account, session in self.sessions.values():
+            conn = session.connection
+            state = "streaming" if conn.subscribed else "refused" if conn.refused else "connecting"
+            out[account.label] = {"account_id": account.account_id, "state": state,
+                                  "reconciled": session.reconciled,
+                                  "reconcile_errors": session.reconcile_errors}
+        return out
+
     async def stop(self) -> None:
-        """Stop every session (the collector's shutdown)."""
+        """Stop every session (the collector's shutdown); no session starts afterwards."""
+        self._stopped = True
         sessions, self.sessions = list(self.sessions.values()), {}
         await asyncio.gather(*(s.stop() for _, s in sessions), return_exceptions=True)
 

@@ -84,6 +84,7 @@ def test_collector_follows_accounts_and_reconciles(migrated_db_url, tmp_path, re
             "database_url": migrated_db_url, "venue": "bybit", "categories": "linear", "linear_symbols": "BTCUSDT",
             "metrics_port": 0, "spool_dir": tmp_path / "spool", "backoff_min_s": 0.05, "backoff_max_s": 0.3,
             "flush_interval_s": 0.1, "stats_interval_s": 3600, "rest_ban_wait_s": 0.05, "refused_retry_s": 0.5,
+            "status_interval_s": 1,
             "private_categories": "linear", "reconcile_lookback_days": 10, "accounts_refresh_s": 30})
         collector = Collector(settings, ws_url={"linear": server.ws_urls["/v5/public/linear"],
                                                 "private": server.ws_urls["/v5/private"]},
@@ -100,6 +101,11 @@ def test_collector_follows_accounts_and_reconciles(migrated_db_url, tmp_path, re
             gamma = next(s for a, s in keeper.sessions.values() if a.label == "gamma")
             await wait_for("gamma refused", lambda: gamma.connection.refused)
             assert gamma.reconciled == 0   # reconciled only once authenticated and subscribed
+            await asyncio.sleep(settings.status_interval_s + 0.5)   # a heartbeat with every state
+            with psycopg.connect(migrated_db_url) as conn:
+                status = conn.execute("SELECT stats->'accounts' FROM collector_status").fetchone()[0]
+            assert {k: v["state"] for k, v in status.items()} == {
+                "alpha": "streaming", "beta": "streaming", "gamma": "refused"}
             metrics = httpx.get(f"http://127.0.0.1:{collector._metrics.port}/metrics").text
             # followed without a restart: the CLI adds epsilon and disables beta
             assert await asyncio.to_thread(cli.main, ["accounts", "add", "--venue", "bybit", "--label", "epsilon",
