@@ -28,6 +28,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from collector_daemon.connection import Connection
+    from collector_daemon.venues import Venue, VenueSettings
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,74 @@ class PrivateSession:
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class DayReconciliation:
+    """What reconciling one account for one day did (Dagster's ``private_reconciliation``).
+
+    Attributes:
+        account_id / label: the account.
+        fetched / inserted: rows per table fetched over REST / new to the database.
+        executions_rest: distinct executions REST lists for the day.
+        executions_stored: executions stored for the day afterwards (stream and REST).
+        error: why the account could not be reconciled (names no secret), else None.
+    """
+
+    account_id: int
+    label: str
+    fetched: dict[str, int] = field(default_factory=dict)
+    inserted: dict[str, int] = field(default_factory=dict)
+    executions_rest: int = 0
+    executions_stored: int = 0
+    error: str | None = None
+
+
+async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day: str, *,
+                        max_concurrency: int = 4) -> list[DayReconciliation]:
+    """Reconcile every enabled account of ``venue`` over the UTC ``day`` (executions and order
+    updates; no snapshots for a past window) with a writer and a REST client of its own; the
+    accounts one after the other, so the client's pace is the whole budget. Empty when the venue
+    records no private data.
+
+    Raises:
+        asyncpg errors: the database failed (a REST or secret failure is the account's ``error``).
+    """
+    from collector_daemon.core.days import day_window
+    from collector_daemon.storage.writer import BatchWriter
+
+    if venue.private_ws_url(settings) is None:
+        return []
+    start, end = day_window(day)
+    start_us, end_us = int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
+    writer = BatchWriter(dsn, venue=venue.name, pool_size=1)
+    await writer.open()
+    out: list[DayReconciliation] = []
+    try:
+        async with writer.pool.acquire() as conn:
+            accounts = await load_accounts(conn, venue.name)
+        async with venue.rest_client(settings, max_concurrency=max_concurrency) as rest:
+            for account in accounts:
+                report = DayReconciliation(account.account_id, account.label)
+                out.append(report)
+                fills: set[str] = set()   # the tables of executions (an exec_id column)
+                try:
+                    async for table, rows in venue.reconcile_account(rest, settings, account, start_us, end_us):
+                        report.fetched[table.name] = report.fetched.get(table.name, 0) + len(rows)
+                        report.inserted[table.name] = (report.inserted.get(table.name, 0)
+                                                       + (await writer.write(table, rows) if rows else 0))
+                        if "exec_id" in table.columns:
+                            fills.add(table.name)
+                            report.executions_rest += len(rows)
+                except (*venue.rest_errors, SecretError) as exc:
+                    report.error = str(exc)[:500]
+                async with writer.pool.acquire() as conn:
+                    report.executions_stored = sum([await conn.fetchval(
+                        f"SELECT count(*) FROM {name} WHERE account_id = $1 AND exchange_ts >= $2 "
+                        "AND exchange_ts < $3", account.account_id, start_us, end_us) for name in sorted(fills)])
+    finally:
+        await writer.close()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -435,11 +435,13 @@ class Venue(abc.ABC):
         raise NotImplementedError(f"venue {self.name} records no private data")
 
     def reconcile_account(self, rest: RestClient, settings: VenueSettings, account: "Account",
-                          since_us: int | None) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
-        """What ``account``'s private streams may have missed since ``since_us`` (µs; None = as
-        far back as the venue's settings say, at start), fetched
-        over REST as ``(table, rows)`` pages (rows stamped source ``rest``; rows already stored
-        are skipped by the tables' natural keys). Run at start and after every reconnect.
+                          since_us: int | None, until_us: int | None = None,
+                          ) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
+        """What ``account``'s private streams may have missed in ``[since_us, until_us)`` (µs;
+        since None = as far back as the venue's settings say; until None = up to now, with
+        snapshots of the current state), fetched over REST as ``(table, rows)`` pages (rows
+        stamped source ``rest``; rows already stored are skipped by the tables' natural keys).
+        Run at start and after every reconnect, and per day by Dagster.
 
         Raises:
             NotImplementedError: the venue records no private data.

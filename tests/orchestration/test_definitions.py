@@ -11,6 +11,7 @@ EXPECTED_PARENTS = {
     "trade_gaps": {"quotes", "trades", "connection_events", "instrument_universe"},
     "trades_backfill": {"trade_gaps"},
     "candles": {"trades", "trades_backfill"},
+    "private_reconciliation": set(),
 }
 EXPECTED_CHECKS = {
     "trade_gaps": {"quote_freshness", "quote_coverage", "crossed_quotes", "quotes_in_range",
@@ -40,7 +41,7 @@ def test_asset_graph(defs):
         node = graph.get(dg.AssetKey(key))
         assert not node.is_executable and node.kinds == {"timescaledb"}
         assert node.group_name == "live_capture"
-    for key in ("trade_gaps", "trades_backfill", "candles"):
+    for key in ("trade_gaps", "trades_backfill", "candles", "private_reconciliation"):
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DailyPartitionsDefinition)
         assert node.backfill_policy is None  # one run per day, tagged dagster/partition

@@ -65,18 +65,20 @@ def windows(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     return out
 
 
-async def reconcile(rest: BybitRest, account: Account, since_us: int, *, categories: Sequence[str],
+async def reconcile(rest: BybitRest, account: Account, since_us: int, until_us: int | None = None, *,
+                    categories: Sequence[str],
                     option_base_coins: Sequence[str]) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
-    """``(table, rows)`` pages of ``account``'s executions and order updates since ``since_us``
-    (µs) up to now, then its current positions and wallet, all with source ``rest``.
+    """``(table, rows)`` pages of ``account``'s executions and order updates in
+    ``[since_us, until_us)`` (µs), all with source ``rest``; with ``until_us`` None up to now,
+    followed by its current positions and wallet.
 
     Raises:
         BybitRestError: a call failed for good, a cursor repeats, or an answer holds a malformed
             entry (named).
         SecretError: the account's secret cannot be read.
     """
-    now_ms = time.time_ns() // 1_000_000
-    spans = windows(since_us // 1000, now_ms)
+    end_ms = until_us // 1000 - 1 if until_us is not None else time.time_ns() // 1_000_000
+    spans = windows(since_us // 1000, end_ms)
     for scope in scopes(categories, option_base_coins):
         for table, path, limit, build in ((EXECUTIONS, "execution/list", EXECUTIONS_PAGE, execution_row),
                                           (ORDERS, "order/history", ORDERS_PAGE, order_row)):
@@ -90,13 +92,15 @@ async def reconcile(rest: BybitRest, account: Account, since_us: int, *, categor
                     seen.update(_key(table, r) for r in fresh)
                     yield table, fresh
         category = scope["category"]
-        if category == "spot":
-            continue   # spot has no positions
+        if category == "spot" or until_us is not None:
+            continue   # spot has no positions; a past window has no snapshot
         extra = [{"settleCoin": c} for c in LINEAR_SETTLE_COINS] if category == "linear" else [{}]
         for params in extra:
             async for page in rest.pages("position/list", {**scope, **params, "limit": 200}, account=account):
                 yield POSITIONS, _rows("position/list",
                                        lambda p: position_row(account, p, _now_us(), "rest", category), page)
+    if until_us is not None:
+        return
     result = await rest.get("account/wallet-balance", {"accountType": WALLET_ACCOUNT_TYPE}, account=account)
     receive_us = _now_us()
     answer_us = receive_us // 1000 * 1000   # the snapshot's time: when it was answered (ms)

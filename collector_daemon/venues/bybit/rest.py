@@ -58,7 +58,8 @@ class BybitRestError(RuntimeError):
 
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, BybitRestError):
-        return exc.code in RETRYABLE_CODES or exc.code in (403, 429) or exc.code >= 500
+        # retCodes are >= 10000: only HTTP statuses fall in 500-599
+        return exc.code in RETRYABLE_CODES or exc.code in (403, 429) or 500 <= exc.code < 600
     return isinstance(exc, httpx.TransportError)
 
 

@@ -239,12 +239,13 @@ class BybitVenue(Venue):
         return BybitPrivateProtocol(account, _csv(settings.private_topics))
 
     def reconcile_account(self, rest: BybitRest, settings: BybitSettings, account: Account,
-                          since_us: int | None) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
-        """:func:`collector_daemon.venues.bybit.reconcile.reconcile` from ``since_us`` (None:
-        ``reconcile_lookback_days`` ago)."""
+                          since_us: int | None, until_us: int | None = None,
+                          ) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
+        """:func:`collector_daemon.venues.bybit.reconcile.reconcile` over ``[since_us, until_us)``
+        (since None: ``reconcile_lookback_days`` ago)."""
         if since_us is None:
             since_us = time.time_ns() // 1000 - int(settings.reconcile_lookback_days * 86_400e6)
-        return reconcile(rest, account, since_us, categories=_csv(settings.private_categories),
+        return reconcile(rest, account, since_us, until_us, categories=_csv(settings.private_categories),
                          option_base_coins=_csv(settings.option_base_coins))
 
     def emulation(self, fanout: int = 1, churn: bool = False):
