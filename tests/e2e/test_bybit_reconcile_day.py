@@ -64,3 +64,59 @@ def test_reconcile_day_per_account(migrated_db_url, real_data_dir, monkeypatch) 
         stored = conn.execute("SELECT account_id, count(*), min(exchange_ts), max(exchange_ts), "
                               "bool_and(source = 'rest') FROM bybit_executions GROUP BY 1").fetchall()
     assert [(s[0], s[1], s[4]) for s in stored] == [(ids["alpha"], 6, True)]
+
+
+def test_private_reconciliation_asset(migrated_db_url, real_data_dir, monkeypatch) -> None:
+    """The asset materialised in process for a deployment recording Bybit (TICKVAULT_VENUES
+    read when its module loads): metadata per account and both checks."""
+    import importlib
+    import os
+    import threading
+
+    import dagster as dg
+
+    from orchestration import partitions
+    from orchestration.defs.assets import private   # (and what it imports) as the session has them
+    from orchestration.resources import DatabaseResource, VenueApiResource
+
+    monkeypatch.setenv("TV_A", "secret-aaaa")
+    with psycopg.connect(migrated_db_url) as conn:
+        conn.execute("INSERT INTO accounts (label, venue, key_id, secret_ref) VALUES ('alpha', 'bybit', 'key-a', 'env:TV_A')")
+    day_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def boot():
+        server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
+        server.venue.accounts = {"key-a": "secret-aaaa"}
+        server.venue.private_frames = [json.loads((real_data_dir / f).read_text()) for f in FRAMES]
+        server.venue.private_copies, server.venue.private_rest_only = 0, 4
+        server.venue.private_start_ms, server.venue.private_step_ms = day_ms, 5 * HOUR_MS
+        await server.start()
+        return server
+    server = asyncio.run_coroutine_threadsafe(boot(), loop).result(60)
+    venues = os.environ.get("TICKVAULT_VENUES")
+    try:
+        os.environ["TICKVAULT_VENUES"] = "bybit"   # only this module is reloaded with it
+        importlib.reload(partitions)
+        module = importlib.reload(private)
+        result = dg.materialize([module.private_reconciliation], partition_key=DAY, resources={
+            "database": DatabaseResource(url=migrated_db_url),
+            "bybit": VenueApiResource(venue="bybit", base_url=server.rest_url,
+                                      options={"private_categories": "linear"})})
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        if venues is None:
+            os.environ.pop("TICKVAULT_VENUES", None)
+        else:
+            os.environ["TICKVAULT_VENUES"] = venues
+        importlib.reload(partitions)
+        importlib.reload(private)
+    assert result.success
+    mat = result.asset_materializations_for_node("private_reconciliation")[0]
+    meta = {k: getattr(v, "value", getattr(v, "data", v)) for k, v in mat.metadata.items()}
+    assert (meta["accounts"], meta["executions_rest"], meta["executions_stored"]) == (1, 4, 4)
+    assert meta["per_account"]["bybit/alpha"]["inserted"] == {"bybit_executions": 4, "bybit_orders": 4}
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"executions_unique": True, "executions_match_rest": True}

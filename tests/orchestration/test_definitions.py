@@ -18,6 +18,7 @@ EXPECTED_CHECKS = {
                    "quotes_no_duplicates", "open_interest_vs_rest"},
     "trades_backfill": {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range"},
     "candles": {"candles_match_trades", "exchange_candles_agree"},
+    "private_reconciliation": {"executions_unique", "executions_match_rest"},
 }
 
 

@@ -7,10 +7,14 @@ import asyncio
 import dagster as dg
 
 from collector_daemon.core.accounts import reconcile_day
+from collector_daemon.core.days import day_window
+from collector_daemon.rows import TABLES
 from orchestration.defs.assets.gaps import ONE_DAY_PER_RUN
 from orchestration.partitions import VENUES, daily
 
 PRIVATE_GROUP = "private_accounts"
+#: The tables of private fills (of any venue): an account_id and an exec_id column.
+FILL_TABLES = sorted(t.name for t in TABLES.values() if {"account_id", "exec_id"} <= set(t.columns))
 
 
 @dg.asset(
@@ -24,6 +28,12 @@ PRIVATE_GROUP = "private_accounts"
     retry_policy=dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL,
                                 jitter=dg.Jitter.PLUS_MINUS),
     metadata={"table": "the venues' private tables (source=rest)"},
+    check_specs=[
+        dg.AssetCheckSpec("executions_unique", asset="private_reconciliation",
+                          description="No fill of the day is stored twice for an account."),
+        dg.AssetCheckSpec("executions_match_rest", asset="private_reconciliation",
+                          description="Per account, the fills stored for the day are the fills REST lists."),
+    ],
 )
 def private_reconciliation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Reconciles every enabled trading account's day of executions and orders over REST."""
@@ -56,4 +66,17 @@ def private_reconciliation(context: dg.AssetExecutionContext) -> dg.MaterializeR
     if failed:
         raise dg.Failure(description=f"{len(failed)} account(s) not reconciled: " + "; ".join(failed[:5]),
                          metadata=meta)
-    return dg.MaterializeResult(metadata=meta)
+    start, end = day_window(day)
+    with context.resources.database.connect() as conn:
+        duplicates = {t: conn.execute(
+            f"SELECT count(*) - count(DISTINCT (account_id, exec_id)) FROM {t} "
+            "WHERE exchange_ts >= %s AND exchange_ts < %s", (start, end)).fetchone()[0] for t in FILL_TABLES}
+    mismatched = meta["accounts_not_matching_rest"].data
+    checks = [
+        dg.AssetCheckResult(check_name="executions_unique", passed=not any(duplicates.values()),
+                            severity=dg.AssetCheckSeverity.ERROR, metadata={"duplicates": dg.MetadataValue.json(duplicates)}),
+        dg.AssetCheckResult(check_name="executions_match_rest", passed=not mismatched,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"accounts_not_matching_rest": dg.MetadataValue.json(mismatched)}),
+    ]
+    return dg.MaterializeResult(metadata=meta, check_results=checks)
