@@ -14,7 +14,9 @@ import asyncio
 import json
 import logging
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -158,7 +160,8 @@ def test_collector_follows_accounts_and_reconciles(migrated_db_url, tmp_path, re
     log = caplog.text
     assert "bybit-private-gamma: setup request failed" in log and "signature verification failed" in log
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    listing = subprocess.run([".venv/bin/tickvault", "accounts", "list"], capture_output=True, text=True,
+    listing = subprocess.run([str(Path(sys.executable).parent / "tickvault"), "accounts", "list"],
+                             capture_output=True, text=True,
                              env={"TICKVAULT_DATABASE_URL": migrated_db_url, "PATH": "/usr/bin:/bin"})
     assert listing.returncode == 0 and "env:TV_SECRET_A" in listing.stdout
     for secret in [*SECRETS.values(), WRONG]:
