@@ -1,5 +1,7 @@
 """Trading accounts whose private streams are recorded (any venue): the ``accounts`` table, secret
-references, the collector's :class:`AccountKeeper` and ``tickvault accounts add|list|disable``.
+references, the collector's :class:`AccountKeeper` and :class:`PrivateSession`, the daily
+reconciliation (:func:`reconcile_day`, Dagster) and ``tickvault accounts
+add|list|disable|enable|grant``.
 
 Secrets never live in the database, the repository, logs, errors, process arguments or metrics:
 ``accounts.secret_ref`` says where the secret is, ``env:VARIABLE`` or ``file:/path`` (a Docker or
