@@ -1,4 +1,4 @@
-"""``tickvault`` command line: run | migrate | collect | emulate | status | localdb | import | history | query.
+"""``tickvault`` command line: run | migrate | collect | emulate | status | accounts | inspect | localdb | import | history | query.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (the message names the
 ``TICKVAULT_*`` variable).
@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--hours", type=float, default=24.0,
                         help="window of the instrument table, back from the newest row (default 24 h)")
 
+    from collector_daemon.core import accounts
+    accounts.add_arguments(sub.add_parser("accounts", help="trading accounts whose private streams are recorded"))
+
+    from collector_daemon import inspect
+    inspect.add_arguments(sub.add_parser("inspect", help="decode a capture offline: the rows each frame becomes"))
+
     local = sub.add_parser("localdb", help="project-local PostgreSQL under ./.data")
     localdb.add_arguments(local)
 
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(emulator.main(args))
         if args.command == "status":
             return _status(args)
+        if args.command == "inspect":
+            from collector_daemon import inspect
+            return inspect.main(args)
+        if args.command == "accounts":
+            from collector_daemon.core import accounts
+            return accounts.main(args, load_settings().database_url.get_secret_value())
         if args.command == "localdb":
             from collector_daemon.storage import localdb
             return localdb.main(args)

@@ -26,6 +26,7 @@ from collector_daemon import __version__
 from collector_daemon.connection import (
     UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, unless_set, unreachable_cause,
 )
+from collector_daemon.core.accounts import Account, AccountKeeper, PrivateSession
 from collector_daemon.core.recovery import GapRecovery
 from collector_daemon.core.universe import UNIVERSE_CHANNEL, apply_universe, read_universe
 from collector_daemon.gaps import GapKeeper
@@ -49,6 +50,8 @@ SIGNAL_RECOVERY_S = 1.0
 PIPELINE_DRAIN_S = 10.0
 #: Bound of each closing database step (last heartbeat, closing the pool), s.
 CLOSE_STEP_S = 1.0
+#: A reconciliation after a reconnect starts this long before the previous one started (µs).
+RECONCILE_OVERLAP_US = 60_000_000
 
 
 def _where(dsn: str) -> str:
@@ -111,6 +114,8 @@ class Collector:
             endpoints = {key: ws_url for key in endpoints}
         elif ws_url:
             endpoints = {**endpoints, **ws_url}
+        #: private (per account) connections: the "private" key of ``ws_url``, or the venue's
+        self.private_url = endpoints.pop("private", None) or self.venue.private_ws_url(vs)
         self.ws_urls = endpoints
         self.rest_url = rest_url or vs.rest_url
         self.streams = self.venue.streams(vs)
@@ -147,6 +152,7 @@ class Collector:
         self._give_up = asyncio.Event()       # set when shutdown_recovery_s has passed
         self.connections: list[Connection] = []
         self._conn_tasks: list[asyncio.Task] = []
+        self.accounts: AccountKeeper | None = None   # with private_url: created in run()
         self._running = False
         self.stats.subscribed_channels = lambda: sum(len(c.subscribed) for c in self.connections)
         self._stream_tables = {s.table.name for s in self.streams}
@@ -211,6 +217,12 @@ class Collector:
                           gaps_task := self.gaps.start(),
                           asyncio.create_task(self._stats_loop(), name="stats"),
                           asyncio.create_task(self._status_loop(), name="status")]
+            if self.private_url:
+                self.accounts = AccountKeeper(self.venue.name, self.settings.database_url.get_secret_value(),
+                                              lambda a: self._private_session(a, rest),
+                                              refresh_s=self.settings.accounts_refresh_s)
+                side_tasks.append(asyncio.create_task(self.accounts.run(), name="accounts"))
+                self.stats.accounts = self.accounts.status
             stop_task = asyncio.create_task(self._stop.wait(), name="stop")
             ended_task = asyncio.create_task(self._connections_ended(), name="connections-ended")
             writer_task = self.pipeline.writer_task
@@ -228,6 +240,8 @@ class Collector:
             log.info("shutting down: stop reading, flush, then close the database pool")
             for conn in self.connections:
                 await conn.stop()
+            if self.accounts is not None:
+                await self.accounts.stop()
             await asyncio.gather(*self._conn_tasks, return_exceptions=True)
             # the gap keeper is not cancelled: a recovery in flight is finished below
             others = [t for t in (*side_tasks, stop_task, ended_task) if t is not gaps_task]
@@ -344,6 +358,28 @@ class Collector:
             stream_tables={s.name: s.table.name for s in self.streams}, endpoint=endpoint,
             connect_limiter=self._connect_limiter)
         return conn
+
+    async def _private_session(self, account: Account, rest: RestClient) -> PrivateSession:
+        """Start ``account``'s private connection, reconciled over REST (pages into the pipeline)
+        at start (as far back as the venue's settings say) and after every reconnect (since the
+        previous reconciliation started, less :data:`RECONCILE_OVERLAP_US`)."""
+        conn = Connection(
+            self.venue.private_protocol(self.venue_settings, account), self.private_url,
+            f"{self.venue.name}-private-{account.label}", self.pipeline, self.stats, self._limiter,
+            backoff_min_s=self.settings.backoff_min_s, backoff_max_s=self.settings.backoff_max_s,
+            refused_retry_s=self.settings.refused_retry_s, endpoint="private",
+            recv_buffer_bytes=self.settings.ws_recv_buffer_bytes,
+            watchdog=Watchdog(self.settings.silence_reconnect_s, {}))   # ping/pong decides liveness
+
+        since: list[int | None] = [None]   # None: the venue's first look-back
+
+        async def reconcile(account: Account) -> None:
+            started_us = time.time_ns() // 1000
+            async for table, rows in self.venue.reconcile_account(rest, self.venue_settings, account, since[0]):
+                if rows and self.pipeline.add(table, rows):
+                    await self.pipeline.seal(table)
+            since[0] = started_us - RECONCILE_OVERLAP_US   # the next one covers what follows
+        return await PrivateSession(account, conn, reconcile).start()
 
     def _live(self) -> tuple[int, ...]:
         """Indices of connections that are up or not down for longer than ``failover_s``."""

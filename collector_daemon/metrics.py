@@ -87,6 +87,8 @@ class Stats:
     spool: Callable[[], dict[str, int]] = dict
     #: gaps found but not stored yet (the database is unavailable)
     gaps_pending: Callable[[], int] = lambda: 0
+    #: per account label: the state of its private session (``AccountKeeper.status``)
+    accounts: Callable[[], dict[str, dict]] = dict
     last_write_at: float = 0.0
     last_frame_us: int = 0
     exchange_latency: LatencySample = field(default_factory=LatencySample)
@@ -112,7 +114,7 @@ class Stats:
             "rows_duplicate": dict(self.rows_duplicate), "db_retries": self.db_retries,
             "queue_depth": self.queue_depth(), "connected": self.connected,
             "subscribed_channels": self.subscribed_channels(),
-            "spool": self.spool(), "gaps_pending": self.gaps_pending(),
+            "spool": self.spool(), "gaps_pending": self.gaps_pending(), "accounts": self.accounts(),
             "exchange_to_receive_ms_p50": pct(self.exchange_latency, 0.5),
             "exchange_to_receive_ms_p99": pct(self.exchange_latency, 0.99),
             "receive_to_commit_ms_p50": pct(self.commit_latency, 0.5),

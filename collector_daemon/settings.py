@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     write_timeout_s: float = Field(5.0, gt=0, description=(
         "Longest one database write attempt may take before its batch goes to the spool (s)."))
     refused_retry_s: float = Field(10.0, gt=0, description="Channels the exchange refused are requested again after this long (s).")
+    accounts_refresh_s: float = Field(60.0, gt=0, description=(
+        "Re-read the accounts table at least this often (s); changes also arrive by NOTIFY."))
     silence_reconnect_s: float = Field(30.0, gt=0, description=(
         "Reconnect when no frame at all (data or heartbeat) arrived for this long (s)."))
     rest_max_concurrency: int = Field(4, ge=1, le=16, description=(

@@ -258,8 +258,9 @@ class EmulatorServer:
             return _json_response(200, body)
         prefix = self.venue.rest_prefix + "/"
         if url.path.startswith(prefix):
-            status, body = self.venue.handle_http(url.path[len(prefix):], query,
-                                                  self.replayer.rest_fault(), received_us)
+            status, body = self.venue.handle_http_request(url.path[len(prefix):], query, url.query,
+                                                          request.headers, self.replayer.rest_fault(),
+                                                          received_us)
             return _json_response(status, body)
         return _json_response(404, b'{"error":"not found"}')
 

@@ -14,7 +14,7 @@ Times are integers in **milliseconds since the Unix epoch (UTC)** unless a name 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -217,6 +217,13 @@ class VenueEmulation(ABC):
     ) -> tuple[int, bytes]:
         """Serve ``GET <rest_prefix>/<method>?<query>``; ``fault`` is :meth:`Session.rest_fault`'s
         decision for this request. Returns ``(http_status, JSON body)``."""
+
+    def handle_http_request(self, method: str, query: dict[str, str], raw_query: str,
+                            headers: Mapping[str, str], fault: str | None,
+                            received_us: int) -> tuple[int, bytes]:
+        """Like :meth:`handle_http`, with the query string as sent and the request headers (for
+        venues that check signed requests). Default: :meth:`handle_http`."""
+        return self.handle_http(method, query, fault, received_us)
 
 
 def load_venue(name: str, fanout: int = 1, churn: bool = False) -> VenueEmulation:

@@ -35,6 +35,7 @@ from tenacity import (
 from collector_daemon.rows import TableSpec
 
 if TYPE_CHECKING:   # only for annotations: the core modules import this one
+    from collector_daemon.core.accounts import Account
     from collector_daemon.core.gaps import Gap
     from collector_daemon.core.universe import FetchedUniverse
 
@@ -479,6 +480,34 @@ class Venue(abc.ABC):
         """Open interest per instrument now, from REST (the ``open_interest_vs_rest`` check);
         None when the venue offers no such snapshot."""
         return None
+
+    def private_ws_url(self, settings: VenueSettings) -> str | None:
+        """The WebSocket URL of the venue's private (per account) connections; None when the
+        venue records no private data (the default)."""
+        return None
+
+    def private_protocol(self, settings: VenueSettings, account: "Account") -> VenueProtocol:
+        """The wire protocol of ``account``'s private connection (authentication, topics, rows
+        carrying the account id).
+
+        Raises:
+            NotImplementedError: the venue records no private data.
+        """
+        raise NotImplementedError(f"venue {self.name} records no private data")
+
+    def reconcile_account(self, rest: RestClient, settings: VenueSettings, account: "Account",
+                          since_us: int | None, until_us: int | None = None,
+                          ) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
+        """What ``account``'s private streams may have missed in ``[since_us, until_us)`` (µs;
+        since None = as far back as the venue's settings say; until None = up to now, with
+        snapshots of the current state), fetched over REST as ``(table, rows)`` pages (rows
+        stamped source ``rest``; rows already stored are skipped by the tables' natural keys).
+        Run at start and after every reconnect, and per day by Dagster.
+
+        Raises:
+            NotImplementedError: the venue records no private data.
+        """
+        raise NotImplementedError(f"venue {self.name} records no private data")
 
     def emulation(self, fanout: int = 1, churn: bool = False) -> Any:
         """The venue's emulation for ``tickvault emulate`` (a

@@ -21,10 +21,10 @@ from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
 from collector_daemon.metrics import Stats
 from collector_daemon.pipeline import Pipeline
 from collector_daemon.storage.writer import BatchWriter
-from collector_daemon.venues.bybit.private import (
-    EXECUTION_NUMERIC, EXECUTION_TEXT, BybitPrivateProtocol, SecretError, load_accounts, resolve_secret,
-    signature,
-)
+from collector_daemon.core.accounts import SecretError, load_accounts, resolve_secret
+from collector_daemon.venues.bybit.private import EXECUTION_FIELDS, BybitPrivateProtocol, signature
+
+EXECUTION_NUMERIC, EXECUTION_TEXT = EXECUTION_FIELDS.numeric, EXECUTION_FIELDS.text
 
 pytestmark = pytest.mark.realdata
 
@@ -73,7 +73,7 @@ def test_accounts_auth_and_executions_per_account(migrated_db_url, tmp_path, rea
 
     async def scenario():
         conn = await asyncpg.connect(migrated_db_url)
-        accounts = await load_accounts(conn)
+        accounts = await load_accounts(conn, "bybit")
         await conn.close()
         server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
         server.venue.accounts = dict(SECRETS)
@@ -85,7 +85,7 @@ def test_accounts_auth_and_executions_per_account(migrated_db_url, tmp_path, rea
         pipeline = Pipeline(writer.write, flush_interval_s=0.1)
         pipeline.start()
         stats = Stats(venue="bybit")
-        conns = [Connection(BybitPrivateProtocol(a), server.ws_urls["/v5/private"], f"bybit-private-{a.label}",
+        conns = [Connection(BybitPrivateProtocol(a, ("execution",)), server.ws_urls["/v5/private"], f"bybit-private-{a.label}",
                             pipeline, stats, AsyncLimiter(10, 1), backoff_min_s=0.05, backoff_max_s=0.2,
                             refused_retry_s=0.2, endpoint="private") for a in accounts]
         for c in conns:

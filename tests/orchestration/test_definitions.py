@@ -11,12 +11,14 @@ EXPECTED_PARENTS = {
     "trade_gaps": {"quotes", "trades", "connection_events", "instrument_universe"},
     "trades_backfill": {"trade_gaps"},
     "candles": {"trades", "trades_backfill"},
+    "private_reconciliation": set(),
 }
 EXPECTED_CHECKS = {
     "trade_gaps": {"quote_freshness", "quote_coverage", "crossed_quotes", "quotes_in_range",
                    "quotes_no_duplicates", "open_interest_vs_rest"},
     "trades_backfill": {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range"},
     "candles": {"candles_match_trades", "exchange_candles_agree"},
+    "private_reconciliation": {"executions_unique", "executions_match_rest"},
 }
 
 
@@ -40,7 +42,7 @@ def test_asset_graph(defs):
         node = graph.get(dg.AssetKey(key))
         assert not node.is_executable and node.kinds == {"timescaledb"}
         assert node.group_name == "live_capture"
-    for key in ("trade_gaps", "trades_backfill", "candles"):
+    for key in ("trade_gaps", "trades_backfill", "candles", "private_reconciliation"):
         node = graph.get(dg.AssetKey(key))
         assert isinstance(node.partitions_def, dg.DailyPartitionsDefinition)
         assert node.backfill_policy is None  # one run per day, tagged dagster/partition

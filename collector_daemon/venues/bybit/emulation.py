@@ -21,12 +21,18 @@ Facts followed (../shared/reference/exchange-apis-and-peers.md B, bybit-exchange
   paging; instruments-info: ``limit`` [1,1000] default 500, ``cursor``/``nextPageCursor``
   (spot not paged), option ``baseCoin`` defaults to BTC.
 
-Private endpoint ``/v5/private`` (first part): ``auth`` is checked for real against
+Private endpoint ``/v5/private``: ``auth`` is checked for real against
 :attr:`BybitEmulation.accounts` (API key -> secret; a known key, ``expires`` in the future, the
 HMAC-SHA256 of ``GET/realtime{expires}``; failures answer ``success: false`` with a reason, the
 texts are the emulator's own); topics need a successful auth ("Request not authorized");
-subscribing ``execution`` replays :attr:`BybitEmulation.private_frames` (real v5 execution
-messages, e.g. Nautilus' ``ws_account_execution.json``) re-keyed per account and copy.
+subscribing a topic replays the account's share of :attr:`BybitEmulation.private_frames` (real
+v5 execution, order, position and wallet messages, e.g. Nautilus' ``ws_account_*.json``),
+re-keyed per account and copy (:meth:`BybitEmulation.private_messages`). The signed REST
+endpoints (``execution/list``, ``order/history``, ``position/list``,
+``account/wallet-balance``) check the ``X-BAPI-*`` signature for real (retCode 10003 unknown
+key, 10002 stale timestamp, 10004 wrong signature) and serve the same traffic plus
+``private_rest_only`` copies the stream never sent (fills made while it was down); injected REST
+errors (10006, 403) apply to them too.
 
 Timeline: the capture's ``recv`` frames of ``tickers.*`` and ``publicTrade.*`` (category from the
 connection's URL) in recorded order, clocked by the running maximum of their ``ts``; the
@@ -42,8 +48,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,7 +64,8 @@ PATHS = {"/v5/public/linear": "linear", "/v5/public/option": "option", "/v5/publ
          "/v5/private": "private"}
 MAX_ARGS_CHARS = 21_000
 SPOT_MAX_ARGS = 10
-_SEP = "|"   # qualified channel: "<category>|<topic>"
+_SEP = "|"   # qualified channel: "<category>|<topic>", private: "private|<key>|<topic>"
+_PRIVATE_TOPICS = ("execution", "order", "position", "wallet")
 
 
 def _dumps(obj: Any) -> str:
@@ -96,11 +104,20 @@ class BybitEmulation(VenueEmulation):
         self._args_chars: dict[int, int] = {}
         #: private endpoint: API key -> secret of the accounts it knows (tests set it)
         self.accounts: dict[str, str] = {}
-        #: private endpoint: real execution messages replayed to each account after it
-        #: subscribes ``execution``, ``private_copies`` times, re-keyed per account and copy
+        #: private endpoint: real private messages (execution, order, position, wallet; e.g.
+        #: Nautilus' ws_account_*.json) each account's traffic is made of, re-keyed per account
         self.private_frames: list[dict] = []
+        #: copies of every private message the stream sends each account on subscribing
         self.private_copies = 1
-        self._authed: dict[int, str] = {}   # session id -> API key
+        #: further copies only REST knows (what happened while the account's stream was down)
+        self.private_rest_only = 0
+        #: copy k is timed at private_start_ms + k * private_step_ms (None: the message's own
+        #: time + k * private_step_ms)
+        self.private_start_ms: int | None = None
+        self.private_step_ms = 1
+        self._authed: dict[int, str] = {}
+        #: API key -> the private timeline messages played so far (REST serves them)
+        self._private_ledger: dict[str, list[dict]] = {}   # session id -> API key
 
     # --- timeline -------------------------------------------------------------------------------
 
@@ -176,6 +193,12 @@ class BybitEmulation(VenueEmulation):
         return (Event(event.ts + shift, event.kind, event.instrument, event.routes, data, ids),)
 
     def publish(self, event: Event) -> None:
+        if event.kind == "private":   # made now, at the wall clock, and kept for REST
+            frame, copy = event.data
+            event.data = self._rekey(frame, event.instrument, f"t{copy}", lambda _ms: str(time.time_ns() // 1_000_000))
+            event.encoded = None
+            self._private_ledger.setdefault(event.instrument, []).append(event.data)
+            return
         category, topic = event.routes[0].split(_SEP, 1)
         msg = event.data
         self._clock = max(self._clock, event.ts)
@@ -198,6 +221,8 @@ class BybitEmulation(VenueEmulation):
     # --- channels and frames --------------------------------------------------------------------
 
     def route(self, channel: str) -> str | None:
+        if channel.startswith("private" + _SEP):   # private|<key>|<topic>
+            return channel if channel.rsplit(_SEP, 1)[1] in _PRIVATE_TOPICS else None
         category, _, topic = channel.partition(_SEP)
         kind, _, subject = topic.partition(".")
         known = self._known.get(category)
@@ -208,6 +233,8 @@ class BybitEmulation(VenueEmulation):
         return channel
 
     def channel_subject(self, channel: str) -> tuple[str, str | None]:
+        if channel.startswith("private" + _SEP):
+            return "private", None
         category, _, topic = channel.partition(_SEP)
         kind, _, subject = topic.partition(".")
         if kind == "tickers":
@@ -335,25 +362,148 @@ class BybitEmulation(VenueEmulation):
                 return [_dumps({"req_id": req_id, "success": False, "ret_msg": "Request not authorized",
                                 "op": op, "conn_id": conn_id})]
             out = [_dumps({"req_id": req_id, "success": True, "ret_msg": "", "op": op, "conn_id": conn_id})]
-            if op == "subscribe" and "execution" in (msg.get("args") or ()):
-                out += [_dumps(f) for f in self.private_executions(key)]
+            topics = [t for t in msg.get("args") or () if isinstance(t, str)]
+            qualified = [f"private{_SEP}{key}{_SEP}{t}" for t in topics]   # the timeline's traffic
+            (session.subscribe if op == "subscribe" else session.unsubscribe)(qualified)
+            if op == "subscribe":
+                for topic in topics:
+                    out += [_dumps(f) for f in self.private_messages(key, topic, range(self.private_copies))]
             return out
         return [_dumps({"req_id": req_id, "success": False, "ret_msg": f"error:unsupported op {str(op)[:50]}",
                         "op": op, "conn_id": conn_id})]
 
-    def private_executions(self, key: str) -> list[dict]:
-        """The execution messages of account ``key``: each of :attr:`private_frames`, copy k of
-        :attr:`private_copies` with ``execId``/``orderId`` suffixed ``-{key}-{k}`` and
-        ``execTime`` moved by k ms (real fields, distinct keys per account)."""
+    def private_messages(self, key: str, topic: str, copies: range) -> list[dict]:
+        """Account ``key``'s messages of ``topic`` sent on subscribing: each of
+        :attr:`private_frames` of that topic, as copy k for k in ``copies`` (:meth:`_rekey`,
+        timed per :attr:`private_start_ms`)."""
         out = []
-        for k in range(self.private_copies):
-            for frame in self.private_frames:
-                if frame.get("topic") != "execution":
-                    continue
-                data = [{**f, "execId": f"{f['execId']}-{key}-{k}", "orderId": f"{f['orderId']}-{key}-{k}",
-                         "execTime": str(int(f["execTime"]) + k)} for f in frame["data"]]
-                out.append({**frame, "id": f"{frame.get('id', 'x')}-{key}-{k}", "data": data})
+        for frame in self.private_frames:
+            if frame.get("topic") != topic:
+                continue
+            for k in copies:
+                def at(ms: object, k: int = k) -> str:
+                    base = self.private_start_ms if self.private_start_ms is not None else int(ms)
+                    return str(base + k * self.private_step_ms)
+                out.append(self._rekey(frame, key, str(k), at))
         return out
+
+    @staticmethod
+    def _rekey(frame: dict, key: str, copy: str, at) -> dict:
+        """A copy of a real private message for account ``key``: ids (``execId``, ``orderId``,
+        the message ``id``) suffixed ``-{key}-{copy}``, every event time ``at(original)``; the
+        other fields as the real message has them."""
+        topic = frame["topic"]
+        data = []
+        for d in frame["data"]:
+            d = dict(d)
+            if topic == "execution":
+                d.update(execId=f"{d['execId']}-{key}-{copy}", orderId=f"{d['orderId']}-{key}-{copy}",
+                         execTime=at(d["execTime"]))
+            elif topic == "order":
+                d.update(orderId=f"{d['orderId']}-{key}-{copy}", updatedTime=at(d["updatedTime"]),
+                         createdTime=at(d["createdTime"]))
+            elif topic == "position":
+                d.update(updatedTime=at(d["updatedTime"]))
+            data.append(d)
+        return {**frame, "id": f"{frame.get('id', 'x')}-{key}-{copy}",
+                "creationTime": int(at(frame["creationTime"])), "data": data}
+
+    def private_events(self, keys: Sequence[str], copies: int, start_ts: int, end_ts: int) -> list[Event]:
+        """Timeline events of private traffic: for each account key, ``copies`` copies of every
+        one of :attr:`private_frames`, spread evenly over ``[start_ts, end_ts]`` (timeline ms),
+        delivered to that account's subscribed connection only (fault injection, drops
+        included, applies as to public notifications). A copy is made when played: ids
+        suffixed ``-{key}-t{k}``, event times = the wall clock; REST serves every copy played."""
+        frames = [f for f in self.private_frames if f.get("topic") in _PRIVATE_TOPICS]
+        n = max(1, copies * len(frames) - 1)
+        out = []
+        for key in keys:
+            for i in range(copies * len(frames)):
+                frame = frames[i % len(frames)]
+                out.append(Event(start_ts + (end_ts - start_ts) * i // n, "private", key,
+                                 (f"private{_SEP}{key}{_SEP}{frame['topic']}",), (frame, i // len(frames))))
+        return out
+
+    def _private_rest(self, method: str, query: dict[str, str], raw_query: str,
+                      headers: Mapping[str, str], now_ms: int) -> tuple[int, bytes]:
+        """The signed endpoints: ``X-BAPI-*`` headers checked for real (known key, timestamp
+        within the receive window, the HMAC-SHA256 of ``timestamp + key + recv_window + query``),
+        then execution/list and order/history (7-day rule, cursor paging, newest first),
+        position/list and account/wallet-balance of the account's traffic."""
+        key, ts, window, sign = (headers.get(h) for h in (
+            "X-BAPI-API-KEY", "X-BAPI-TIMESTAMP", "X-BAPI-RECV-WINDOW", "X-BAPI-SIGN"))
+        secret = self.accounts.get(key or "")
+        if secret is None:
+            return self._error(10003, "API key is invalid.", now_ms)
+        try:
+            ts_ms, window_ms = int(ts or ""), int(window or "5000")
+        except ValueError:
+            return self._error(10002, "invalid request, please check your timestamp", now_ms)
+        if not ts_ms - 1000 <= now_ms <= ts_ms + window_ms:
+            return self._error(10002, "invalid request, please check your server timestamp or recv_window param",
+                               now_ms)
+        expected = hmac.new(secret.encode(), f"{ts}{key}{window or ''}{raw_query}".encode(),
+                            hashlib.sha256).hexdigest()
+        if not isinstance(sign, str) or not hmac.compare_digest(sign, expected):
+            return self._error(10004, "error sign! origin_string[...]", now_ms)
+        everything = range(self.private_copies + self.private_rest_only)
+        try:
+            if method in ("execution/list", "order/history"):
+                result = self._private_history(method, key, query, everything, now_ms)
+            elif method == "position/list":
+                category = query.get("category")
+                if category == "linear" and not (query.get("symbol") or query.get("settleCoin")):
+                    raise ValueError("symbol or settleCoin is required")
+                latest = {}
+                for msg in self._private_all(key, "position", everything):
+                    for p in msg["data"]:
+                        if p.get("category") == category and (
+                                category != "linear" or p["symbol"].endswith(query.get("settleCoin") or p["symbol"])):
+                            latest[p["symbol"]] = {k: v for k, v in p.items() if k != "category"}
+                result = {"category": category, "list": list(latest.values()), "nextPageCursor": ""}
+            elif method == "account/wallet-balance":
+                if query.get("accountType") != "UNIFIED":
+                    raise ValueError("accountType")
+                wallets = [w for msg in self._private_all(key, "wallet", everything) for w in msg["data"]]
+                result = {"list": [{**wallets[-1], "accountType": "UNIFIED"}] if wallets else []}
+            else:
+                return 404, b'{"error":"not found"}'
+        except ValueError as exc:
+            return self._error(10001, f"params error: {exc}", now_ms)
+        return 200, _dumps({"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {},
+                            "time": now_ms}).encode()
+
+    def _private_all(self, key: str, topic: str, copies: range) -> list[dict]:
+        """Every ``topic`` message of account ``key`` so far: the subscribe-time copies and the
+        timeline's played ones."""
+        return self.private_messages(key, topic, copies) + [
+            msg for msg in self._private_ledger.get(key, ()) if msg["topic"] == topic]
+
+    def _private_history(self, method: str, key: str, query: dict[str, str], copies: range,
+                         now_ms: int) -> dict:
+        category = query.get("category")
+        if category not in ("linear", "option", "spot", "inverse"):
+            raise ValueError("category")
+        topic, time_field, limit = (("execution", "execTime", self._limit(query, 1, 100, 50))
+                                    if method == "execution/list"
+                                    else ("order", "updatedTime", self._limit(query, 1, 50, 20)))
+        end = int(query.get("endTime") or now_ms)
+        start = int(query.get("startTime") or end - 7 * 86_400_000)
+        if end - start > 7 * 86_400_000 or end < start:
+            raise ValueError("the time range between startTime and endTime cannot exceed 7 days")
+        coin = query.get("baseCoin") or "BTC"
+        entries = [d for msg in self._private_all(key, topic, copies) for d in msg["data"]
+                   if d.get("category") == category and start <= int(d[time_field]) <= end
+                   and (category != "option" or d["symbol"].startswith(coin + "-"))]
+        entries.sort(key=lambda d: -int(d[time_field]))
+        cursor = query.get("cursor") or ""
+        try:
+            offset = int(cursor.removeprefix("page:")) if cursor else 0
+        except ValueError:
+            raise ValueError("cursor") from None
+        more = offset + limit < len(entries)
+        return {"category": category, "list": entries[offset:offset + limit],
+                "nextPageCursor": f"page:{offset + limit}" if more else ""}
 
     @staticmethod
     def _ack(category: str, conn_id: str, req_id: Any, op: Any, ok: list[str], refused: list[str],
@@ -368,14 +518,29 @@ class BybitEmulation(VenueEmulation):
         """Bybit sends no server heartbeat (clients ping); never used."""
         return '{"op":"ping"}'
 
-    def handle_http(self, method: str, query: dict[str, str], fault: str | None,
-                    received_us: int) -> tuple[int, bytes]:
-        now_ms = received_us // 1000
+    def handle_http_request(self, method: str, query: dict[str, str], raw_query: str,
+                            headers: Mapping[str, str], fault: str | None,
+                            received_us: int) -> tuple[int, bytes]:
+        """Public market endpoints (:meth:`handle_http`) and the signed private ones."""
+        if method.startswith("market/"):
+            return self.handle_http(method, query, fault, received_us)
+        return self._fault(fault, received_us // 1000) or self._private_rest(
+            method, query, raw_query, headers, received_us // 1000)
+
+    def _fault(self, fault: str | None, now_ms: int) -> tuple[int, bytes] | None:
+        """The injected REST error: HTTP 403 (Bybit's IP ban answer) or retCode 10006."""
         if fault == "http429":
             return 403, b"access too frequent"
         if fault == "rpc":
-            return 200, _dumps({"retCode": 10006, "retMsg": "Too many visits!", "result": {},
-                                "retExtInfo": {}, "time": now_ms}).encode()
+            return self._error(10006, "Too many visits!", now_ms)
+        return None
+
+    def handle_http(self, method: str, query: dict[str, str], fault: str | None,
+                    received_us: int) -> tuple[int, bytes]:
+        now_ms = received_us // 1000
+        failed = self._fault(fault, now_ms)
+        if failed is not None:
+            return failed
         handler = {"market/instruments-info": self._instruments_info,
                    "market/recent-trade": self._recent_trade,
                    "market/tickers": self._tickers_rest}.get(method)

@@ -103,6 +103,10 @@ def symbol_of(name: str) -> tuple[str, str]:
     return ("option" if name.count("-") >= 3 else "linear"), name
 
 
+#: The first ms after 9999-12-31 (timestamps beyond are refused: not a time Bybit sends).
+MAX_MS = 253_402_300_800_000
+
+
 class BadValue(ValueError):
     """A field of a message has the wrong type or shape."""
 
@@ -130,16 +134,19 @@ def _ms_us(value: object, field: str) -> int | None:
     """ms since epoch (int or digit string) -> µs; ``""``/``"0"``/missing -> None.
 
     Raises:
-        BadValue: not an integer.
+        BadValue: not an integer, or not a time between 1970 and 9999.
     """
     if value is None or value == "" or value == "0" or value == 0:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise BadValue(f"{field}: expected ms since epoch, got {value!r}")
     try:
-        return int(value) * 1000
+        ms = int(value)
     except ValueError:
         raise BadValue(f"{field}: expected ms since epoch, got {value!r}") from None
+    if not 0 < ms < MAX_MS:
+        raise BadValue(f"{field}: {ms} ms is not a time between 1970 and 9999")
+    return ms * 1000
 
 
 def ticker_row(category: str, state: dict, carried: list[str], message_type: str,

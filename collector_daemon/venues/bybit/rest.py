@@ -1,29 +1,44 @@
-"""The one Bybit v5 REST client (public market endpoints), shared by the daemon (universe, gap
-recovery) and Dagster.
+"""The one Bybit v5 REST client (public market endpoints and, signed per account, the private
+ones), shared by the daemon (universe, gap recovery, private reconciliation) and Dagster.
 
-Requests are ``GET {base_url}/v5/market/<endpoint>?<params>``; answers are
+Requests are ``GET {base_url}/v5/<path>?<params>``; answers are
 ``{"retCode","retMsg","result",...}``. Limits (../shared/reference/exchange-apis-and-peers.md B,
 ``docs/v5/rate-limit/rate-limit.mdx``): 600 requests per 5 s per IP, beyond that HTTP 403
 "access too frequent" and an IP ban of at least 10 minutes; ``retCode 10006`` = too many visits.
 The client paces itself at 500 requests per 5 s (never reaching a ban), caps concurrency, and
 retries 10006, HTTP 429/5xx and transport errors with capped exponential backoff and jitter; an
 HTTP 403 (a ban, someone else's traffic on the IP) waits ``ban_wait_s`` before the next try.
+One client's pace is the whole process's budget: the daemon shares one client between its public
+calls and every account's reconciliation.
+
+Private requests (``docs/v5/guide.mdx``, "Authentication for HTTP"): headers ``X-BAPI-API-KEY``,
+``X-BAPI-TIMESTAMP`` (ms), ``X-BAPI-RECV-WINDOW`` and ``X-BAPI-SIGN`` =
+``hex(HMAC_SHA256(secret, timestamp + api_key + recv_window + query_string))``, the query string
+exactly as sent. retCode 10003 (invalid key) and 10004 (bad signature) are not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from collector_daemon.core.accounts import Account
 from collector_daemon.venues import RestClient
 
 #: retCodes meaning "slow down and try again".
 RETRYABLE_CODES = {10006, 10016}
+#: X-BAPI-RECV-WINDOW of signed requests (ms).
+RECV_WINDOW_MS = 5000
 #: The most rows one instruments-info page returns.
 INSTRUMENTS_PAGE = 1000
 #: recent-trade: the most trades it returns (spot 60, other categories 1000); no paging.
@@ -43,7 +58,8 @@ class BybitRestError(RuntimeError):
 
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, BybitRestError):
-        return exc.code in RETRYABLE_CODES or exc.code in (403, 429) or exc.code >= 500
+        # retCodes are >= 10000: only HTTP statuses fall in 500-599
+        return exc.code in RETRYABLE_CODES or exc.code in (403, 429) or 500 <= exc.code < 600
     return isinstance(exc, httpx.TransportError)
 
 
@@ -82,13 +98,15 @@ class BybitRest(RestClient):
         """Close the HTTP connection pool."""
         await self._client.aclose()
 
-    async def get(self, path: str, params: dict[str, Any]) -> dict:
-        """``GET /v5/<path>`` and return its ``result`` object.
+    async def get(self, path: str, params: dict[str, Any], *, account: Account | None = None) -> dict:
+        """``GET /v5/<path>`` and return its ``result`` object; signed with ``account``'s key
+        when given (the secret is read at each try, never kept).
 
         Raises:
             BybitRestError: an error that is not retryable, or retries ran out.
+            SecretError: ``account``'s secret cannot be read.
         """
-        query = {k: v for k, v in params.items() if v is not None}
+        query = urlencode({k: v for k, v in params.items() if v is not None})
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retryable),
             wait=wait_random_exponential(multiplier=0.5, max=self._backoff_max_s),
@@ -99,12 +117,32 @@ class BybitRest(RestClient):
                     self.retries += 1
                 async with self._limiter, self._semaphore:
                     self.calls += 1
-                    resp = await self._client.get(f"{self.base_url}/{path}", params=query)
+                    resp = await self._client.get(f"{self.base_url}/{path}?{query}",
+                                                  headers=signed_headers(account, query) if account else None)
                 if resp.status_code == 403:
                     self.bans += 1
                     await asyncio.sleep(self._ban_wait_s)
                 return self._result(path, resp)
         raise AssertionError("unreachable")
+
+    async def pages(self, path: str, params: dict[str, Any], *, account: Account | None = None,
+                    key: str = "list") -> AsyncIterator[list[dict]]:
+        """Every page of a cursor-paged endpoint (``cursor`` / ``nextPageCursor``).
+
+        Raises:
+            BybitRestError: a call failed, or a cursor repeats (cannot page further).
+        """
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            result = await self.get(path, {**params, "cursor": cursor}, account=account)
+            yield [i for i in result.get(key) or () if isinstance(i, dict)]
+            cursor = result.get("nextPageCursor") or None
+            if cursor is None:
+                return
+            if cursor in seen:
+                raise BybitRestError(path, 200, f"cursor {cursor!r} repeats")
+            seen.add(cursor)
 
     @staticmethod
     def _result(path: str, resp: httpx.Response) -> dict:
@@ -132,18 +170,10 @@ class BybitRest(RestClient):
             BybitRestError: a call failed, or a page repeats its cursor (cannot page further).
         """
         out: list[dict] = []
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
-            result = await self.get("market/instruments-info", {
-                "category": category, "baseCoin": base_coin, "limit": page_size, "cursor": cursor})
-            out += [i for i in result.get("list") or () if isinstance(i, dict)]
-            cursor = result.get("nextPageCursor") or None
-            if cursor is None:
-                return out
-            if cursor in seen:
-                raise BybitRestError("market/instruments-info", 200, f"cursor {cursor!r} repeats")
-            seen.add(cursor)
+        async for page in self.pages("market/instruments-info", {
+                "category": category, "baseCoin": base_coin, "limit": page_size}):
+            out += page
+        return out
 
     async def tickers(self, category: str, base_coin: str | None = None) -> list[dict]:
         """``/v5/market/tickers`` of a category (options per ``base_coin``): turnover, open interest."""
@@ -159,3 +189,21 @@ class BybitRest(RestClient):
             "category": category, "symbol": symbol, "baseCoin": base_coin,
             "limit": RECENT_TRADES_LIMIT.get(category, 1000)})
         return [t for t in result.get("list") or () if isinstance(t, dict)]
+
+
+def rest_signature(secret: str, timestamp_ms: int, key_id: str, recv_window_ms: int, query: str) -> str:
+    """``hex(HMAC_SHA256(secret, timestamp + api_key + recv_window + query_string))``."""
+    return hmac.new(secret.encode(), f"{timestamp_ms}{key_id}{recv_window_ms}{query}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def signed_headers(account: Account, query: str) -> dict[str, str]:
+    """The ``X-BAPI-*`` headers of a private GET with ``query`` (signed now).
+
+    Raises:
+        SecretError: the account's secret cannot be read.
+    """
+    ts = time.time_ns() // 1_000_000
+    return {"X-BAPI-API-KEY": account.key_id, "X-BAPI-TIMESTAMP": str(ts),
+            "X-BAPI-RECV-WINDOW": str(RECV_WINDOW_MS),
+            "X-BAPI-SIGN": rest_signature(account.secret(), ts, account.key_id, RECV_WINDOW_MS, query)}

@@ -18,11 +18,15 @@ import httpx
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from collector_daemon.core.accounts import Account
+from collector_daemon.rows import TableSpec
 from collector_daemon.venues import (
     ConnectionLimits, Recovery, RecoveryIncomplete, RecoveryPlan, StreamSpec, Venue, VenueSettings,
 )
 from collector_daemon.venues.bybit import messages as m
+from collector_daemon.venues.bybit.private import PRIVATE_TOPICS, PRIVATE_URL, BybitPrivateProtocol
 from collector_daemon.venues.bybit.protocol import CHANNEL_STREAMS, BybitProtocol, topic_of
+from collector_daemon.venues.bybit.reconcile import reconcile
 from collector_daemon.venues.bybit.rest import RECENT_TRADES_LIMIT, BybitRest, BybitRestError
 from collector_daemon.venues.bybit.universe import Universe, fetch_universe
 
@@ -65,11 +69,29 @@ class BybitSettings(VenueSettings):
         "Reconnect when no ticker arrived for this long (s)."))
     trades_stale_warn_s: float = Field(3600.0, gt=0, description=(
         "Warn when no trade arrived for this long (s); trades never force a reconnect."))
+    private: bool = Field(True, description=(
+        "Record the private streams of the enabled accounts in the accounts table."))
+    private_ws_url: str = Field(PRIVATE_URL, description="Private endpoint (one connection per account).")
+    private_topics: str = Field(",".join(PRIVATE_TOPICS), description=(
+        "Private topics recorded, comma-separated: execution, order, position, wallet."))
+    private_categories: str = Field("linear,option", description=(
+        "Categories reconciled over REST, comma-separated: linear, option, spot, inverse."))
+    reconcile_lookback_days: float = Field(7.0, gt=0, le=730, description=(
+        "At start, reconcile executions and orders this far back (days; Bybit keeps 2 years)."))
 
     @field_validator("linear_top_n", "option_top_n", mode="before")
     @classmethod
     def _top_n(cls, value: object) -> object:
         return None if value in ("", "all", "ALL", None) else value
+
+    @field_validator("private_topics")
+    @classmethod
+    def _private_topics(cls, value: str) -> str:
+        items = _csv(value)
+        bad = [t for t in items if t not in PRIVATE_TOPICS]
+        if not items or bad:
+            raise ValueError(f"must name topics among {', '.join(PRIVATE_TOPICS)}; got {value!r}")
+        return ",".join(items)
 
     @field_validator("categories")
     @classmethod
@@ -209,6 +231,22 @@ class BybitVenue(Venue):
                 f"window start {_iso(start_us)} for: {'; '.join(uncovered[:20])}"
                 f"{' ...' if len(uncovered) > 20 else ''}; Bybit offers no paged trade history "
                 "(archives: bybit.com/en/derivative-activity/history-data)")
+
+    def private_ws_url(self, settings: BybitSettings) -> str | None:
+        return settings.private_ws_url if settings.private else None
+
+    def private_protocol(self, settings: BybitSettings, account: Account) -> BybitPrivateProtocol:
+        return BybitPrivateProtocol(account, _csv(settings.private_topics))
+
+    def reconcile_account(self, rest: BybitRest, settings: BybitSettings, account: Account,
+                          since_us: int | None, until_us: int | None = None,
+                          ) -> AsyncIterator[tuple[TableSpec, list[tuple]]]:
+        """:func:`collector_daemon.venues.bybit.reconcile.reconcile` over ``[since_us, until_us)``
+        (since None: ``reconcile_lookback_days`` ago)."""
+        if since_us is None:
+            since_us = time.time_ns() // 1000 - int(settings.reconcile_lookback_days * 86_400e6)
+        return reconcile(rest, account, since_us, until_us, categories=_csv(settings.private_categories),
+                         option_base_coins=_csv(settings.option_base_coins))
 
     def emulation(self, fanout: int = 1, churn: bool = False):
         from collector_daemon.venues.bybit.emulation import BybitEmulation
