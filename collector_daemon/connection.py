@@ -41,7 +41,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -642,14 +642,25 @@ def unreachable_cause(exc: BaseException) -> str | None:
     name resolution failed; ``ConnectionRefusedError``; a connect timeout; no route), else None
     (the host answered: a closed or refused WebSocket is not "unreachable"). Exceptions that
     wrap another (an HTTP client's ``ConnectError``) are looked through."""
+    if certificate_error(exc) is not None:   # the host answered, with a certificate we refuse
+        return None
+    return next((c for e in _chain(exc) if (c := _unreachable_cause(e)) is not None), None)
+
+
+def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The TLS certificate verification failure behind ``exc`` (looked through wrappers such as
+    an HTTP client's ``ConnectError``), else None. It is a configuration problem (the trusted CA,
+    ``SSL_CERT_FILE``), not an outage: start-up fails on it rather than retrying."""
+    return next((e for e in _chain(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it wraps (``__cause__``, else ``__context__``), each once."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        cause = _unreachable_cause(exc)
-        if cause is not None:
-            return cause
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _unreachable_cause(exc: BaseException) -> str | None:

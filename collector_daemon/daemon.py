@@ -24,7 +24,8 @@ from aiolimiter import AsyncLimiter
 
 from collector_daemon import __version__
 from collector_daemon.connection import (
-    UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, unless_set, unreachable_cause,
+    UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, certificate_error, unless_set,
+    unreachable_cause,
 )
 from collector_daemon.core.accounts import Account, AccountKeeper, PrivateSession
 from collector_daemon.core.recovery import GapRecovery
@@ -318,6 +319,8 @@ class Collector:
                 await self._refresh_universe(rest)
                 return
             except self.venue.rest_errors as exc:
+                if certificate_error(exc) is not None:   # a wrong CA is not an outage: fail at start
+                    raise
                 attempt += 1
                 delay = backoff_delay(attempt - 1, self.settings.backoff_min_s, self.settings.backoff_max_s)
                 if attempt == UNREACHABLE_REPORT_AFTER:
