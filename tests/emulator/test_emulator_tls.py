@@ -81,3 +81,16 @@ def test_collector_over_wss_with_the_ca_stores_every_ticker_once(migrated_db_url
     assert len(expected) == 197 and set(db_quotes(migrated_db_url)) == set(expected)
     assert sum(stats["totals"]["frames_by_instrument"]["ticker"].values()) == 197
     assert summary.rows_written["quotes"] == 197
+
+
+def test_collector_trusting_another_ca_fails_with_a_clear_error(migrated_db_url, tmp_path,
+                                                                real_data_dir, monkeypatch):
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(pem(make_ca("another CA")[1]))
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    with pytest.raises(Exception) as info:   # noqa: B017, PT011 - the message is asserted
+        asyncio.run(_collect_over_tls(real_data_dir, tmp_path, migrated_db_url, other, 60))
+    # the universe is read over https first: it fails at start, naming the cause
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+    with psycopg.connect(migrated_db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM quotes").fetchone()[0] == 0
