@@ -89,6 +89,10 @@ def _add_collect_arguments(collect: argparse.ArgumentParser) -> None:
     collect.add_argument("--currency", help="Deribit: currencies, comma-separated (default ETH; TICKVAULT_CURRENCY)")
     collect.add_argument("--kind", help="Deribit: instrument kinds, comma-separated (default option; TICKVAULT_KIND)")
     collect.add_argument("--shard", help="k/n: collect shard k of n of the universe (TICKVAULT_SHARD)")
+    collect.add_argument("--workers", type=int, help="collector processes over disjoint shards of "
+                         "this daemon's universe, under one supervisor (TICKVAULT_WORKERS; default 1)")
+    from collector_daemon.workers import parse_worker
+    collect.add_argument("--worker", type=parse_worker, help=argparse.SUPPRESS)   # set by the supervisor
     collect.add_argument("--top-n", type=_top_n,
                          help="instruments by open interest to subscribe, or 'all' (default 50)")
     collect.add_argument("--replay", type=Path, metavar="CAPTURE",
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             from collector_daemon import supervisor
             return supervisor.main(args, supervisor.collect_argv(argv[argv.index("run") + 1:]))
         if args.command == "collect":
-            return asyncio.run(_collect(args))
+            return _collect_command(args)
         if args.command == "emulate":
             from collector_daemon.emulator import server as emulator
             return asyncio.run(emulator.main(args))
@@ -155,18 +159,35 @@ def _migrate() -> int:
     return 0
 
 
-async def _collect(args: argparse.Namespace) -> int:
+def _collect_command(args: argparse.Namespace) -> int:
+    """``collect``: one collector process, or (``--workers`` > 1) the supervisor of N."""
+    settings = load_settings(venue=args.venue, currency=args.currency, kind=args.kind,
+                             shard=args.shard, top_n=args.top_n, workers=args.workers)
+    logging.getLogger().setLevel(settings.log_level)
+    if settings.workers > 1 and args.worker is None:
+        if args.replay is not None:
+            raise SettingsError("--replay runs one collector: TICKVAULT_WORKERS (--workers) must be 1")
+        from collector_daemon import workers
+        return workers.Workers(settings, workers.collect_options(args)).run()
+    return asyncio.run(_collect(args, settings))
+
+
+async def _collect(args: argparse.Namespace, settings) -> int:
     from collector_daemon.daemon import Collector
     from collector_daemon.venues import get_venue
-    settings = load_settings(venue=args.venue, currency=args.currency, kind=args.kind,
-                             shard=args.shard, top_n=args.top_n)
-    logging.getLogger().setLevel(settings.log_level)
     venue = get_venue(settings.venue)
     if args.replay is None:
         if args.trades is not None:
             raise SettingsError("--trades needs --replay")
+        worker = args.worker or (1, 1)
+        if args.worker is not None:
+            from collector_daemon.workers import follow_supervisor
+            follow_supervisor()
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(logging.Formatter(
+                    f"%(asctime)s %(levelname)s worker{worker[0]} %(name)s: %(message)s"))
         # an unreachable exchange is retried (and reported plainly) by the collector
-        summary = await Collector(settings).run()
+        summary = await Collector(settings, worker=worker).run()
     else:
         from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
         server = EmulatorServer(EmulatorConfig(venue=venue.name, capture=args.replay, trades=args.trades,

@@ -36,14 +36,17 @@ collector's CPU per row (docs/benchmarks.md, "WebSocket client").
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from aiolimiter import AsyncLimiter
 from picows import websockets
@@ -52,9 +55,9 @@ from picows.websockets import ClientConnection, connect
 
 from collector_daemon.metrics import Stats
 from collector_daemon.pipeline import Pipeline
-from collector_daemon.rows import CONNECTION_EVENTS, REJECTED_MESSAGES, REJECTED_RAW_CAP
+from collector_daemon.rows import CONNECTION_EVENTS, REJECTED_MESSAGES, REJECTED_RAW_CAP, TableSpec
 from collector_daemon.venues import (
-    Data, IdSource, RejectedFrame, Request, Response, VenueProtocol,
+    Decoder, IdSource, ReadBatch, Request, Response, VenueProtocol,
 )
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,69 @@ def receive_buffer_socket_factory(recv_buffer_bytes: int) -> Callable[[WSParsedU
             raise
         return sock
     return factory
+
+
+@functools.cache
+def _exchange_ts_index(table: TableSpec) -> int | None:
+    return table.exchange_ts_index
+
+
+@types.coroutine
+def _resume(recv: Coroutine[Any, Any, T], waiting: Any) -> Generator[Any, None, T]:
+    """Await a ``recv()`` coroutine that :func:`read_batches` started and that suspended on the
+    future ``waiting``: hand that future to the task, then run the coroutine on. A cancellation
+    meanwhile goes into the coroutine (picows resets its receive state) before it propagates."""
+    try:
+        yield waiting
+    except BaseException as exc:
+        try:
+            recv.throw(exc)
+        finally:
+            recv.close()
+        raise
+    return (yield from recv.__await__())
+
+
+async def read_batches(ws: ClientConnection) -> AsyncIterator[list[str | bytes]]:
+    """The messages of ``ws`` in batches: each batch is every message picows has parsed and
+    queued by the time the previous batch was handled, at least one (picows parses all the
+    frames of a socket read at once, so a batch is about one read). Ends when the socket closes
+    normally; raises ``ConnectionClosedError`` otherwise, after the messages received before it.
+
+    How: each ``recv()`` is started by hand (``send(None)``): with a message queued it completes
+    at once (``StopIteration``); on an empty queue it suspends on a future, and the next batch
+    starts by awaiting that same coroutine (:func:`_resume`). No event-loop round trip and no
+    async-generator step per message.
+    """
+    recv = ws.recv
+    pending: Coroutine[Any, Any, str | bytes] | None = None   # a recv() suspended on ``waiting``
+    waiting: Any = None
+    try:
+        while True:
+            try:
+                if pending is None:
+                    first = await recv()
+                else:
+                    coro, pending = pending, None
+                    first = await _resume(coro, waiting)
+            except websockets.exceptions.ConnectionClosedOK:
+                return
+            batch = [first]
+            while True:
+                coro = recv()
+                try:
+                    waiting = coro.send(None)
+                except StopIteration as done:
+                    batch.append(done.value)
+                    continue
+                except websockets.exceptions.ConnectionClosed:
+                    break    # closed and nothing queued: the next recv() says so, after this batch
+                pending = coro
+                break
+            yield batch
+    finally:
+        if pending is not None:
+            pending.close()
 
 
 class ReplayFinished(Exception):
@@ -184,6 +250,9 @@ class Connection:
         # channels whose data is accepted: requested on this socket and not unsubscribed since
         # (data may arrive right behind the subscribe ack, before the ack is processed)
         self._accepting: set[str] = set()
+        # True once the venue's open requests of the current socket are answered: reconciles
+        # before that only record ``desired`` (the open's own reconcile subscribes it)
+        self._open_done = False
         self._ws: ClientConnection | None = None
         self._decoder = venue.decoder_for(endpoint)
         self._ids = IdSource()
@@ -194,6 +263,10 @@ class Connection:
         self._disconnect_reason: str | None = None
         self._last_frame_us = 0
         self._lost_since_us: int | None = None
+        #: Windows lost by reconnects, as the ``subscribed`` events carry them (µs, receive time:
+        #: last frame before the disconnect, resubscription confirmed), kept only once a consumer
+        #: (the private session) set a list here and takes them out; None: not kept.
+        self.lost_windows: list[tuple[int, int]] | None = None
         self._max_exchange_us = 0                      # newest exchange timestamp received
         # set at a disconnect, reported at the first data frame of the next connection (data
         # passes the ``_accepting`` check only once a channel is being resubscribed)
@@ -207,7 +280,9 @@ class Connection:
 
     # ----------------------------------------------------------------- public API
     async def set_channels(self, channels: list[str]) -> None:
-        """Replace the desired channel set; when connected, (un)subscribe only the difference."""
+        """Replace the desired channel set; when connected, (un)subscribe only the difference.
+        Called while the connection is still opening (its open requests unanswered), it only
+        records the set: the open subscribes whatever is desired once the requests are answered."""
         self.desired = list(dict.fromkeys(channels))
         if self._ws is not None:
             await self.reconcile()
@@ -229,6 +304,11 @@ class Connection:
                     break
                 async with ws:
                     self._unreachable_attempts = 0
+                    # a new socket has nothing subscribed; cleared before the socket is visible
+                    # to reconcile(), never after (channels subscribed meanwhile would be lost)
+                    self._open_done = False
+                    self.subscribed.clear()
+                    self._accepting.clear()
                     self._ws = ws
                     self.down_since = None
                     self.connects += 1
@@ -250,6 +330,7 @@ class Connection:
                     finally:
                         self.stats.connected -= 1
                         self._ws = None
+                        self._open_done = False
                         self.down_since = time.monotonic()
                         self._fail_pending()
                         reader.cancel()
@@ -298,21 +379,40 @@ class Connection:
                       self.url, self._unreachable_attempts, cause, self.backoff_max_s)
 
     async def stop(self) -> None:
-        """Stop reading: close the socket. Rows already received stay in the pipeline."""
+        """Stop reading without dropping what the exchange has already sent: unsubscribe every
+        subscribed channel and wait for the acks (at most ``STOP_UNSUBSCRIBE_S``; the exchange
+        answers after the data it sent before, which the reader keeps), then close the socket.
+        Closing at once dropped the frames in flight (sent, never read). Rows already received
+        stay in the pipeline."""
         self._stopping = True
         self._stopped.set()
         if self._retry_task is not None:
             self._retry_task.cancel()
-        if self._ws is not None:
-            await self._ws.close(1000, "collector shutdown")
-
-    async def reconcile(self) -> None:
-        """Subscribe desired channels that are not subscribed (including ones refused before),
-        unsubscribe subscribed ones no longer desired."""
         ws = self._ws
         if ws is None:
             return
+        try:
+            await asyncio.wait_for(self._unsubscribe_all(ws), STOP_UNSUBSCRIBE_S)
+        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            log.info("%s: unsubscribe at shutdown not confirmed (%s); closing", self.connection_id,
+                     _describe(exc))
+        await ws.close(1000, "collector shutdown")
+
+    async def _unsubscribe_all(self, ws: ClientConnection) -> None:
+        """Unsubscribe what is subscribed (after a subscribe in flight); no events recorded: the
+        ``disconnect`` event with reason ``shutdown`` follows."""
         async with self._reconcile_lock:
+            for chunk in self.venue.subscribe_batches(sorted(self.subscribed)):
+                await self._request(ws, self.venue.unsubscribe_request(chunk, self._ids))
+
+    async def reconcile(self) -> None:
+        """Subscribe desired channels that are not subscribed (including ones refused before),
+        unsubscribe subscribed ones no longer desired. Does nothing while disconnected or while
+        the socket's open requests are unanswered (the open reconciles when they are)."""
+        async with self._reconcile_lock:
+            ws = self._ws
+            if ws is None or not self._open_done:
+                return
             desired = set(self.desired)
             missing = [c for c in self.desired if c not in self.subscribed]
             extra = [c for c in self.subscribed if c not in desired]
@@ -341,6 +441,8 @@ class Connection:
                 if self._lost_since_us is not None and acked:
                     window_start, window_end = self._lost_since_us, _now_us()
                     self._lost_since_us = None
+                    if self.lost_windows is not None:
+                        self.lost_windows.append((window_start, window_end))
                 await self._event("subscribed", channels=sorted(acked), refused_channels=refused,
                                   reason=str(errors[0]) if errors else None,
                                   window_start=window_start, window_end=window_end)
@@ -364,13 +466,12 @@ class Connection:
             for response in await self._request(ws, request):
                 if response.error is not None:
                     log.error("%s: setup request failed: %s", self.connection_id, response.error)
-        self.subscribed.clear()
-        self._accepting.clear()
         now = _now_us()
         # in place: the reader task (already running) holds a reference to this dict
         self._last_by_table.clear()
         self._last_by_table.update({t: now for t in self._tables_of(self.desired)})
-        await self.reconcile()
+        self._open_done = True
+        await self.reconcile()   # what is desired now, including channels handed in meanwhile
 
     def _tables_of(self, channels: list[str]) -> set[str]:
         """Tables fed by ``channels`` (the watchdog's keys)."""
@@ -449,73 +550,40 @@ class Connection:
             self._report_window(None)
 
     async def _read(self, ws: ClientConnection) -> None:
-        decode = self._decoder.decode
-        pipeline = self.pipeline
-        stats = self.stats
+        """Read until the socket closes: every batch of frames picows holds (:func:`read_batches`)
+        is decoded at once (``Decoder.decode_read``) and booked once per table (stats, watermarks,
+        observers, one ``pipeline.add``). A read whose handling raises unexpectedly (a bug, not
+        bad input) is handled again frame by frame, so only the frame at fault is rejected (the
+        observers may then see rows of that read twice; the gap keeper ignores repeats); one
+        while booking a decoded read is logged with its traceback, and reading goes on."""
+        decode_read = self._decoder.decode_read
         max_chars = self.max_frame_chars
-        rows_received = stats.rows_received
         accepting = self._accepting
         observers = self.observers
-        last_by_table = self._last_by_table
-        ts_index: dict[str, int | None] = {}
         try:
-            async for frame in ws:
+            async for frames in read_batches(ws):
                 receive_us = time.time_ns() // 1000
-                self._last_frame_us = stats.last_frame_us = receive_us
+                self._last_frame_us = self.stats.last_frame_us = receive_us
                 try:
-                    if isinstance(frame, bytes):
-                        await self._reject(frame.decode("utf-8", "backslashreplace"), "binary frame",
-                                           receive_us)
-                        continue
-                    if len(frame) > max_chars:
-                        await self._reject(frame, f"oversized frame: {len(frame)} characters", receive_us)
-                        continue
-                    try:
-                        item = decode(frame, receive_us)
-                    except RejectedFrame as exc:
-                        await self._reject(frame, str(exc), receive_us)
-                        continue
-                    if type(item) is Data:
-                        if item.channel not in accepting:
-                            await self._reject(
-                                frame, f"data on a channel not subscribed: {item.channel[:200]}", receive_us)
-                            continue
-                        stats.messages += 1
-                        table = item.table
-                        rows = item.rows
-                        last_by_table[table.name] = receive_us
-                        if not rows:   # e.g. Deribit trades "data":[]: alive, nothing to store
-                            continue
-                        rows_received[table.name] = rows_received.get(table.name, 0) + len(rows)
-                        ts = ts_index.get(table.name, -1)
-                        if ts == -1:
-                            ts = ts_index[table.name] = table.exchange_ts_index
-                        if ts is not None:   # tables without exchange_ts (candles) move no clock
-                            exchange_us = rows[-1][ts]
-                            if exchange_us > self._max_exchange_us:
-                                self._max_exchange_us = exchange_us
-                            if self._lost_exchange_from is not None:
-                                self._report_window(exchange_us)
-                        observer = observers.get(table.name)
-                        if observer is not None:
-                            observer(rows)
-                        if pipeline.add(table, rows):
-                            await pipeline.seal(table)
-                    elif type(item) is Response:
-                        self._answer(item)
-                    else:
-                        if item.status is not None and item.status != self.venue_status:
-                            self.venue_status = item.status
-                            await self._event("status", reason=item.status)
-                        if item.reply is not None:
-                            await ws.send(item.reply)
+                    batch = decode_read(frames, receive_us, accepting, max_chars)
+                    if observers:
+                        for name, (_, rows) in batch.tables.items():
+                            observer = observers.get(name)
+                            if observer is not None and rows:
+                                observer(rows)
+                except Exception:  # noqa: BLE001 - a bug: find the frame at fault
+                    log.debug("%s: handling a read failed; again frame by frame", self.connection_id,
+                              exc_info=True)
+                    for frame in frames:
+                        await self._handle_frame(ws, frame, receive_us)
+                    continue
+                try:
+                    await self._book(ws, batch, receive_us)
                 except websockets.exceptions.WebSocketException:
                     raise
-                except Exception as exc:  # noqa: BLE001 - one frame never ends the connection
-                    log.exception("%s: unexpected error handling a frame; frame rejected",
-                                  self.connection_id)
-                    await self._reject(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"),
-                                       f"internal error: {type(exc).__name__}: {exc}", receive_us)
+                except Exception:  # noqa: BLE001 - a bug while booking never ends the connection
+                    log.exception("%s: unexpected error booking a read of %d frames", self.connection_id,
+                                  len(frames))
         except websockets.exceptions.ConnectionClosed as exc:
             if self.stop_on_replay_end and _is_replay_end(exc):
                 raise ReplayFinished() from None
@@ -526,6 +594,58 @@ class Connection:
         if self.stop_on_replay_end and rcvd == 1000 and ws.close_reason == "replay finished":
             raise ReplayFinished()
         raise ConnectionError(f"closed by server: code {rcvd} {ws.close_reason or ''}".strip())
+
+    async def _handle_frame(self, ws: ClientConnection, frame: str | bytes, receive_us: int) -> None:
+        """One frame through the general path (``Decoder.decode_read`` of the base class) and the
+        observers; an unexpected exception is logged with its traceback and the frame rejected
+        with it as the reason."""
+        try:
+            batch = Decoder.decode_read(self._decoder, [frame], receive_us, self._accepting,
+                                        self.max_frame_chars)
+            for name, (_, rows) in batch.tables.items():
+                observer = self.observers.get(name)
+                if observer is not None and rows:
+                    observer(rows)
+            await self._book(ws, batch, receive_us)
+        except websockets.exceptions.WebSocketException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one frame never ends the connection
+            log.exception("%s: unexpected error handling a frame; frame rejected", self.connection_id)
+            await self._reject(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"),
+                               f"internal error: {type(exc).__name__}: {exc}", receive_us)
+
+    async def _book(self, ws: ClientConnection, batch: ReadBatch, receive_us: int) -> None:
+        """Account for one decoded read: rejected frames, then per table the counters, the
+        watchdog's and the exchange clock's watermarks and one ``pipeline.add``, then the
+        responses and control frames."""
+        stats = self.stats
+        stats.messages += batch.messages
+        for frame, reason in batch.rejects:
+            await self._reject(frame, reason, receive_us)
+        pipeline = self.pipeline
+        for name, (table, rows) in batch.tables.items():
+            self._last_by_table[name] = receive_us
+            if not rows:   # e.g. Deribit trades "data":[]: alive, nothing to store
+                continue
+            stats.rows_received[name] = stats.rows_received.get(name, 0) + len(rows)
+            ts = _exchange_ts_index(table)
+            if ts is not None:   # tables without exchange_ts (candles) move no clock
+                exchange_us = max(map(itemgetter(ts), rows))
+                if exchange_us > self._max_exchange_us:
+                    self._max_exchange_us = exchange_us
+                if self._lost_exchange_from is not None:
+                    self._report_window(rows[0][ts])
+            if pipeline.add(table, rows):
+                await pipeline.seal(table)
+        for item in batch.controls:
+            if type(item) is Response:
+                self._answer(item)
+                continue
+            if item.status is not None and item.status != self.venue_status:
+                self.venue_status = item.status
+                await self._event("status", reason=item.status)
+            if item.reply is not None:
+                await ws.send(item.reply)
 
     async def _watch(self, ws: ClientConnection) -> None:
         """Staleness watchdog: warn when a stream is quiet past its warn limit; reconnect when the
@@ -635,6 +755,8 @@ async def unless_set(event: asyncio.Event, awaitable: Awaitable[T]) -> tuple[boo
 
 #: Failed connects in a row (host not reached) before the plain "cannot reach" error is logged.
 UNREACHABLE_REPORT_AFTER = 3
+#: Longest wait at shutdown for the unsubscribe acks before the socket is closed (s).
+STOP_UNSUBSCRIBE_S = 1.0
 
 
 def unreachable_cause(exc: BaseException) -> str | None:

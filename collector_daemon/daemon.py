@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -27,8 +28,9 @@ from collector_daemon.connection import (
     UNREACHABLE_REPORT_AFTER, Connection, Watchdog, backoff_delay, certificate_error, unless_set,
     unreachable_cause,
 )
-from collector_daemon.core.accounts import Account, AccountKeeper, PrivateSession
+from collector_daemon.core.accounts import Account, AccountKeeper, PrivateSession, private_connection_id
 from collector_daemon.core.recovery import GapRecovery
+from collector_daemon.core.rest_budget import budgeted_client
 from collector_daemon.core.universe import UNIVERSE_CHANNEL, apply_universe, read_universe
 from collector_daemon.gaps import GapKeeper
 from collector_daemon.sharding import assign, shard_of
@@ -55,11 +57,39 @@ CLOSE_STEP_S = 1.0
 RECONCILE_OVERLAP_US = 60_000_000
 
 
+#: Allocations of tracked objects between two generation-0 collections once started (CPython's
+#: default is 700); see :func:`tune_gc`.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Set CPython's cyclic garbage collector up for streaming, once start-up is done: collect,
+    then ``gc.freeze()`` what start-up built (modules, settings, the universe: never scanned
+    again), and raise the generation-0 threshold from 700 to :data:`GC_GEN0_THRESHOLD` tracked
+    allocations (generations 1 and 2 keep their ratios, 10 and 10).
+
+    Why: every stored row is a tuple the collector tracks, and rows wait in the pipeline's
+    buffers and writer queue (up to ``queue_batches`` x ``batch_rows``) long enough to be
+    promoted. At ~150,000 rows/s the default ran ~200 generation-0 collections a second and
+    re-scanned those buffered rows in every older-generation pass (docs/benchmarks.md,
+    "Collector"). The hot path makes little cyclic garbage (the Deribit notification structs are
+    not tracked at all), so collecting it 70 times less often costs a few MB at most.
+    Process-wide and idempotent."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def _where(dsn: str) -> str:
     """host:port/dbname of a DSN, without user or password (for the log)."""
     from urllib.parse import urlsplit
     parts = urlsplit(dsn)
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+class UniverseNotWritten(LookupError):
+    """Worker 2..N of a daemon found no universe set in the table (worker 1 writes it)."""
 
 
 @dataclass
@@ -101,11 +131,16 @@ class Collector:
             is the capture's clock, years behind the receive time).
         fresh_universe: take the first universe from REST and write it to the table even when
             the table holds one (``collect --replay``: the emulator is another world).
+        worker: ``(i, N)``: this process is worker i of the N of one daemon
+            (:mod:`collector_daemon.workers`; its shard is already in ``settings``). Only worker 1
+            does the venue-wide duties: the chain-wide channels (channels of no instrument) and
+            writing the universe table from REST; the others take the universe from the table
+            (waiting for worker 1 to write it). The subscribe budget is divided among the N.
     """
 
     def __init__(self, settings: Settings, *, ws_url: str | dict[str, str] | None = None,
                  rest_url: str | None = None, stop_on_replay_end: bool = False,
-                 fresh_universe: bool = False) -> None:
+                 fresh_universe: bool = False, worker: tuple[int, int] = (1, 1)) -> None:
         self.settings = settings
         self.venue = get_venue(settings.venue)
         self.venue_settings = vs = settings.venue_settings
@@ -122,6 +157,7 @@ class Collector:
         self.streams = self.venue.streams(vs)
         self.stop_on_replay_end = stop_on_replay_end
         self.fresh_universe = fresh_universe
+        self.venue_wide = worker[0] == 1
         k, n = settings.shard_index
         self.tag = "-".join([self.venue.name, *(g.lower() for g in vs.universe_groups() if g != "*")]
                             + ([f"shard{k}of{n}"] if n > 1 else []))
@@ -143,7 +179,7 @@ class Collector:
         self.stats.rows_written = self.writer.rows_written        # the writer's own counters,
         self.stats.rows_duplicate = self.writer.rows_duplicate    # updated in place per batch
         limits = self.venue.limits   # the subscribe budget is shared by all sockets
-        self._limiter = AsyncLimiter(limits.subscribe_burst, limits.subscribe_period_s)
+        self._limiter = AsyncLimiter(max(1, limits.subscribe_burst // worker[1]), limits.subscribe_period_s)
         self._connect_limiter = (AsyncLimiter(*limits.connects_per_period)
                                  if limits.connects_per_period else None)
         self._watchdog = Watchdog(settings.silence_reconnect_s, {
@@ -202,8 +238,9 @@ class Collector:
         history = (self.venue.rest_client(self.venue_settings, base_url=self.venue_settings.history_url,
                                           max_concurrency=concurrency)
                    if self.venue_settings.history_url else None)
-        async with self.venue.rest_client(self.venue_settings, base_url=self.rest_url,
-                                          max_concurrency=concurrency) as rest:
+        async with budgeted_client(self.venue, self.venue_settings, self.settings.database_url.get_secret_value(),
+                                   base_url=self.rest_url, max_concurrency=concurrency,
+                                   budget_settings=self.settings) as rest:
             self.recovery = GapRecovery(self.venue, self.venue_settings, self.writer.sibling(), rest,
                                         history, max_concurrency=concurrency)
             if not (await unless_set(self._stop, self._first_universe(rest)))[0]:
@@ -211,6 +248,7 @@ class Collector:
                     await history.aclose()
                 return await self._stopped_at_start(started)
             self._running = True
+            tune_gc()   # start-up is done: what it built is frozen, collections are rarer
             for conn in self.connections:
                 self._conn_tasks.append(asyncio.create_task(conn.run(), name=conn.connection_id))
             side_tasks = [asyncio.create_task(self._universe_loop(rest), name="universe"),
@@ -313,11 +351,17 @@ class Collector:
         API cannot be reached (offline machine, exchange down); after
         ``UNREACHABLE_REPORT_AFTER`` failures the log says so plainly, once, and points to the
         replay. Cancelled by a stop (:func:`~collector_daemon.connection.unless_set`)."""
-        attempt = 0
+        attempt, waiting = 0, False
         while True:
             try:
                 await self._refresh_universe(rest)
                 return
+            except UniverseNotWritten as exc:   # worker 2..N: worker 1 writes it shortly
+                if not waiting:        # said once (worker 1 reports its own REST trouble)
+                    log.info("%s; waiting for worker 1 to write it", exc)
+                waiting = True
+                await asyncio.sleep(0.5)
+                continue
             except self.venue.rest_errors as exc:
                 if certificate_error(exc) is not None:   # a wrong CA is not an outage: fail at start
                     raise
@@ -368,7 +412,7 @@ class Collector:
         previous reconciliation started, less :data:`RECONCILE_OVERLAP_US`)."""
         conn = Connection(
             self.venue.private_protocol(self.venue_settings, account), self.private_url,
-            f"{self.venue.name}-private-{account.label}", self.pipeline, self.stats, self._limiter,
+            private_connection_id(self.venue.name, account.label), self.pipeline, self.stats, self._limiter,
             backoff_min_s=self.settings.backoff_min_s, backoff_max_s=self.settings.backoff_max_s,
             refused_retry_s=self.settings.refused_retry_s, endpoint="private",
             recv_buffer_bytes=self.settings.ws_recv_buffer_bytes,
@@ -382,7 +426,8 @@ class Collector:
                 if rows and self.pipeline.add(table, rows):
                     await self.pipeline.seal(table)
             since[0] = started_us - RECONCILE_OVERLAP_US   # the next one covers what follows
-        return await PrivateSession(account, conn, reconcile).start()
+        return await PrivateSession(account, conn, reconcile, pool=self.writer.pool,
+                                    private_streams=self.venue.private_streams).start()
 
     def _live(self) -> tuple[int, ...]:
         """Indices of connections that are up or not down for longer than ``failover_s``."""
@@ -458,13 +503,17 @@ class Collector:
         for group in vs.universe_groups():
             async with self.writer.pool.acquire() as conn:
                 current = await read_universe(conn, venue.name, group)
-                last_refresh_us = await conn.fetchval(
-                    "SELECT max(updated_at) FROM instruments WHERE venue = $1 AND base_currency = $2",
-                    venue.name, group)
+                # when the table's set was last refreshed: its instruments' newest update (a
+                # group is a currency or a category, so it is found by the set's names)
+                last_refresh_us = None if current is None else await conn.fetchval(
+                    "SELECT max(updated_at) FROM instruments WHERE venue = $1 "
+                    "AND instrument_name = ANY($2::text[])", venue.name, current.subscribed)
             age_s = (time.time_ns() // 1000 - last_refresh_us) / 1e6 if last_refresh_us else None
             served = current.serves(kinds, top_n) if current is not None else None
-            if current is None or age_s is None or age_s > self.settings.universe_stale_s or (
-                    self.fresh_universe and not self.universe):
+            if not self.venue_wide and current is None:
+                raise UniverseNotWritten(f"universe {group}: no set in universe_versions yet")
+            if self.venue_wide and (current is None or age_s is None or age_s > self.settings.universe_stale_s
+                                    or (self.fresh_universe and not self.universe)):
                 if current is not None and age_s is not None and age_s > self.settings.universe_stale_s:
                     log.warning("universe %s: table last refreshed %.0f s ago (is Dagster's "
                                 "instrument_universe schedule running?); refreshing it from REST",
@@ -494,7 +543,8 @@ class Collector:
                     if n == 1 or shard_of(name, n) == k]
         if selected != self.selected or not self.connections:
             self.selected = selected
-            self.channels = self.protocol.channels_for(selected)
+            self.channels = [c for c in self.protocol.channels_for(selected)
+                             if self.venue_wide or self.venue.channel_instrument(c) is not None]
             log.info("subscribing %d instruments (shard %d/%d), %d channels", len(selected), k, n,
                      len(self.channels))
             await self._rebalance()
@@ -524,7 +574,13 @@ class Collector:
                     log.warning("universe refresh failed, keeping the current set: %s", exc)
                     continue
                 for conn in self.connections:
-                    await conn.reconcile()  # also retries channels the exchange refused before
+                    try:   # also retries channels the exchange refused before
+                        await conn.reconcile()
+                    except (TimeoutError, ConnectionError) as exc:
+                        # the connection's own loop reconnects (and resubscribes) if it is gone;
+                        # an unanswered subscribe is retried at the next refresh
+                        log.warning("%s: subscription update failed (%r); retried at the next "
+                                    "universe refresh", conn.connection_id, exc)
         finally:
             if listener is not None:
                 await listener.close()
@@ -569,6 +625,9 @@ class Collector:
             now_us = time.time_ns() // 1000
             ex, rx = table.exchange_ts_index, table.columns.index("receive_ts")
             sample = rows[::max(1, len(rows) // 200)]
+            if rows:   # the newest committed exchange time (a crashed worker's gap starts there)
+                self.stats.committed_exchange_us = max(self.stats.committed_exchange_us,
+                                                       rows[-1][ex], *(r[ex] for r in sample))
             if not self.stop_on_replay_end:   # a replay's exchange_ts is the capture's clock
                 self.stats.exchange_latency.add_many([(r[rx] - r[ex]) / 1000 for r in sample])
             self.stats.commit_latency.add_many([(now_us - r[rx]) / 1000 for r in sample])

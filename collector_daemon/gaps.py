@@ -62,6 +62,21 @@ RecoverFn = Callable[[list[int]], Awaitable[list[int] | None]]
 RECOVERY_RETRY_DELAYS_S = (5.0, 20.0, 80.0, 320.0)
 
 
+def window_gap(venue: str, spec: StreamSpec, start_us: int, end_us: int, detected_by: str,
+               why: str) -> Gap:
+    """The gap of a window of exchange time (µs since the epoch, UTC) in which nothing of
+    ``spec``'s stream was received, every instrument (``*``): ``open`` when the venue serves
+    its history (recovered over REST or by Dagster), else ``unrecoverable`` with the stream's
+    reason appended to ``why``. ``detected_by``: ``disconnect`` (a connection's lost window),
+    ``worker_exit`` (a worker process died, :mod:`collector_daemon.workers`)."""
+    if spec.recoverable:
+        return Gap(venue, spec.name, "*", start_us, end_us, None, None, detected_by,
+                   GapStatus.OPEN, why)
+    return Gap(venue, spec.name, "*", start_us, end_us, None, None, detected_by,
+               GapStatus.UNRECOVERABLE,
+               f"{why}; {spec.unrecoverable_reason or 'the venue serves no history of it'}")
+
+
 class GapKeeper:
     """Watches the sequenced streams for jumps, records gaps and triggers their recovery.
 
@@ -179,14 +194,8 @@ class GapKeeper:
         if end_us is None:
             end_us = max(start_us, time.time_ns() // 1000)
         for name in (self.streams if streams is None else streams):
-            spec = self.streams[name]
-            if spec.recoverable:
-                self._add(Gap(self.venue, name, "*", start_us, end_us, None, None, "disconnect",
-                              GapStatus.OPEN, f"{connection_id} disconnected"))
-            else:
-                self._add(Gap(self.venue, name, "*", start_us, end_us, None, None, "disconnect",
-                              GapStatus.UNRECOVERABLE, f"{connection_id} disconnected; "
-                              f"{spec.unrecoverable_reason or 'the venue serves no history of it'}"))
+            self._add(window_gap(self.venue, self.streams[name], start_us, end_us, "disconnect",
+                                 f"{connection_id} disconnected"))
 
     def _add(self, gap: Gap) -> None:
         if len(self._pending) >= self.max_pending:

@@ -91,6 +91,9 @@ class Stats:
     accounts: Callable[[], dict[str, dict]] = dict
     last_write_at: float = 0.0
     last_frame_us: int = 0
+    #: the newest exchange_ts (µs) among the rows committed so far (a crashed worker's gap
+    #: starts there: :mod:`collector_daemon.workers`)
+    committed_exchange_us: int = 0
     exchange_latency: LatencySample = field(default_factory=LatencySample)
     commit_latency: LatencySample = field(default_factory=LatencySample)
     #: the spool's directory: its filesystem's free and total bytes are exported (None: not shown)
@@ -119,6 +122,7 @@ class Stats:
             "exchange_to_receive_ms_p99": pct(self.exchange_latency, 0.99),
             "receive_to_commit_ms_p50": pct(self.commit_latency, 0.5),
             "receive_to_commit_ms_p99": pct(self.commit_latency, 0.99),
+            "committed_exchange_us": self.committed_exchange_us,
         }
 
 
@@ -260,14 +264,15 @@ class MetricsServer:
     """``/metrics`` (Prometheus text format) and ``/healthz`` on ``host:port`` in a daemon thread.
 
     Args:
-        stats: the collector's counters.
+        stats: the collector's counters, or any prometheus-client collector (an object whose
+            ``collect()`` yields metric families: the worker supervisor's aggregate).
         healthy: returns ``(ok, detail)``; ``/healthz`` answers 200 or 503 with the detail as JSON.
     """
 
-    def __init__(self, stats: Stats, healthy: Callable[[], tuple[bool, dict]],
+    def __init__(self, stats: Stats | object, healthy: Callable[[], tuple[bool, dict]],
                  host: str = "127.0.0.1", port: int = 0) -> None:
         registry = CollectorRegistry()
-        registry.register(_StatsCollector(stats))
+        registry.register(_StatsCollector(stats) if isinstance(stats, Stats) else stats)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)

@@ -59,7 +59,7 @@ class Pipeline:
         drain_backoff_s: (first, max) delay between attempts to drain the spool (s).
     """
 
-    def __init__(self, write: WriteFn, *, batch_rows: int = 10_000, flush_interval_s: float = 1.0,
+    def __init__(self, write: WriteFn, *, batch_rows: int = 5_000, flush_interval_s: float = 1.0,
                  queue_batches: int = 4, on_written: WrittenFn | None = None,
                  spool: Spool | None = None, drain_backoff_s: tuple[float, float] = (0.5, 10.0)) -> None:
         self._write = write

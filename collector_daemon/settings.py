@@ -24,7 +24,23 @@ class SettingsError(RuntimeError):
     """A configuration variable is missing or invalid; the message names the variable."""
 
 
-class Settings(BaseSettings):
+class RestBudgetSettings(BaseSettings):
+    """How REST clients share an exchange's per-IP request limit
+    (:mod:`collector_daemon.core.rest_budget`); part of :class:`Settings`, and read alone by
+    the Dagster runs (backfill, reconciliation, universe), which have no collector settings."""
+
+    model_config = SettingsConfigDict(env_prefix="TICKVAULT_", env_file=".env", extra="ignore")
+
+    rest_budget_shared: bool = Field(True, description=(
+        "Pace REST requests with a token bucket kept in the database, shared by every process "
+        "of this host (collector, workers, Dagster runs) calling the same exchange, for venues "
+        "with a per-IP limit (Bybit); false = each client paces itself alone."))
+    rest_budget_key: str | None = Field(None, description=(
+        "Name of the shared budget; default '<venue> <REST host>'. Processes that reach the "
+        "exchange from different IPs (hosts) set different keys; the same IP, the same key."))
+
+
+class Settings(RestBudgetSettings):
     """Collector settings. Field ``x`` is read from ``TICKVAULT_X``."""
 
     model_config = SettingsConfigDict(env_prefix="TICKVAULT_", env_file=".env", extra="ignore")
@@ -36,6 +52,11 @@ class Settings(BaseSettings):
     shard: str = Field("1/1", description=(
         "k/n: this daemon owns the instruments whose name hashes to shard k of n (scale-out; "
         "every shard also takes the chain-wide trades channels, deduplicated by the database)."))
+    workers: int = Field(1, ge=1, le=64, description=(
+        "Collector processes of this daemon (``--workers``), each owning a disjoint part of its "
+        "shard (worker i of N: shard k+n(i-1) of nN) under one supervisor: one /metrics summing "
+        "theirs, one spool each, status rows <collector_id>/worker<i>; the connection and REST "
+        "budgets below are divided among them."))
     channels_per_connection: int = Field(500, ge=1, le=5000, description=(
         "Channels per WebSocket connection; the subscription set is spread over "
         "ceil(channels / this) connections (at most max_connections)."))
@@ -50,7 +71,7 @@ class Settings(BaseSettings):
     universe_stale_s: float = Field(5400.0, gt=0, description=(
         "Refresh the universe from REST itself when nobody (Dagster's hourly instrument_universe) "
         "refreshed the table for this long (s); REST is otherwise used only while the table is empty."))
-    batch_rows: int = Field(10_000, ge=1, description="Rows per COPY batch.")
+    batch_rows: int = Field(5_000, ge=1, description="Rows per COPY batch.")
     flush_interval_s: float = Field(1.0, gt=0, description="A partial batch is flushed at least this often (s).")
     queue_batches: int = Field(4, ge=1, description="Sealed batches the writer queue holds before the reader waits.")
     ws_recv_buffer_bytes: int = Field(2**20, ge=0, description=(
@@ -112,6 +133,12 @@ class Settings(BaseSettings):
         """``shard`` as (k, n), 1 <= k <= n."""
         k, n = self.shard.split("/")
         return int(k), int(n)
+
+    def per_worker(self) -> tuple[int, int]:
+        """``(max_connections, rest_max_concurrency)`` of each of the ``workers`` processes: the
+        daemon's budgets divided among them (at least 1 each)."""
+        return (max(1, self.max_connections // self.workers),
+                max(1, self.rest_max_concurrency // self.workers))
 
     @field_validator("metrics_port", mode="before")
     @classmethod
@@ -201,11 +228,13 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError("invalid configuration: " + "; ".join(problems))
     limit = venue.limits.connections_per_ip
     if limit is not None:
-        used = settings.max_connections + (2 * settings.rest_max_concurrency
-                                           if venue.limits.rest_counts_as_connection else 0)
+        sockets, rest = settings.per_worker()
+        used = settings.workers * (sockets + (2 * rest if venue.limits.rest_counts_as_connection else 0))
         if used > limit:
             what = ("TICKVAULT_MAX_CONNECTIONS + 2 x TICKVAULT_REST_MAX_CONCURRENCY"
                     if venue.limits.rest_counts_as_connection else "TICKVAULT_MAX_CONNECTIONS")
+            if settings.workers > 1:
+                what = f"TICKVAULT_WORKERS ({settings.workers}) x each worker's share of ({what})"
             raise SettingsError(f"invalid configuration: {what} = {used} exceeds "
                                 f"{venue.name.capitalize()}'s {limit} connections per IP")
     settings._venue_settings = venue_settings

@@ -77,20 +77,27 @@ class Child:
     reported: bool = False            # its exit was logged
 
 
-@dataclass
-class Platform:
-    """What ``tickvault run`` started (filled by :func:`start`)."""
+class ProcessGroup:
+    """Child processes, each started in a session of its own (a signal reaches it from
+    :meth:`stop` only, never from the terminal) and stopped together. Used by ``tickvault run``
+    (collectors and Dagster) and by the collector's worker supervisor
+    (:mod:`collector_daemon.workers`)."""
 
-    database_url: str
-    dagster_pg_url: str
-    dagster_home: Path
-    ui_url: str
-    logs: Path
-    children: list[Child] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.children: list[Child] = []
 
     def add(self, child: Child, extra_env: dict[str, str] | None = None) -> None:
-        """Start ``child`` in a session of its own (signals reach it from :func:`stop` only),
-        output to its log file or, without one, to this terminal."""
+        """Start ``child`` (see :meth:`start`) and keep it in the group."""
+        self.start(child, extra_env)
+        self.children.append(child)
+
+    def start(self, child: Child, extra_env: dict[str, str] | None = None) -> None:
+        """(Re)start ``child`` in a session of its own, environment = this process's plus
+        ``extra_env``, output to its log file or, without one, to this terminal.
+
+        Raises:
+            OSError: the command cannot be executed.
+        """
         out = open(child.log_path, "ab") if child.log_path else None   # noqa: SIM115 - child owns it
         try:
             child.process = subprocess.Popen(
@@ -100,9 +107,53 @@ class Platform:
         finally:
             if out is not None:
                 out.close()
-        self.children.append(child)
+        child.reported = False
         log.info("started %s (pid %d)%s", child.name, child.process.pid,
                  f", log {child.log_path}" if child.log_path else ", logging here")
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> dict[str, int | None]:
+        """SIGTERM every process group at once, wait up to ``grace_s``, SIGKILL what is left.
+
+        Returns: name -> exit code (negative: the signal that ended it; None: never started).
+        """
+        started = time.monotonic()
+        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in running:
+            log.info("stopping %s (pid %d)", child.name, child.process.pid)
+            _signal_group(child.process, signal.SIGTERM)
+        deadline = started + grace_s
+        for child in running:
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.1f s: killing it", child.name, grace_s)
+                _signal_group(child.process, signal.SIGKILL)
+                child.process.wait()
+        for child in running:   # helpers a process group may have left behind (run workers)
+            _signal_group(child.process, signal.SIGKILL)
+        log.info("stopped everything in %.1f s", time.monotonic() - started)
+        return {c.name: c.process.returncode if c.process else None for c in self.children}
+
+
+@dataclass
+class Platform:
+    """What ``tickvault run`` started (filled by :func:`start`)."""
+
+    database_url: str
+    dagster_pg_url: str
+    dagster_home: Path
+    ui_url: str
+    logs: Path
+    processes: ProcessGroup = field(default_factory=ProcessGroup)
+
+    @property
+    def children(self) -> list[Child]:
+        """The processes started, in order."""
+        return self.processes.children
+
+    def add(self, child: Child, extra_env: dict[str, str] | None = None) -> None:
+        """Start ``child`` (:meth:`ProcessGroup.add`)."""
+        self.processes.add(child, extra_env)
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -279,27 +330,8 @@ def _ui_answers(url: str) -> bool:
 
 
 def stop(platform: Platform, grace_s: float = STOP_GRACE_S) -> dict[str, int | None]:
-    """SIGTERM every process group at once, wait up to ``grace_s``, SIGKILL what is left.
-
-    Returns: name -> exit code (negative: the signal that ended it; None: never started).
-    """
-    started = time.monotonic()
-    running = [c for c in platform.children if c.process is not None and c.process.poll() is None]
-    for child in running:
-        log.info("stopping %s (pid %d)", child.name, child.process.pid)
-        _signal_group(child.process, signal.SIGTERM)
-    deadline = started + grace_s
-    for child in running:
-        try:
-            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.1f s: killing it", child.name, grace_s)
-            _signal_group(child.process, signal.SIGKILL)
-            child.process.wait()
-    for child in running:   # helpers a process group may have left behind (run workers)
-        _signal_group(child.process, signal.SIGKILL)
-    log.info("stopped everything in %.1f s", time.monotonic() - started)
-    return {c.name: c.process.returncode if c.process else None for c in platform.children}
+    """Stop every process of ``platform`` (:meth:`ProcessGroup.stop`)."""
+    return platform.processes.stop(grace_s)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -21,12 +21,16 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
+
+from collector_daemon.core.gaps import Gap, GapStatus, insert_gap
+from collector_daemon.core.rest_budget import budgeted_client
 
 if TYPE_CHECKING:
     from collector_daemon.connection import Connection
@@ -36,6 +40,25 @@ log = logging.getLogger(__name__)
 
 #: NOTIFY channel of changes to ``accounts`` (payload: the venue).
 ACCOUNTS_CHANNEL = "tickvault_accounts"
+
+
+def private_connection_prefix(venue: str) -> str:
+    """The start of the connection id of every private connection of ``venue``:
+    ``<venue>-private-`` (the id is that prefix and the account label, as the collector names
+    it; ``connection_events.connection_id``)."""
+    return f"{venue}-private-"
+
+
+def private_connection_id(venue: str, label: str) -> str:
+    """The connection id of ``label``'s private connection on ``venue``: ``bybit-private-alpha``."""
+    return private_connection_prefix(venue) + label
+
+
+def account_of_connection(venue: str, connection_id: str) -> str | None:
+    """The account label of a private connection id (:func:`private_connection_id`), None for a
+    public connection."""
+    prefix = private_connection_prefix(venue)
+    return connection_id[len(prefix):] if connection_id.startswith(prefix) else None
 
 
 class SecretError(RuntimeError):
@@ -213,15 +236,26 @@ class PrivateSession:
             None = no reconciliation.
         retry_s: wait before trying a failed reconciliation again (s).
         poll_s: how often the connection's state is looked at (s).
+        pool: where the lost windows go (``data_gaps``); None = not recorded.
+        private_streams: the venue's ``Venue.private_streams`` (stream -> why REST cannot
+            restore it, "" when it can).
 
     ``reconciled`` counts finished reconciliations, ``reconcile_errors`` failed ones;
     ``reconciled_connects`` is the connection count (``Connection.connects``) when the last
     finished one started: reconnects in quick succession share one reconciliation.
+
+    Lost windows: each window a reconnect lost (``Connection.lost_windows``, receive time µs)
+    becomes one open ``data_gaps`` row per private stream with the account's id (detected_by
+    ``disconnect``, instrument ``*``) before the reconciliation that follows it starts; when that
+    reconciliation (which covers from the previous one's start to now) succeeds, the rows
+    become ``backfilled``, or ``unrecoverable`` with the stream's reason. A failed one leaves
+    them open for the retry.
     """
 
     def __init__(self, account: Account, connection: "Connection",
                  reconcile: Callable[[Account], Awaitable[None]] | None = None, *,
-                 retry_s: float = 30.0, poll_s: float = 0.2) -> None:
+                 retry_s: float = 30.0, poll_s: float = 0.2, pool: asyncpg.Pool | None = None,
+                 private_streams: Mapping[str, str] | None = None) -> None:
         self.account = account
         self.connection = connection
         self._reconcile = reconcile
@@ -230,11 +264,17 @@ class PrivateSession:
         self.reconciled = 0
         self.reconcile_errors = 0
         self.reconciled_connects = 0
+        self._pool = pool
+        self._private_streams = dict(private_streams or {})
+        #: (gap_id, stream) of the open gaps the next successful reconciliation resolves.
+        self.open_gaps: list[tuple[int, str]] = []
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> "PrivateSession":
         """Subscribe every private channel of the protocol and run the connection."""
         conn = self.connection
+        if self._pool is not None and self._private_streams:
+            conn.lost_windows = []   # kept for _record_lost_windows
         await conn.set_channels(conn.venue.channels_for([]))
         self._tasks.append(asyncio.create_task(conn.run(), name=conn.connection_id))
         if self._reconcile is not None:
@@ -249,6 +289,8 @@ class PrivateSession:
             if conn.connects == self.reconciled_connects or not conn.subscribed:
                 continue
             connects = conn.connects
+            await self._record_lost_windows()
+            covered = list(self.open_gaps)
             try:
                 await self._reconcile(self.account)
             except Exception as exc:  # noqa: BLE001 - retried; the stream goes on meanwhile
@@ -257,8 +299,47 @@ class PrivateSession:
                           exc, self.retry_s)
                 await asyncio.sleep(self.retry_s)
                 continue
+            await self._resolve(covered)   # before it counts: a reader of ``reconciled`` sees the gaps resolved
             self.reconciled_connects = connects
             self.reconciled += 1
+
+    async def _record_lost_windows(self) -> None:
+        """The connection's new lost windows as open gaps (kept for the next try when the
+        database refuses them)."""
+        conn = self.connection
+        windows = conn.lost_windows
+        if not windows:   # None: not kept (no pool or no private streams)
+            return
+        conn.lost_windows = []
+        gaps = [Gap(conn.venue.name, stream, "*", start, end, None, None, "disconnect", GapStatus.OPEN,
+                    f"private connection {conn.connection_id} lost this window; reconciled over REST "
+                    "after the reconnect", account_id=self.account.account_id)
+                for start, end in windows for stream in sorted(self._private_streams)]
+        try:
+            async with self._pool.acquire() as db, db.transaction():
+                ids = [await insert_gap(db, g) for g in gaps]
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("account %s: lost windows not recorded yet (%s)", self.account.label, exc)
+            conn.lost_windows[:0] = windows
+            return
+        self.open_gaps += [(i, g.stream) for i, g in zip(ids, gaps)]
+
+    async def _resolve(self, covered: list[tuple[int, str]]) -> None:
+        """Mark ``covered`` (recorded before a reconciliation that succeeded) resolved."""
+        if not covered or self._pool is None:
+            return
+        rows = [(gap_id, "unrecoverable" if self._private_streams[stream] else "backfilled",
+                 self._private_streams[stream] or None) for gap_id, stream in covered]
+        try:
+            async with self._pool.acquire() as db:
+                await db.executemany(
+                    "UPDATE data_gaps SET status = $2, reason = coalesce($3, reason), resolved_at = now() "
+                    "WHERE gap_id = $1 AND status = 'open'", rows)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("account %s: reconciled gaps not marked yet (%s)", self.account.label, exc)
+            return
+        done = {gap_id for gap_id, _ in covered}
+        self.open_gaps = [g for g in self.open_gaps if g[0] not in done]
 
     async def stop(self) -> None:
         """Close the connection (rows received stay in the pipeline) and end the tasks."""
@@ -277,6 +358,9 @@ class DayReconciliation:
         fetched / inserted: rows per table fetched over REST / new to the database.
         executions_rest: distinct executions REST lists for the day.
         executions_stored: executions stored for the day afterwards (stream and REST).
+        gaps_resolved: the account's open private gaps (``data_gaps``) inside the day that this
+            reconciliation resolved, per stream and new status (``"executions": {"backfilled":
+            2}``); empty when it failed.
         error: why the account could not be reconciled (names no secret), else None.
     """
 
@@ -286,15 +370,28 @@ class DayReconciliation:
     inserted: dict[str, int] = field(default_factory=dict)
     executions_rest: int = 0
     executions_stored: int = 0
+    gaps_resolved: dict[str, dict[str, int]] = field(default_factory=dict)
     error: str | None = None
 
 
 async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day: str, *,
-                        max_concurrency: int = 4) -> list[DayReconciliation]:
-    """Reconcile every enabled account of ``venue`` over the UTC ``day`` (executions and order
-    updates; no snapshots for a past window) with a writer and a REST client of its own; the
-    accounts one after the other, so the client's pace is the whole budget. Empty when the venue
-    records no private data.
+                        max_concurrency: int = 4,
+                        labels: Collection[str] | None = None) -> list[DayReconciliation]:
+    """Reconcile every enabled account of ``venue`` (or those of them labelled in ``labels``)
+    over the UTC ``day`` (executions and order updates; for the current day up to now followed
+    by REST snapshots of positions and wallet, none for a past window) with a writer and a REST
+    client of its own; the accounts one after the other, so the client's pace (at most
+    ``max_concurrency`` requests in flight) is the whole budget. Empty when the venue records no
+    private data or no enabled account matches.
+
+    An account reconciled without error has its open private gaps that lie inside the day (up
+    to now on the current day) resolved, as the collector's reconciliation after a reconnect
+    would have: ``unrecoverable`` with the stream's ``Venue.private_streams`` reason where REST
+    cannot restore the stream, ``backfilled`` where it can, except that on a past day a stream
+    outside ``Venue.private_history_streams`` (a current snapshot only, e.g. positions) is
+    ``unrecoverable``: no snapshot of that day can be had any more. So the gaps of windows whose
+    reconciliations all failed (bad key, REST down) are settled by the day's asset once it runs;
+    a window across midnight stays open (neither day holds it whole).
 
     Raises:
         asyncpg errors: the database failed (a REST or secret failure is the account's ``error``).
@@ -306,19 +403,21 @@ async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day
         return []
     start, end = day_window(day)
     start_us, end_us = int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
+    until_us = end_us if end_us <= time.time_ns() // 1000 else None   # current day: up to now
     writer = BatchWriter(dsn, venue=venue.name, pool_size=1)
     await writer.open()
     out: list[DayReconciliation] = []
     try:
         async with writer.pool.acquire() as conn:
-            accounts = await load_accounts(conn, venue.name)
-        async with venue.rest_client(settings, max_concurrency=max_concurrency) as rest:
+            accounts = [a for a in await load_accounts(conn, venue.name)
+                        if labels is None or a.label in labels]
+        async with budgeted_client(venue, settings, dsn, max_concurrency=max_concurrency) as rest:
             for account in accounts:
                 report = DayReconciliation(account.account_id, account.label)
                 out.append(report)
                 fills: set[str] = set()   # the tables of executions (an exec_id column)
                 try:
-                    async for table, rows in venue.reconcile_account(rest, settings, account, start_us, end_us):
+                    async for table, rows in venue.reconcile_account(rest, settings, account, start_us, until_us):
                         report.fetched[table.name] = report.fetched.get(table.name, 0) + len(rows)
                         report.inserted[table.name] = (report.inserted.get(table.name, 0)
                                                        + (await writer.write(table, rows) if rows else 0))
@@ -328,11 +427,36 @@ async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day
                 except (*venue.rest_errors, SecretError) as exc:
                     report.error = str(exc)[:500]
                 async with writer.pool.acquire() as conn:
+                    if report.error is None:
+                        report.gaps_resolved = await _resolve_day_gaps(
+                            conn, venue, account.account_id, start_us, end_us, past=until_us is not None)
                     report.executions_stored = sum([await conn.fetchval(
                         f"SELECT count(*) FROM {name} WHERE account_id = $1 AND exchange_ts >= $2 "
                         "AND exchange_ts < $3", account.account_id, start_us, end_us) for name in sorted(fills)])
     finally:
         await writer.close()
+    return out
+
+
+async def _resolve_day_gaps(conn: asyncpg.Connection, venue: "Venue", account_id: int, start_us: int,
+                            end_us: int, *, past: bool) -> dict[str, dict[str, int]]:
+    """Resolve the account's open private gaps inside ``[start_us, end_us)`` (µs since the
+    epoch, UTC; the current day: up to now) after a successful day reconciliation
+    (:func:`reconcile_day`; ``conn`` encodes timestamps as µs integers, as the writer's do); per
+    stream, how many became which status."""
+    out: dict[str, dict[str, int]] = {}
+    for stream, reason in sorted(venue.private_streams.items()):
+        if not reason and past and stream not in venue.private_history_streams:
+            reason = (f"{venue.name} REST serves {stream} as the current snapshot only, and no "
+                      "reconciliation succeeded while this window's day was current")
+        status = "unrecoverable" if reason else "backfilled"
+        n = await conn.fetchval(
+            "WITH done AS (UPDATE data_gaps SET status = $4, reason = coalesce($5, reason), resolved_at = now() "
+            "WHERE venue = $1 AND account_id = $2 AND stream = $3 AND status = 'open' "
+            "AND gap_start >= $6 AND gap_end <= least($7, now()) RETURNING 1) SELECT count(*) FROM done",
+            venue.name, account_id, stream, status, reason or None, start_us, end_us)
+        if n:
+            out[stream] = {status: n}
     return out
 
 

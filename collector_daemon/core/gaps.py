@@ -48,6 +48,8 @@ class Gap:
         reason: human-readable; the audit's start with the finding's kind.
         gap_id: the row's id once stored.
         audit_day: the UTC day an audit finding belongs to (None for the collector's).
+        account_id: the account of a private stream's gap (``stream`` one of the venue's
+            ``private_streams``); None for public streams.
     """
 
     venue: str
@@ -62,12 +64,13 @@ class Gap:
     reason: str
     gap_id: int | None = None
     audit_day: date | None = None
+    account_id: int | None = None
 
     def values(self) -> tuple:
         """The values of :data:`INSERT_SQL`, in order."""
         return (self.venue, self.stream, self.instrument_name, self.gap_start, self.gap_end,
                 self.seq_from, self.seq_to, self.detected_by, self.status.value, self.reason,
-                self.audit_day)
+                self.audit_day, self.account_id)
 
     def row(self) -> tuple:
         """The row in ``rows.DATA_GAPS`` column order (spool records)."""
@@ -88,26 +91,31 @@ class Gap:
 #: asyncpg's; :func:`insert_gaps_sync` runs the same statement through psycopg.
 INSERT_SQL = (
     "INSERT INTO data_gaps (venue, stream, instrument_name, gap_start, gap_end, seq_from, seq_to, "
-    "detected_by, status, reason, audit_day, resolved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-    "$9, $10, $11, CASE WHEN $9 = 'open' THEN NULL ELSE now() END) RETURNING gap_id")
+    "detected_by, status, reason, audit_day, account_id, resolved_at) VALUES ($1, $2, $3, $4, $5, $6, "
+    "$7, $8, $9, $10, $11, $12, CASE WHEN $9 = 'open' THEN NULL ELSE now() END) RETURNING gap_id")
 
 _PSYCOPG_SQL = INSERT_SQL
-for _i in range(11, 0, -1):
+for _i in range(12, 0, -1):
     _PSYCOPG_SQL = _PSYCOPG_SQL.replace(f"${_i}", f"%(p{_i})s")
 
 
 def validate(gap: Gap) -> Gap:
-    """``gap`` if its stream is one of its venue's (the registry); ``data_gaps.stream`` is free
-    text in the schema, so this is where a wrong name is caught.
+    """``gap`` if its stream is one of its venue's (the registry; a gap with an ``account_id``:
+    one of the venue's ``private_streams``); ``data_gaps.stream`` is free text in the schema, so
+    this is where a wrong name is caught.
 
     Raises:
         ValueError: unknown venue or stream (the message lists the venue's streams).
     """
     from collector_daemon.venues import get_venue
-    streams = [s.name for s in get_venue(gap.venue).stream_specs()]
+    venue = get_venue(gap.venue)
+    if gap.account_id is not None:
+        streams, kind = list(venue.private_streams), "private streams"
+    else:
+        streams, kind = [s.name for s in venue.stream_specs()], "streams"
     if gap.stream not in streams:
         raise ValueError(f"gap of venue {gap.venue!r}: unknown stream {gap.stream!r} "
-                         f"(the venue's streams: {', '.join(streams)})")
+                         f"(the venue's {kind}: {', '.join(streams) or 'none'})")
     return gap
 
 

@@ -5,7 +5,9 @@ For each open gap (:func:`open_gaps` of a day, or :func:`open_gaps_by_id`) the v
 (:meth:`collector_daemon.venues.Venue.plan_recovery`) and fetches
 (:meth:`~collector_daemon.venues.Venue.recovery_pages`: paging, pacing and retries live in the
 venue's REST client); the rows are written insert-if-absent by the caller's ``BatchWriter`` (rows
-the stream already has are skipped by the natural key). Then each gap is resolved:
+the stream already has are skipped by the natural key). A venue may also yield ``(table, rows)``
+pages for another table the same window lost (Kraken's candles from REST OHLC after a
+disconnect); they are written by that table's rules and counted in the gap's note. Then each gap is resolved:
 
 * sequence range: ``backfilled`` when every number of the range is now stored, else
   ``unrecoverable`` with how many are still missing;
@@ -38,6 +40,7 @@ import asyncpg
 from collector_daemon.core import days
 from collector_daemon.core.days import day_window, to_us
 from collector_daemon.core.gaps import Gap, GapStatus
+from collector_daemon.core.rest_budget import budgeted_client
 from collector_daemon.storage.writer import BatchWriter
 from collector_daemon.venues import (
     RecoveryIncomplete, RecoveryPlan, RestClient, Venue, VenueSettings,
@@ -54,12 +57,13 @@ def _gap(record: asyncpg.Record) -> Gap:
 
 
 async def open_gaps(conn: asyncpg.Connection, venue: str, day: str | date) -> list[Gap]:
-    """Open gaps of ``venue`` a backfill of ``day`` handles: the day's audit findings and the
-    collector's own findings overlapping the day. ``conn`` uses µs timestamps
+    """Open gaps of ``venue``'s public streams a backfill of ``day`` handles: the day's audit
+    findings and the collector's own findings overlapping the day (an account's private gaps are
+    the REST reconciliation's, ``PrivateSession``). ``conn`` uses µs timestamps
     (``storage.writer.init_connection``)."""
     start, end = day_window(day)
     rows = await conn.fetch(
-        f"SELECT {_GAP_COLUMNS} FROM data_gaps WHERE venue = $1 AND status = 'open' "
+        f"SELECT {_GAP_COLUMNS} FROM data_gaps WHERE venue = $1 AND status = 'open' AND account_id IS NULL "
         "AND (audit_day = $2 OR (audit_day IS NULL AND gap_start < $4 AND gap_end >= $3)) "
         "ORDER BY stream, instrument_name, gap_start, gap_id",
         venue, start.date(), to_us(start), to_us(end))
@@ -81,7 +85,9 @@ class GapOutcome:
     Attributes:
         status: ``backfilled``, ``unrecoverable`` or ``open`` (REST failed; retry later).
         fetched: rows REST returned for it; ``inserted``: of those, new to the table.
-        note: the text appended to the gap's reason (or the error for ``open``).
+        note: the text appended to the gap's reason (or the error for ``open``); rows the
+            venue recovered into other tables for the same window are counted there by table
+            (``; exchange_candles: 12 fetched, 12 written``), not in ``fetched``/``inserted``.
     """
 
     gap: Gap
@@ -143,6 +149,8 @@ class GapRecovery:
         self._gate = asyncio.Semaphore(max_concurrency)
         #: gap id -> why the venue could serve only part of its window (RecoveryIncomplete)
         self._incomplete: dict[int, str] = {}
+        #: gap id -> table -> (fetched, written) of the pages yielded as ``(table, rows)``
+        self._other: dict[int, dict[str, tuple[int, int]]] = {}
 
     async def recover_ids(self, gap_ids: list[int], *, now_us: int,
                           give_up: asyncio.Event | None = None) -> RecoveryReport:
@@ -219,12 +227,17 @@ class GapRecovery:
     async def _fetch(self, gap: Gap, plan: RecoveryPlan, spec, groups, counts, errors) -> None:
         client = self.history if plan.host == "history" and self.history is not None else self.rest
         got = ins = 0
+        other: dict[str, tuple[int, int]] = {}
         async with self._gate:
             try:
-                async for rows in self.venue.recovery_pages(client, gap, plan, self.settings, groups):
-                    got += len(rows)
-                    if rows:
-                        ins += await self.writer.write(spec.table, rows)
+                async for page in self.venue.recovery_pages(client, gap, plan, self.settings, groups):
+                    table, rows = page if isinstance(page, tuple) else (spec.table, page)
+                    n = await self.writer.write(table, rows) if rows else 0
+                    if table is spec.table:
+                        got, ins = got + len(rows), ins + n
+                    else:
+                        was = other.get(table.name, (0, 0))
+                        other[table.name] = (was[0] + len(rows), was[1] + n)
             except RecoveryIncomplete as exc:
                 self._incomplete[gap.gap_id] = str(exc)
             except self.venue.rest_errors as exc:
@@ -232,6 +245,8 @@ class GapRecovery:
                 errors[gap.gap_id] = f"REST failed: {type(exc).__name__}: {exc}"
             finally:
                 counts[gap.gap_id] = (got, ins)
+                if other:
+                    self._other[gap.gap_id] = other
 
     async def _missing(self, gap: Gap, column: str, table: str) -> list[int]:
         async with self.writer.pool.acquire() as conn:
@@ -245,6 +260,7 @@ class GapRecovery:
     async def _resolve(self, gap: Gap, plan: RecoveryPlan, spec, counts: tuple[int, int],
                        error: str | None) -> GapOutcome:
         got, ins = counts
+        other = self._other.pop(gap.gap_id, {})
         if error is not None:
             return GapOutcome(gap, plan, GapStatus.OPEN, got, ins, error)
         if plan.method == "none":
@@ -266,6 +282,7 @@ class GapRecovery:
             incomplete = self._incomplete.pop(gap.gap_id, None)
             if incomplete is not None:   # the venue could serve only part of the window
                 status, note = GapStatus.UNRECOVERABLE, f"{note}; {incomplete}"
+        note += "".join(f"; {t}: {n} fetched, {w} written" for t, (n, w) in sorted(other.items()))
         # gap_end as read: a re-audit that extended the gap meanwhile keeps it open (the next
         # backfill fetches the longer window) instead of having it marked beyond what was fetched
         async with self.writer.pool.acquire() as conn:
@@ -298,7 +315,7 @@ async def backfill_day(dsn: str, venue: Venue, settings: VenueSettings, day: str
     try:
         async with writer.pool.acquire() as conn:
             gaps = await open_gaps(conn, venue.name, day)
-        async with venue.rest_client(settings, max_concurrency=max_concurrency) as rest:
+        async with budgeted_client(venue, settings, dsn, max_concurrency=max_concurrency) as rest:
             history = (venue.rest_client(settings, base_url=settings.history_url,
                                          max_concurrency=max_concurrency)
                        if settings.history_url else None)

@@ -191,17 +191,19 @@ async def apply_universe(conn: asyncpg.Connection, universe: FetchedUniverse, *,
             "SELECT count(*) FROM instruments WHERE venue = $1 AND is_active "
             "AND NOT (instrument_name = ANY($2::text[]))", venue, names)
         await queries.upsert_instruments(conn, venue, rows)
+        # the group's ranked instruments are the previous version's set (ranks are written only
+        # here): a group is not always a base currency (Bybit's "linear" holds BTCUSDT, ETHUSDT)
+        previous = await read_universe(conn, venue, currency)
+        prev_set = set(previous.subscribed) if previous else None
         await conn.execute(
             "UPDATE instruments SET subscription_rank = NULL WHERE venue = $1 "
-            "AND subscription_rank IS NOT NULL AND (base_currency = $2 OR base_currency IS NULL) "
-            "AND NOT (instrument_name = ANY($3::text[]))", venue, currency, selected)
+            "AND subscription_rank IS NOT NULL AND instrument_name = ANY($2::text[]) "
+            "AND NOT (instrument_name = ANY($3::text[]))", venue, sorted(prev_set or ()), selected)
         await conn.execute(
             "UPDATE instruments i SET subscription_rank = s.rank FROM "
             "unnest($2::text[]) WITH ORDINALITY AS s(name, rank) "
             "WHERE i.venue = $1 AND i.instrument_name = s.name "
             "AND i.subscription_rank IS DISTINCT FROM s.rank", venue, selected)
-        previous = await read_universe(conn, venue, currency)
-        prev_set = set(previous.subscribed) if previous else None
         if (previous is not None and prev_set == set(selected) and previous.top_n == top_n
                 and set(previous.kinds or ("option",)) == set(kinds)):
             return UniverseRefresh(len(rows), len(universe.open_interest), was_active, selected,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import email.utils
 import json
@@ -80,6 +81,9 @@ class EmulatorConfig:
             (:class:`~collector_daemon.emulator.replay.Replayer`, "fast path"); the faithful path
             is used when the timeline or the faults do not allow it (``stats()["replay"]["path"]``
             says which one played).
+        rest_ip_limit: REST requests per :data:`IP_WINDOW_S` per client IP (:class:`RestIpLimit`);
+            None = unlimited.
+        rest_ban_s: how long a client IP that keeps exceeding ``rest_ip_limit`` is banned (s).
     """
 
     capture: Path
@@ -98,6 +102,68 @@ class EmulatorConfig:
     heartbeat_unit: float = 1.0
     tls_dir: Path | None = None
     fast: bool = False
+    rest_ip_limit: int | None = None
+    rest_ban_s: float = 600.0
+
+
+#: The window of the REST IP limit (s): Bybit counts requests per 5 s per IP.
+IP_WINDOW_S = 5.0
+
+
+class RestIpLimit:
+    """An exchange's REST limit per client IP, as Bybit applies it (``docs/v5/rate-limit``):
+    at most ``limit`` requests in any :data:`IP_WINDOW_S` seconds (every request arriving
+    counts, answered or not). A request over the limit gets the venue's rate-limit error (the
+    ``rpc`` REST fault: Bybit retCode 10006); an IP whose requests in a window exceed the limit by
+    more than a tenth of it (at least 1) is banned for ``ban_s`` seconds, every request answered
+    with the venue's ban (the ``http429`` fault: Bybit HTTP 403) until the ban ends; then the
+    count starts afresh. Bybit's exact rules past the first 403 are not documented: this is the
+    simplest model that punishes a client which keeps going after 10006.
+
+    ``stats()``: ``{"limit", "window_s", "ban_s", "requests", "limited", "banned_answers", "bans",
+    "max_in_window"}`` (per the whole server; max over IPs and windows).
+    """
+
+    def __init__(self, limit: int, ban_s: float) -> None:
+        if limit < 1 or ban_s <= 0:
+            raise ValueError("rest_ip_limit must be >= 1 and rest_ban_s > 0")
+        self.limit, self.ban_s = limit, ban_s
+        self._ban_over = max(1, limit // 10)
+        self._seen: dict[str, collections.deque[float]] = {}
+        self._banned_until: dict[str, float] = {}
+        self.requests = self.limited = self.banned_answers = self.bans = self.max_in_window = 0
+
+    def check(self, ip: str, now: float) -> str | None:
+        """Count a request from ``ip`` at ``now`` (monotonic s): None (serve it), ``"rpc"``
+        (over the limit) or ``"http429"`` (banned)."""
+        self.requests += 1
+        seen = self._seen.setdefault(ip, collections.deque())
+        if ip in self._banned_until:
+            if now < self._banned_until[ip]:
+                self.banned_answers += 1
+                return "http429"
+            del self._banned_until[ip]
+            seen.clear()        # the ban is over: counting starts afresh
+        while seen and seen[0] <= now - IP_WINDOW_S:
+            seen.popleft()
+        seen.append(now)
+        self.max_in_window = max(self.max_in_window, len(seen))
+        if len(seen) > self.limit + self._ban_over:
+            self._banned_until[ip] = now + self.ban_s
+            self.bans += 1
+            self.banned_answers += 1
+            return "http429"
+        if len(seen) > self.limit:
+            self.limited += 1
+            return "rpc"
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """See the class docstring."""
+        return {"limit": self.limit, "window_s": IP_WINDOW_S, "ban_s": self.ban_s,
+                "requests": self.requests, "limited": self.limited,
+                "banned_answers": self.banned_answers, "bans": self.bans,
+                "max_in_window": self.max_in_window}
 
 
 def _json_response(status: int, body: bytes) -> Response:
@@ -127,6 +193,8 @@ class EmulatorServer:
             wait_for_clients=config.wait_for_clients, start_grace=config.start_grace,
             close_when_done=config.close_when_done, faults=config.faults, fast=config.fast)
         self.tls: ServerTls | None = tls.generate(Path(config.tls_dir)) if config.tls_dir else None
+        self.ip_limit = (RestIpLimit(config.rest_ip_limit, config.rest_ban_s)
+                         if config.rest_ip_limit is not None else None)
         self.host = "127.0.0.1"
         self.port = 0
         self._server: Server | None = None
@@ -178,8 +246,12 @@ class EmulatorServer:
         self._replay_task = asyncio.create_task(self.replayer.run(), name="emulator-replay")
 
     def stats(self, trade_ids: bool = False) -> dict[str, Any]:
-        """Counts for completeness proofs; see :meth:`Replayer.stats` for the shape."""
-        return self.replayer.stats(trade_ids)
+        """Counts for completeness proofs; see :meth:`Replayer.stats` for the shape, plus
+        ``rest_ip_limit`` (:meth:`RestIpLimit.stats`) when a limit is configured."""
+        stats = self.replayer.stats(trade_ids)
+        if self.ip_limit is not None:
+            stats["rest_ip_limit"] = self.ip_limit.stats()
+        return stats
 
     async def stop(self) -> None:
         """Stop the replay (letting a finished one complete its closing) and the server."""
@@ -235,6 +307,9 @@ class EmulatorServer:
             if client.silent or self.config.faults.ignore_heartbeat or not client.is_open:
                 continue
             if awaiting and not client.heartbeat_ok:
+                # no notification after this point: one dispatched during the close handshake
+                # would be counted as sent and then discarded by write_pending (socket closing)
+                client.blocked = True
                 client.write_pending()   # what was counted as sent leaves before the close frame
                 await client.ws.close(4000, "heartbeat close")
                 return
@@ -258,8 +333,11 @@ class EmulatorServer:
             return _json_response(200, body)
         prefix = self.venue.rest_prefix + "/"
         if url.path.startswith(prefix):
+            limited = (self.ip_limit.check(str(connection.remote_address[0]), time.monotonic())
+                       if self.ip_limit is not None else None)
             status, body = self.venue.handle_http_request(url.path[len(prefix):], query, url.query,
-                                                          request.headers, self.replayer.rest_fault(),
+                                                          request.headers,
+                                                          limited or self.replayer.rest_fault(),
                                                           received_us)
             return _json_response(status, body)
         return _json_response(404, b'{"error":"not found"}')
@@ -312,6 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap of any single pause, wall seconds (default 2)")
     parser.add_argument("--wait-for-clients", type=int, default=1,
                         help="start the clock when N clients have subscribed (default 1)")
+    parser.add_argument("--start-grace", type=float, default=0.1,
+                        help="then wait until no subscribe request came for this long (s, default "
+                             "0.1): a client subscribing in many requests misses nothing")
     parser.add_argument("--exit-when-done", action="store_true",
                         help="close clients (1000) and exit when the replay is over")
     parser.add_argument("--tls", type=Path, metavar="DIR",
@@ -337,6 +418,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="never send heartbeat requests")
     faults.add_argument("--rest-errors", type=float,
                         help="probability of a rate-limit failure per REST call")
+    faults.add_argument("--rest-ip-limit", type=int, metavar="N",
+                        help="REST requests per 5 s per client IP: beyond, the venue's rate-limit "
+                             "error (Bybit 10006); over by a tenth more, a ban (Bybit HTTP 403)")
+    faults.add_argument("--rest-ban-s", type=float, default=600.0,
+                        help="length of a --rest-ip-limit ban (s, default 600 like Bybit)")
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -346,6 +432,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         speed=args.speed, loop=args.loop,
         fanout=args.fanout, churn=args.churn, max_idle=args.max_idle, wait_for_clients=args.wait_for_clients,
         close_when_done=args.exit_when_done, venue=args.venue, tls_dir=args.tls, fast=args.fast,
+        start_grace=args.start_grace, rest_ip_limit=args.rest_ip_limit, rest_ban_s=args.rest_ban_s,
         faults=Faults(
             seed=args.seed, drop_every=args.drop_every, drop_random=args.drop_random,
             drop_count=args.drop_count, delay_ms=args.delay_ms, malformed=args.malformed,

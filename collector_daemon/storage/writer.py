@@ -52,6 +52,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from collector_daemon.rows import REJECTED_MESSAGES, REJECTED_RAW_CAP, TABLES, TableSpec
+from collector_daemon.storage.numeric import decode_numeric, encode_numeric
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,12 @@ def _decode_ts(value: tuple[int]) -> int:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Make ``timestamptz`` travel as µs-since-epoch integers on this connection."""
+    """Make ``timestamptz`` travel as µs-since-epoch integers on this connection, and encode
+    ``numeric`` with :mod:`collector_daemon.storage.numeric` (memoised; Bybit's decimal strings)."""
     await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=_encode_ts,
                               decoder=_decode_ts, format="tuple")
+    await conn.set_type_codec("numeric", schema="pg_catalog", encoder=encode_numeric,
+                              decoder=decode_numeric, format="binary")
 
 
 def is_transient(exc: BaseException) -> bool:
