@@ -21,7 +21,7 @@ import enum
 import importlib
 import os
 import pkgutil
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -37,6 +37,7 @@ from collector_daemon.rows import TableSpec
 if TYPE_CHECKING:   # only for annotations: the core modules import this one
     from collector_daemon.core.accounts import Account
     from collector_daemon.core.gaps import Gap
+    from collector_daemon.core.rest_budget import RequestRate, RestBudget
     from collector_daemon.core.universe import FetchedUniverse
 
 
@@ -115,10 +116,78 @@ class Request(NamedTuple):
     responses: int = 1
 
 
+def screen_frame(frame: str | bytes, max_frame_chars: int) -> str | None:
+    """Why the reader refuses ``frame`` before decoding it, or None: ``binary frame`` (every
+    venue here sends text) or ``oversized frame: N characters`` (longer than ``max_frame_chars``)."""
+    if type(frame) is not str:
+        return "binary frame"
+    if len(frame) > max_frame_chars:
+        return f"oversized frame: {len(frame)} characters"
+    return None
+
+
+class ReadBatch:
+    """What the frames of one socket read decoded to (:meth:`Decoder.decode_read`).
+
+    Attributes:
+        tables: table name -> ``(table, rows)``: the rows of this read's accepted data frames,
+            in arrival order (tuples in ``table.columns`` order). A table whose frames carried
+            no rows (Deribit's trades ``"data":[]``) is present with an empty list: its stream
+            is alive.
+        messages: accepted data frames (notifications), empty ones included.
+        rejects: ``(frame text, reason)`` of every frame refused: malformed, binary, oversized,
+            or data of a channel not in ``accepting`` (``data on a channel not subscribed: ...``).
+        controls: the :class:`Response` and :class:`Control` frames, in arrival order.
+    """
+
+    __slots__ = ("tables", "messages", "rejects", "controls")
+
+    def __init__(self) -> None:
+        self.tables: dict[str, tuple[TableSpec, list[tuple]]] = {}
+        self.messages = 0
+        self.rejects: list[tuple[str, str]] = []
+        self.controls: list[Response | Control] = []
+
+    def rows_of(self, table: TableSpec) -> list[tuple]:
+        """The list this read's rows of ``table`` go into (made on first use)."""
+        entry = self.tables.get(table.name)
+        if entry is None:
+            entry = self.tables[table.name] = (table, [])
+        return entry[1]
+
+    def add_frame(self, decoder: "Decoder", frame: str | bytes, receive_us: int,
+                  accepting: Container[str], max_frame_chars: int) -> None:
+        """Screen and decode one frame with ``decoder.decode`` and file the result: the general
+        path, which every frame a venue's fast path does not take goes through (it also gives
+        the precise rejection reasons)."""
+        reason = screen_frame(frame, max_frame_chars)
+        if reason is not None:
+            text = frame if type(frame) is str else frame.decode("utf-8", "backslashreplace")
+            self.rejects.append((text, reason))
+            return
+        try:
+            item = decoder.decode(frame, receive_us)
+        except RejectedFrame as exc:
+            self.rejects.append((frame, str(exc)))
+            return
+        if type(item) is Data:
+            if item.channel not in accepting:
+                self.rejects.append((frame, f"data on a channel not subscribed: {item.channel[:200]}"))
+                return
+            self.messages += 1
+            self.rows_of(item.table).extend(item.rows)
+        else:
+            self.controls.append(item)
+
+
 class Decoder(abc.ABC):
     """Turns the frames of ONE connection into rows; may keep state across frames (e.g. Bybit's
     linear tickers are a snapshot followed by deltas per symbol). A new decoder is made for every
-    (re)connection, so state never leaks from a dead socket into a new one."""
+    (re)connection, so state never leaks from a dead socket into a new one.
+
+    The connection hands it every frame of one socket read at once (:meth:`decode_read`); a
+    venue implements :meth:`decode` (one frame) and may override :meth:`decode_read` with a
+    fast path for its hot notifications that files rows straight into the batch."""
 
     @abc.abstractmethod
     def decode(self, frame: str | bytes, receive_us: int) -> Data | Response | Control:
@@ -131,6 +200,26 @@ class Decoder(abc.ABC):
         Raises:
             RejectedFrame: the frame is malformed, fails validation, or is of an unknown kind.
         """
+
+    def decode_read(self, frames: Sequence[str | bytes], receive_us: int, accepting: Container[str],
+                    max_frame_chars: int) -> ReadBatch:
+        """Decode the frames of one socket read into one :class:`ReadBatch`.
+
+        Args:
+            frames: the WebSocket messages of the read, in arrival order.
+            receive_us: local wall-clock receive time of the read, µs since the Unix epoch (UTC).
+            accepting: channels whose data is accepted (subscribed or being subscribed on this
+                socket); data of any other channel is rejected.
+            max_frame_chars: longer frames are rejected without decoding (:func:`screen_frame`).
+
+        Never raises for bad input: every bad frame is in ``rejects``. The default decodes frame
+        by frame with :meth:`decode` (:meth:`ReadBatch.add_frame`); an override must give the
+        same batch, values and reasons included.
+        """
+        batch = ReadBatch()
+        for frame in frames:
+            batch.add_frame(self, frame, receive_us, accepting, max_frame_chars)
+        return batch
 
 
 class VenueProtocol(abc.ABC):
@@ -342,12 +431,17 @@ class RestClient(abc.ABC):
 
     calls: int
     retries: int
+    #: The pace shared with other clients (:func:`collector_daemon.core.rest_budget.budgeted_client`
+    #: sets it when the venue has a :meth:`Venue.request_budget`); closed with the client.
+    budget: "RestBudget | None" = None
 
     async def __aenter__(self) -> "RestClient":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+        if self.budget is not None:
+            await self.budget.aclose()
 
     async def attempts(self, retryable: Callable[[BaseException], bool], *, tries: int,
                        backoff_max_s: float) -> AsyncIterator[AttemptManager]:
@@ -389,12 +483,31 @@ class Venue(abc.ABC):
     rest_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Folder of the venue's own migrations (its tables), applied after ``schema/``; None = none.
     schema_dir: ClassVar[Path | None] = None
+    #: The venue's own tables (from :attr:`schema_dir`) the nightly Parquet export covers,
+    #: beside the shared quotes, trades and candles (``orchestration.lib.export``): each needs a
+    #: ``venue`` column and a unique key with a timestamptz column; a table with an
+    #: ``account_id`` column is private and exported per account.
+    export_tables: ClassVar[tuple[str, ...]] = ()
     #: How far back the venue's main REST host serves a time window (s); None = no limit.
     recent_horizon_s: ClassVar[float | None] = None
     #: How far back (days) the collector looks for the last stored sequence number per
     #: instrument at start (``GapKeeper.seed``); None = the whole table (Kraken: REST serves all
     #: history, so the first live trade opens the gap from the last stored one to now).
     sequence_seed_days: ClassVar[int | None] = 3
+    #: The streams of an account's private connection (``data_gaps.stream`` of its lost windows,
+    #: with ``account_id``) -> why REST reconciliation cannot restore what a lost window held
+    #: ("" = it can: the gap is ``backfilled`` once a reconciliation after the window succeeded;
+    #: else the gap is ``unrecoverable`` with this reason). Empty: no private data.
+    private_streams: ClassVar[Mapping[str, str]] = {}
+    #: The private streams whose past windows REST history serves (a day's reconciliation
+    #: backfills a lost window of any past day); the others' REST answer is the current
+    #: snapshot only (a lost window is restored by the reconciliation right after it, or the
+    #: current day's, and is ``unrecoverable`` once its day is past).
+    private_history_streams: ClassVar[frozenset[str]] = frozenset()
+    #: Columns of the ``trades`` stream's table that order trades sharing a millisecond of
+    #: ``exchange_ts`` deterministically (candles' open and close, ``orchestration.lib.candles``);
+    #: the table itself is the ``trades`` stream's (:meth:`trades_table`).
+    trade_order: ClassVar[tuple[str, ...]] = ("trade_seq", "trade_id")
 
     def load_settings(self, **overrides: Any) -> VenueSettings:
         """The venue's settings from the environment with ``overrides`` on top.
@@ -428,6 +541,12 @@ class Venue(abc.ABC):
     def rest_client(self, settings: VenueSettings, *, base_url: str | None = None,
                     max_concurrency: int = 4) -> RestClient:
         """A new REST client (``base_url`` overrides the settings', e.g. the history host)."""
+
+    def request_budget(self, settings: VenueSettings) -> "RequestRate | None":
+        """The venue's per-IP REST request limit as the pace every client on one IP shares
+        (:mod:`collector_daemon.core.rest_budget`); None (the default) = no shared pace. A venue
+        returning one paces its client's requests with :attr:`RestClient.budget`."""
+        return None
 
     @abc.abstractmethod
     async def fetch_universe(self, rest: RestClient, settings: VenueSettings,
@@ -469,10 +588,13 @@ class Venue(abc.ABC):
     @abc.abstractmethod
     def recovery_pages(self, rest: RestClient, gap: "Gap", plan: RecoveryPlan,
                        settings: VenueSettings,
-                       instrument_groups: Mapping[str, tuple[str, str]]) -> AsyncIterator[list[tuple]]:
+                       instrument_groups: Mapping[str, tuple[str, str]],
+                       ) -> AsyncIterator[list[tuple] | tuple[TableSpec, list[tuple]]]:
         """Rows of ``gap``'s stream table fetched over REST for ``plan``, page by page, already
         limited to the gap (its instrument, sequence range or time window), stamped with the
         receive time (µs, when the page arrived) and the source ``rest``.
+        A page may also be ``(table, rows)``: rows of another table the same window lost (Kraken's
+        ``exchange_candles`` from REST OHLC), written by the table's own rules (upsert or insert-if-absent).
         ``instrument_groups`` maps the instrument names of specific gaps to
         ``(universe group, kind)`` as stored in ``instruments``."""
 
@@ -522,6 +644,14 @@ class Venue(abc.ABC):
         """The streams with the settings' defaults (their tables and gap policies do not depend
         on settings; only watchdog limits do)."""
         return self.streams(self.settings_class.model_construct())
+
+    def trades_table(self) -> TableSpec | None:
+        """The table of the venue's ``trades`` stream (every trade once, with ``exchange_ts``,
+        ``price``, ``amount`` and the :attr:`trade_order` columns), None when it has none."""
+        for spec in self.stream_specs():
+            if spec.name == "trades":
+                return spec.table
+        return None
 
     def stream(self, settings: VenueSettings, name: str) -> StreamSpec:
         """The stream called ``name``.
@@ -608,9 +738,9 @@ def get_venue(name: str) -> Venue:
 
 
 __all__: Sequence[str] = (
-    "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "RejectedFrame", "Recovery",
-    "RecoveryIncomplete", "RecoveryPlan", "Request", "Response", "RestClient", "StreamSpec",
-    "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "decode_json_object", "get_venue",
-    "register",
+    "ConnectionLimits", "Control", "Data", "Decoder", "IdSource", "ReadBatch", "RejectedFrame",
+    "Recovery", "RecoveryIncomplete", "RecoveryPlan", "Request", "Response", "RestClient",
+    "StreamSpec", "UnknownVenue", "Venue", "VenueProtocol", "VenueSettings", "decode_json_object",
+    "get_venue", "register", "screen_frame",
     "select_venues", "venues",
 )

@@ -16,7 +16,9 @@ Facts followed (../shared/reference/exchange-apis-and-peers.md B, bybit-exchange
 * on subscribing ``tickers.{symbol}`` the client gets the current full snapshot (when the replay
   has one; ``ts`` = the replay clock, when it is generated), then deltas (linear) or snapshots;
 * REST errors injected by ``Faults.rest_errors`` alternate between ``retCode 10006`` "Too many
-  visits!" and HTTP 403 "access too frequent" (Bybit's IP ban answer);
+  visits!" and HTTP 403 "access too frequent" (Bybit's IP ban answer); the server's IP limit
+  (``EmulatorConfig.rest_ip_limit``, :class:`~collector_daemon.emulator.server.RestIpLimit`)
+  answers with the same two;
 * recent-trade: newest first, ``limit`` spot [1,60] default 60, others [1,1000] default 500, no
   paging; instruments-info: ``limit`` [1,1000] default 500, ``cursor``/``nextPageCursor``
   (spot not paged), option ``baseCoin`` defaults to BTC.
@@ -41,6 +43,12 @@ v5 frames, one JSON object per line (the tardis-node test frames), whose option 
 ``publicTrade`` frames are merged in by ``ts`` (with ``align_trades`` shifted so the first
 falls at the capture's first timestamp: a derived stream). Loop k > 0 shifts every timestamp by
 k x (span + 1 ms) and suffixes trade ids with ``-L{k}``.
+
+Fan-out (``fanout`` F > 1, for benchmarks): every linear symbol of the timeline gets F - 1
+copies ``X{j}{symbol}`` (j = 1 .. F-1, ``BTCUSDT`` -> ``X1BTCUSDT``), listed in instruments-info
+with the original's specification and sent every ticker and trade message of the original with
+the symbol re-keyed (trade ids kept: a trade is keyed by symbol and id); so a capture of a few
+symbols drives a collector subscribed to thousands, with real message shapes and values.
 """
 
 from __future__ import annotations
@@ -95,6 +103,8 @@ class BybitEmulation(VenueEmulation):
         self.instruments: dict[str, list[dict]] = {c: [] for c in m.CATEGORIES}
         self._known: dict[str, set[str]] = {c: set() for c in m.CATEGORIES}   # symbols and coins
         self._span = 0
+        #: fan-out: linear symbol -> its copies
+        self.copies: dict[str, list[str]] = {}
         #: (category, symbol) -> current full ticker (published so far)
         self.tickers: dict[tuple[str, str], dict] = {}
         self._ticker_cs: dict[tuple[str, str], int | None] = {}
@@ -166,7 +176,34 @@ class BybitEmulation(VenueEmulation):
             self._known[category].add(topic.partition(".")[2])
         if events:
             self._span = events[-1].ts - events[0].ts
+        if self.fanout > 1:
+            self._make_copies(events)
         return events
+
+    def _make_copies(self, events: list[Event]) -> None:
+        """Fan-out: the copies of every linear symbol with events, listed like the original."""
+        symbols = sorted({e.routes[0].split(_SEP, 1)[1].partition(".")[2] for e in events
+                          if e.routes[0].startswith("linear" + _SEP)})
+        self.copies = {s: [f"X{j}{s}" for j in range(1, self.fanout)] for s in symbols}
+        infos = {i.get("symbol"): i for i in self.instruments["linear"]}
+        for symbol, copies in self.copies.items():
+            self._known["linear"].update(copies)
+            if symbol in infos:
+                self.instruments["linear"] += [{**infos[symbol], "symbol": c} for c in copies]
+
+    def _copy(self, event: Event, copy: str) -> Event:
+        """``event`` (linear) re-keyed to the fan-out symbol ``copy``."""
+        kind, _, symbol = event.routes[0].split(_SEP, 1)[1].partition(".")
+        msg = dict(event.data, topic=f"{kind}.{copy}")
+        if "id" in msg:
+            msg["id"] = f"{msg['id']}-{copy}"
+        data = msg.get("data")
+        if isinstance(data, list):
+            msg["data"] = [{**t, "s": copy} for t in data]
+        elif isinstance(data, dict) and "symbol" in data:
+            msg["data"] = {**data, "symbol": copy}
+        ids = tuple((copy, tid) for _, tid in event.trade_ids)
+        return Event(event.ts, event.kind, copy, (f"linear{_SEP}{kind}.{copy}",), msg, ids)
 
     def _event(self, category: str, raw: str) -> Event | None:
         msg = json.loads(raw)
@@ -184,13 +221,17 @@ class BybitEmulation(VenueEmulation):
         return event
 
     def instantiate(self, event: Event, loop_index: int) -> Sequence[Event]:
-        if loop_index == 0:
-            return (event,)
-        shift = loop_index * (self._span + 1)
-        suffix = f"-L{loop_index}"
-        data = _shift(event.data, shift, suffix)
-        ids = tuple((name, tid + suffix) for name, tid in event.trade_ids)
-        return (Event(event.ts + shift, event.kind, event.instrument, event.routes, data, ids),)
+        """``event`` as played in loop ``loop_index`` (shifted, trade ids suffixed) followed by
+        its fan-out copies."""
+        if loop_index > 0:
+            shift = loop_index * (self._span + 1)
+            suffix = f"-L{loop_index}"
+            data = _shift(event.data, shift, suffix)
+            ids = tuple((name, tid + suffix) for name, tid in event.trade_ids)
+            event = Event(event.ts + shift, event.kind, event.instrument, event.routes, data, ids)
+        copies = self.copies.get(event.routes[0].split(_SEP, 1)[1].partition(".")[2]) \
+            if self.copies and event.routes[0].startswith("linear" + _SEP) else None
+        return (event, *(self._copy(event, c) for c in copies)) if copies else (event,)
 
     def publish(self, event: Event) -> None:
         if event.kind == "private":   # made now, at the wall clock, and kept for REST
@@ -407,6 +448,11 @@ class BybitEmulation(VenueEmulation):
             data.append(d)
         return {**frame, "id": f"{frame.get('id', 'x')}-{key}-{copy}",
                 "creationTime": int(at(frame["creationTime"])), "data": data}
+
+    def sessions_of(self, key: str) -> list[int]:
+        """Ids of the connections (``Client.id``) authenticated with API key ``key`` (tests
+        drop one account's private connection by them)."""
+        return [sid for sid, k in self._authed.items() if k == key]
 
     def private_events(self, keys: Sequence[str], copies: int, start_ts: int, end_ts: int) -> list[Event]:
         """Timeline events of private traffic: for each account key, ``copies`` copies of every

@@ -16,9 +16,10 @@ Endpoints (../shared/reference/exchange-apis-and-peers.md B; bybit-exchange/docs
   on subscribe).
 
 Pace: one account's requests run one after the other (per-account concurrency 1); every account
-shares the collector's one :class:`~collector_daemon.venues.bybit.rest.BybitRest`, whose pace
-(500 requests per 5 s, under Bybit's 600 per IP) and concurrency cap are the global budget, and
-which backs off on retCode 10006.
+shares the collector's one :class:`~collector_daemon.venues.bybit.rest.BybitRest` (a concurrency
+cap, backoff on retCode 10006, a ban on HTTP 403), whose budget is shared with every other process
+calling Bybit from the IP (:mod:`collector_daemon.core.rest_budget`,
+``TICKVAULT_BYBIT_REST_REQUESTS_PER_5S``, default 400 of Bybit's 600 per 5 s).
 """
 
 from __future__ import annotations

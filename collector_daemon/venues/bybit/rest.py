@@ -5,11 +5,14 @@ Requests are ``GET {base_url}/v5/<path>?<params>``; answers are
 ``{"retCode","retMsg","result",...}``. Limits (../shared/reference/exchange-apis-and-peers.md B,
 ``docs/v5/rate-limit/rate-limit.mdx``): 600 requests per 5 s per IP, beyond that HTTP 403
 "access too frequent" and an IP ban of at least 10 minutes; ``retCode 10006`` = too many visits.
-The client paces itself at 500 requests per 5 s (never reaching a ban), caps concurrency, and
-retries 10006, HTTP 429/5xx and transport errors with capped exponential backoff and jitter; an
-HTTP 403 (a ban, someone else's traffic on the IP) waits ``ban_wait_s`` before the next try.
-One client's pace is the whole process's budget: the daemon shares one client between its public
-calls and every account's reconciliation.
+The client takes a token of its :attr:`budget` before every request (by default its own
+:class:`~collector_daemon.core.rest_budget.LocalBudget` of ``requests_per_5s``; the daemon and the
+Dagster runs give it the :class:`~collector_daemon.core.rest_budget.SharedBudget` of the IP, so
+several processes together stay under the limit), caps concurrency, and retries 10006, HTTP
+429/5xx and transport errors with capped exponential backoff and jitter; an HTTP 403 (a ban:
+someone else's traffic on the IP) bans the budget for ``ban_wait_s``, so nobody sharing it tries
+again before the ban is over. The daemon shares one client between its public calls and every
+account's reconciliation.
 
 Private requests (``docs/v5/guide.mdx``, "Authentication for HTTP"): headers ``X-BAPI-API-KEY``,
 ``X-BAPI-TIMESTAMP`` (ms), ``X-BAPI-RECV-WINDOW`` and ``X-BAPI-SIGN`` =
@@ -29,10 +32,10 @@ from urllib.parse import urlencode
 
 import httpx
 import msgspec
-from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from collector_daemon.core.accounts import Account
+from collector_daemon.core.rest_budget import LocalBudget, RequestRate
 from collector_daemon.venues import RestClient
 
 #: retCodes meaning "slow down and try again".
@@ -73,20 +76,21 @@ class BybitRest(RestClient):
         attempts: tries per call before :class:`BybitRestError` is raised.
         backoff_max_s: cap of the exponential backoff between tries (s).
         ban_wait_s: wait after an HTTP 403 (Bybit bans the IP for >= 10 minutes).
-        requests_per_5s: pace (Bybit's IP limit is 600 per 5 s).
+        requests_per_5s: the client's own pace (Bybit's IP limit is 600 per 5 s), used until a
+            shared :attr:`budget` replaces it.
 
     Use as ``async with BybitRest(url) as rest: ...``.
     """
 
     def __init__(self, base_url: str, *, max_concurrency: int = 4, attempts: int = 8,
                  backoff_max_s: float = 30.0, ban_wait_s: float = 600.0,
-                 requests_per_5s: int = 500, timeout_s: float = 30.0) -> None:
+                 requests_per_5s: int = 400, timeout_s: float = 30.0) -> None:
         base = base_url.rstrip("/")
         self.base_url = base if base.endswith("/v5") else base + "/v5"
         self._client = httpx.AsyncClient(timeout=timeout_s,
                                          limits=httpx.Limits(max_connections=max_concurrency))
         self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._limiter = AsyncLimiter(requests_per_5s, 5)
+        self.budget = LocalBudget(RequestRate(requests_per_5s, 5.0))
         self._attempts = attempts
         self._backoff_max_s = backoff_max_s
         self._ban_wait_s = ban_wait_s
@@ -115,13 +119,14 @@ class BybitRest(RestClient):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.retries += 1
-                async with self._limiter, self._semaphore:
+                async with self._semaphore:
+                    await self.budget.acquire()
                     self.calls += 1
                     resp = await self._client.get(f"{self.base_url}/{path}?{query}",
                                                   headers=signed_headers(account, query) if account else None)
                 if resp.status_code == 403:
                     self.bans += 1
-                    await asyncio.sleep(self._ban_wait_s)
+                    await self.budget.ban(self._ban_wait_s)
                 return self._result(path, resp)
         raise AssertionError("unreachable")
 

@@ -19,12 +19,15 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from collector_daemon.core.accounts import Account
+from collector_daemon.core.rest_budget import RequestRate
 from collector_daemon.rows import TableSpec
 from collector_daemon.venues import (
     ConnectionLimits, Recovery, RecoveryIncomplete, RecoveryPlan, StreamSpec, Venue, VenueSettings,
 )
 from collector_daemon.venues.bybit import messages as m
-from collector_daemon.venues.bybit.private import PRIVATE_TOPICS, PRIVATE_URL, BybitPrivateProtocol
+from collector_daemon.venues.bybit.private import (
+    EXECUTIONS, ORDERS, POSITIONS, PRIVATE_TOPICS, PRIVATE_URL, WALLET, BybitPrivateProtocol,
+)
 from collector_daemon.venues.bybit.protocol import CHANNEL_STREAMS, BybitProtocol, topic_of
 from collector_daemon.venues.bybit.reconcile import reconcile
 from collector_daemon.venues.bybit.rest import RECENT_TRADES_LIMIT, BybitRest, BybitRestError
@@ -62,6 +65,12 @@ class BybitSettings(VenueSettings):
     option_ws_url: str = Field("wss://stream.bybit.com/v5/public/option", description="Option endpoint.")
     spot_ws_url: str = Field("wss://stream.bybit.com/v5/public/spot", description="Spot endpoint.")
     rest_url: str = Field("https://api.bybit.com", description="REST base URL (v5).")
+    rest_requests_per_5s: int = Field(400, ge=2, le=600, description=(
+        "REST requests per 5 s that every process of this IP together may start (Bybit's limit: "
+        "600 per 5 s per IP, HTTP 403 and a 10-minute ban beyond). Two thirds of it: the IP may "
+        "carry other software's requests (the accounts' own trading), Bybit counts arrivals "
+        "while we count starts (network jitter bunches them), and a ban stops all REST for 10 "
+        "minutes, while 80 requests per second already reconcile 100 accounts in under a minute."))
     rest_ban_wait_s: float = Field(600.0, gt=0, description=(
         "Wait after an HTTP 403 (Bybit bans the IP for >= 10 minutes) before trying again (s)."))
     tickers_stale_warn_s: float = Field(60.0, gt=0, description="Warn when no ticker arrived for this long (s).")
@@ -141,6 +150,21 @@ class BybitVenue(Venue):
     channel_streams = CHANNEL_STREAMS
     rest_errors = (BybitRestError, httpx.HTTPError)
     schema_dir = Path(__file__).parent / "schema"
+    #: /v5/execution/list restores every execution; position/list and wallet-balance the current
+    #: state (each row a snapshot, so the state after the window is complete again);
+    #: /v5/order/history only each order's latest state.
+    private_streams = {
+        "executions": "", "positions": "", "wallet": "",
+        "orders": ("Bybit's /v5/order/history returns each order's latest state only: the "
+                   "intermediate order updates of the window (New, PartiallyFilled, ...) are lost"),
+    }
+    #: /v5/execution/list and /v5/order/history page any past 7-day window; position/list and
+    #: wallet-balance answer with the current state only.
+    private_history_streams = frozenset({"executions", "orders"})
+    #: Trades of one millisecond: by cross sequence (``seq``), then trade id.
+    trade_order = ("cross_seq", "trade_id")
+    export_tables = tuple(t.name for t in (m.TICKERS, m.TRADES, EXECUTIONS, ORDERS, POSITIONS,
+                                           WALLET))
 
     def streams(self, settings: BybitSettings) -> tuple[StreamSpec, ...]:
         return (
@@ -173,7 +197,11 @@ class BybitVenue(Venue):
     def rest_client(self, settings: BybitSettings, *, base_url: str | None = None,
                     max_concurrency: int = 4) -> BybitRest:
         return BybitRest(base_url or settings.rest_url, max_concurrency=max_concurrency,
-                         ban_wait_s=settings.rest_ban_wait_s)
+                         ban_wait_s=settings.rest_ban_wait_s, requests_per_5s=settings.rest_requests_per_5s)
+
+    def request_budget(self, settings: BybitSettings) -> RequestRate:
+        """``rest_requests_per_5s`` per 5 s (Bybit: 600 per 5 s per IP, ``docs/v5/rate-limit``)."""
+        return RequestRate(settings.rest_requests_per_5s, 5.0)
 
     async def fetch_universe(self, rest: BybitRest, settings: BybitSettings, group: str) -> Universe:
         return await fetch_universe(rest, settings, group)

@@ -179,17 +179,45 @@ def ohlc_row(c: object, receive_us: int, closed: bool) -> tuple:
         raise BadValue(f"interval {interval!r:.20} is not one of {OHLC_INTERVALS}")
     if isinstance(trades, bool) or not isinstance(trades, int) or trades < 0:
         raise BadValue(f"trades {trades!r:.20} is not a count")
-    volume = c.get("volume")
+    return _candle_row(symbol, interval, parse_ts_us(c.get("interval_begin")), c.get("open"),
+                       c.get("high"), c.get("low"), c.get("close"), c.get("vwap"), c.get("volume"),
+                       trades, closed, "ws", receive_us)
+
+
+def rest_ohlc_row(symbol: str, interval: int, r: object, receive_us: int, closed: bool) -> tuple:
+    """A REST OHLC row ``[time (int s), open, high, low, close, vwap, volume, count]`` (decimal
+    strings) of ``symbol`` and ``interval`` (minutes) -> an ``exchange_candles`` row (``source``
+    ``rest``), checked as :func:`ohlc_row`.
+
+    Raises:
+        BadValue: not a list of 8 fields, a field of the wrong type or out of range.
+    """
+    if not isinstance(r, list) or len(r) < 8:
+        raise BadValue("OHLC row is not a list of 8 fields")
+    begin, trades = r[0], r[7]
+    if isinstance(begin, bool) or not isinstance(begin, int):
+        raise BadValue(f"time {begin!r:.40} is not whole seconds")
+    if isinstance(trades, bool) or not isinstance(trades, int) or trades < 0:
+        raise BadValue(f"count {trades!r:.20} is not a count")
+    try:
+        volume = float(r[6])
+    except (TypeError, ValueError):
+        raise BadValue(f"volume {r[6]!r:.40} is not a number") from None
+    vwap = r[5] if trades else None          # an interval without trades has no VWAP
+    return _candle_row(symbol, interval, begin * 1_000_000, r[1], r[2], r[3], r[4], vwap, volume,
+                       trades, closed, "rest", receive_us)
+
+
+def _candle_row(symbol: str, interval: int, begin_us: int, open_: object, high: object, low: object,
+                close: object, vwap: object, volume: object, trades: int, closed: bool, source: str,
+                receive_us: int) -> tuple:
     if isinstance(volume, bool) or not isinstance(volume, (int, float)) or not math.isfinite(volume) \
             or volume < 0:
         raise BadValue(f"volume {volume!r:.40} is not a non-negative number")
-    vwap = c.get("vwap")
-    return (VENUE, symbol, interval, parse_ts_us(c.get("interval_begin")),
-            _positive("open", c.get("open")), _positive("high", c.get("high")),
-            _positive("low", c.get("low")), _positive("close", c.get("close")),
+    return (VENUE, symbol, interval, begin_us, _positive("open", open_), _positive("high", high),
+            _positive("low", low), _positive("close", close),
             None if vwap is None or (vwap == 0 and trades == 0) else _positive("vwap", vwap),
-            float(volume), trades, closed,
-            "ws", receive_us)
+            float(volume), trades, closed, source, receive_us)
 
 
 def ohlc_key(row: tuple) -> tuple[str, int]:

@@ -15,6 +15,7 @@ stream goes on (the "sync from the last stored trade" of the system this replace
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -24,13 +25,15 @@ import httpx
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from collector_daemon.rows import TRADES
+from collector_daemon.rows import EXCHANGE_CANDLES, TRADES, TableSpec
 from collector_daemon.venues import (
     ConnectionLimits, Recovery, RecoveryPlan, StreamSpec, Venue, VenueSettings,
 )
 from collector_daemon.venues.kraken import messages as m
 from collector_daemon.venues.kraken.protocol import CHANNEL_STREAMS, KrakenProtocol, split_channel
-from collector_daemon.venues.kraken.rest import KrakenRest, KrakenRestError
+from collector_daemon.venues.kraken.rest import OHLC_LIMIT, KrakenRest, KrakenRestError
+
+log = logging.getLogger(__name__)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -162,7 +165,8 @@ class KrakenVenue(Venue):
         return Universe(pairs, [s for s in settings.pair_list if s in pairs], {})
 
     async def recovery_pages(self, rest: KrakenRest, gap, plan: RecoveryPlan, settings: KrakenSettings,
-                             instrument_groups: Mapping[str, tuple[str, str]]) -> AsyncIterator[list[tuple]]:
+                             instrument_groups: Mapping[str, tuple[str, str]],
+                             ) -> AsyncIterator[list[tuple] | tuple[TableSpec, list[tuple]]]:
         """Trades from REST ``Trades`` paged by the ``since`` cursor from the gap's start: by trade
         id range (``seq``: the missing ids only, until an id past ``seq_to``) or by window (the
         trades strictly inside it, until one after ``gap_end``), per pair (every configured pair
@@ -170,6 +174,9 @@ class KrakenVenue(Venue):
         seconds, which cannot carry every µs, so a delivered trade could come back under another
         natural key; a window's edge trades were delivered, and a disconnect also shows as a
         trade id jump at the first trade after it, recovered by id.
+        A time window (``time`` plan: a disconnect) also lost the ``ohlc`` updates: after the
+        trades, ``(EXCHANGE_CANDLES, rows)`` per pair and configured interval
+        (:meth:`window_candles`).
 
         Raises:
             KrakenRestError: a call failed, a pair is not listed, or a page holds a malformed row
@@ -190,6 +197,43 @@ class KrakenVenue(Venue):
                     done = any(r[4] > gap.gap_end for r in page)
                 if done:
                     break
+        if plan.method == "time":
+            for symbol in symbols:
+                for interval in settings.interval_list:
+                    yield EXCHANGE_CANDLES, await self.window_candles(
+                        rest, symbol, names[symbol], interval, gap.gap_start)
+
+    @staticmethod
+    async def window_candles(rest: KrakenRest, symbol: str, rest_name: str, interval: int,
+                             start_us: int) -> list[tuple]:
+        """``exchange_candles`` rows of ``symbol``'s ``interval``-minute candles a disconnect
+        window starting at ``start_us`` (µs, UTC) may have left missing or open: from the one
+        before the candle holding ``start_us`` (its closing update, the next candle's first
+        message, may be lost too, leaving its stored row open) up to now, from one REST ``OHLC``
+        call (``since`` one interval before the first). Up to now, not to the window's end
+        (the first trade after the reconnect): the ``ohlc`` resubscription may be
+        acknowledged after that trade, losing the candles between. Every candle but REST's newest
+        is final and stored ``closed`` (an open row is corrected, a closed one never changes:
+        ``EXCHANGE_CANDLES.upsert``); REST's newest, still open, is left to the WS stream, whose
+        resubscription snapshot and updates carry its later states. OHLC returns only the 720
+        latest entries: candles of the window older than those cannot be fetched (logged).
+
+        Raises:
+            KrakenRestError: the call failed, or a row is malformed (named).
+        """
+        step_s = interval * 60
+        first_s = (start_us // 1_000_000) // step_s * step_s - step_s
+        raw = await rest.ohlc(rest_name, interval, first_s - step_s)
+        now_us = time.time_ns() // 1000
+        try:
+            rows = [m.rest_ohlc_row(symbol, interval, r, now_us, True) for r in raw[:-1]]
+        except m.BadValue as exc:
+            raise KrakenRestError("OHLC", 200, f"malformed candle of {symbol}: {exc}") from None
+        if len(raw) >= OHLC_LIMIT and rows and rows[0][3] // 1_000_000 > first_s:
+            log.warning("kraken: %s %d-minute candles from %d s to %d s are older than REST OHLC's "
+                        "%d latest entries and cannot be refetched", symbol, interval, first_s,
+                        rows[0][3] // 1_000_000, OHLC_LIMIT)
+        return [r for r in rows if r[3] // 1_000_000 >= first_s]
 
     @staticmethod
     async def trade_history(rest: KrakenRest, symbol: str, rest_name: str,

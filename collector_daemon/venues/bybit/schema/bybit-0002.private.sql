@@ -1,42 +1,11 @@
 -- Bybit private data of trading accounts (collector_daemon/venues/bybit/private.py).
--- * accounts: the accounts the collector serves (any venue). Secrets never live here:
---   secret_ref says where the secret is read from, env:VARIABLE or file:/path (a Docker or
---   Kubernetes secrets mount). The collector loads the enabled ones.
+-- * accounts (the accounts the collector serves, any venue; created here before) is venue-neutral:
+--   schema/0017.venue_neutral_tables.
 -- * bybit_executions: every fill of the execution stream (and of /v5/execution/list), once per
 --   account: unique on (account_id, exec_id) (exchange_ts = execTime is part of the key because a
 --   hypertable's unique keys include its time column; an execId has one execTime). Values numeric
 --   (exact decimal strings, see bybit-0001).
--- depends: bybit-0001.public
-
-CREATE TABLE IF NOT EXISTS accounts (
-    account_id  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    label       text        NOT NULL,
-    venue       text        NOT NULL,
-    key_id      text        NOT NULL,
-    secret_ref  text        NOT NULL,
-    run_tag     text,
-    enabled     boolean     NOT NULL DEFAULT true,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT accounts_secret_ref_check CHECK (secret_ref ~ '^(env|file):.+'),
-    CONSTRAINT accounts_venue_key_unique UNIQUE (venue, key_id),
-    CONSTRAINT accounts_label_unique UNIQUE (venue, label)
-);
-COMMENT ON TABLE accounts IS 'Trading accounts whose private streams are recorded; the secret itself is never stored here.';
-COMMENT ON COLUMN accounts.key_id IS 'The API key (public part).';
-COMMENT ON COLUMN accounts.secret_ref IS 'Where the API secret is read from: env:VARIABLE or file:/path.';
-COMMENT ON COLUMN accounts.run_tag IS 'Optional run/strategy tag stored with every private row of the account.';
-
-CREATE OR REPLACE FUNCTION tickvault_touch_updated_at() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.updated_at := now();
-    RETURN NEW;
-END
-$$;
-DROP TRIGGER IF EXISTS accounts_touch ON accounts;
-CREATE TRIGGER accounts_touch BEFORE UPDATE ON accounts
-    FOR EACH ROW EXECUTE FUNCTION tickvault_touch_updated_at();
+-- depends: bybit-0001.public 0017.venue_neutral_tables
 
 CREATE TABLE IF NOT EXISTS bybit_executions (
     venue              text        NOT NULL,

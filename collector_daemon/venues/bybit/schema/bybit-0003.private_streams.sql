@@ -1,5 +1,5 @@
--- Bybit private streams besides execution (collector_daemon/venues/bybit/private.py), and the
--- NOTIFY that lets collectors follow the accounts table without a restart.
+-- Bybit private streams besides execution (collector_daemon/venues/bybit/private.py). (The NOTIFY
+-- that lets collectors follow the accounts table, created here before: schema/0017.venue_neutral_tables.)
 -- * bybit_orders: append-only history of `order` updates (and /v5/order/history). Bybit may send
 --   the same `Filled` update twice; an update is identified by (account, orderId, updatedTime,
 --   orderStatus, cumExecQty): a repeat carries all five unchanged, while any real change moves
@@ -11,18 +11,7 @@
 --   snapshot; the account-level totals repeat on each coin's row. exchange_ts is the message's
 --   creationTime (stream) or the answer's time (REST).
 -- Values numeric (exact decimal strings, see bybit-0001); Bybit's "" is NULL.
--- depends: bybit-0002.private
-
-CREATE OR REPLACE FUNCTION tickvault_accounts_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('tickvault_accounts', COALESCE(NEW.venue, OLD.venue));
-    RETURN NULL;
-END
-$$;
-DROP TRIGGER IF EXISTS accounts_notify ON accounts;
-CREATE TRIGGER accounts_notify AFTER INSERT OR UPDATE OR DELETE ON accounts
-    FOR EACH ROW EXECUTE FUNCTION tickvault_accounts_notify();
+-- depends: bybit-0002.private 0017.venue_neutral_tables
 
 CREATE TABLE IF NOT EXISTS bybit_orders (
     venue              text        NOT NULL,
