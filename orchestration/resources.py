@@ -12,6 +12,7 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
+from collector_daemon.core.rest_budget import budgeted_client
 from collector_daemon.venues import RestClient, Venue, VenueSettings, get_venue
 
 
@@ -65,8 +66,10 @@ class VenueApiResource(dg.ConfigurableResource):
             over["history_url"] = self.history_url
         return self.registered.load_settings(**over)
 
-    def client(self, history: bool = False) -> RestClient:
-        """A new REST client on the main (or history) host; use as ``async with``.
+    def client(self, history: bool = False, dsn: str | None = None) -> RestClient:
+        """A new REST client on the main (or history) host; use as ``async with``. With ``dsn``
+        it takes the IP's shared request budget kept in that database
+        (:func:`collector_daemon.core.rest_budget.budgeted_client`).
 
         Raises:
             ValueError: ``history`` asked but no history host configured.
@@ -74,8 +77,9 @@ class VenueApiResource(dg.ConfigurableResource):
         settings = self.settings()
         if history and not settings.history_url:
             raise ValueError("no history_url configured")
-        return self.registered.rest_client(settings, base_url=settings.history_url if history else None,
-                                           max_concurrency=self.max_concurrency)
+        return budgeted_client(self.registered, settings, dsn,
+                               base_url=settings.history_url if history else None,
+                               max_concurrency=self.max_concurrency)
 
 
 class ObjectStorageResource(dg.ConfigurableResource):

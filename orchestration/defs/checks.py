@@ -1,7 +1,13 @@
 """Data-quality checks, one result per day partition, querying the database directly.
 
 Checks are separate ``@asset_check`` definitions with the daily partitions (they take the asset as
-a dependency, not as an input, so nothing is loaded through an IO manager). Severity: ERROR for
+a dependency, not as an input, so nothing is loaded through an IO manager). Every venue gets the
+checks its streams call for (:func:`build_venue_checks`) on its own ``<venue>/trade_gaps`` and
+``<venue>/trades_backfill``: quote checks where its ticker stream is the shared ``quotes``
+table, duplicate and range checks where its trades are the shared ``trades`` table,
+``trade_seq_continuity`` where trades carry a sequence, ``open_interest_vs_rest`` where the
+venue serves an open-interest snapshot, ``trade_coverage`` on every trade stream with a
+``source`` column. The private checks are inline in ``assets/private.py``. Severity: ERROR for
 duplicates, out-of-range values and candles inconsistent with trades; WARN for coverage, crossed
 quotes, freshness, trade_seq continuity and open interest vs REST.
 """
@@ -14,7 +20,8 @@ import dagster as dg
 from collector_daemon.core import days
 from collector_daemon.core.days import day_window
 from orchestration.lib import quality
-from orchestration.partitions import VENUES, daily
+from collector_daemon.venues import Recovery, StreamSpec, Venue, get_venue
+from orchestration.partitions import VENUES, daily, venue_key
 from orchestration.resources import DatabaseResource
 
 WARN = dg.AssetCheckSeverity.WARN
@@ -27,118 +34,118 @@ def _result(outcome: quality.CheckOutcome, severity: dg.AssetCheckSeverity) -> d
     return dg.AssetCheckResult(passed=bool(outcome.passed), severity=severity, metadata=meta)
 
 
-def _merge(outcomes: dict[str, quality.CheckOutcome]) -> quality.CheckOutcome:
-    """One outcome out of per-venue outcomes (metadata keys prefixed by venue)."""
-    meta = {f"{v}/{k}": x for v, o in outcomes.items() for k, x in o.metadata.items()}
-    return quality.CheckOutcome(all(o.passed for o in outcomes.values()), meta)
+def build_venue_checks(venue: str) -> list[dg.AssetChecksDefinition]:
+    """The asset checks of ``venue``'s ``trade_gaps`` and ``trades_backfill`` (see the module
+    docstring for which apply), each evaluated for one day partition of that venue only."""
+    registered = get_venue(venue)
+    specs = registered.stream_specs()
+    gaps_key, backfill_key = venue_key(venue, "trade_gaps"), venue_key(venue, "trades_backfill")
+    quotes_shared = any(s.per_instrument and s.table.name == "quotes" for s in specs)
+    trades_shared = any(s.table.name == "trades" for s in specs)
+    sequenced = any(s.recovery is Recovery.SEQUENCE for s in specs)
+    with_source = [s for s in specs if not s.per_instrument and "source" in s.table.columns]
+    out: list[dg.AssetChecksDefinition] = []
+
+    def check(asset: dg.AssetKey, name: str, description: str, **kw):
+        def wrap(fn):
+            out.append(dg.asset_check(asset=asset, name=name, partitions_def=daily,
+                                      description=f"{venue}: {description}", **kw)(fn))
+            return fn
+        return wrap
+
+    if quotes_shared:
+        @check(gaps_key, "quote_freshness", "newest quote of the day is at most 120 s old (now, or "
+                                            "the end of a past day).")
+        def _freshness(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.quote_freshness(conn, venue, context.partition_key), WARN)
+
+        @check(gaps_key, "quote_coverage", "every instrument subscribed all day has quotes in >= 98% "
+                                           "of its minutes.")
+        def _coverage(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.quote_coverage(conn, venue, context.partition_key), WARN)
+
+        @check(gaps_key, "crossed_quotes", "no quote with best_bid_price > best_ask_price (both sides "
+                                           "present).")
+        def _crossed(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.crossed_quotes(conn, context.partition_key, venue=venue), WARN)
+
+        @check(gaps_key, "quotes_in_range", "quote prices, amounts, open interest and IVs within sane "
+                                            "ranges.")
+        def _quote_ranges(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.value_ranges(conn, "quotes", context.partition_key, venue=venue),
+                               ERROR)
+
+        @check(gaps_key, "quotes_no_duplicates", "no duplicate quotes on the natural key (exchange_ts, "
+                                                 "instrument_name, venue).")
+        def _quote_dups(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.quote_duplicates(conn, context.partition_key, venue=venue), ERROR)
+
+    if type(registered).open_interest is not Venue.open_interest:
+        @check(gaps_key, "open_interest_vs_rest", "current day: sum of open interest of the latest "
+                                                  "quotes within 5% of the REST book summary.",
+               required_resource_keys={"database", venue})
+        def _oi(context: dg.AssetCheckExecutionContext):
+            now = days.utcnow()
+            start, end = day_window(context.partition_key)
+            if not (start <= now < end):
+                return dg.AssetCheckResult(passed=True, severity=WARN, metadata={
+                    "evaluated": False,
+                    "note": "REST reports open interest now; the comparison runs for the current UTC "
+                            "day only"})
+            api = getattr(context.resources, venue)
+
+            async def snapshot():
+                async with api.client(dsn=context.resources.database.url) as rest:
+                    return await api.registered.open_interest(rest, api.settings())
+
+            rest_oi = asyncio.run(snapshot()) or {}
+            with context.resources.database.connect() as conn:
+                quoted = quality.latest_open_interest(conn, venue, max(start, now - timedelta(minutes=15)), now)
+            outcome = quality.open_interest_vs_rest(quoted, rest_oi)
+            outcome.metadata["evaluated"] = True
+            return _result(outcome, WARN)
+
+    if trades_shared:
+        @check(backfill_key, "trades_no_duplicates", "no duplicate trades: (instrument, trade_id) and "
+                                                     "(instrument, trade_seq) unique.")
+        def _trade_dups(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.trade_duplicates(conn, context.partition_key, venue=venue), ERROR)
+
+        @check(backfill_key, "trades_in_range", "trade prices, amounts and IVs within sane ranges.")
+        def _trade_ranges(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.value_ranges(conn, "trades", context.partition_key, venue=venue),
+                               ERROR)
+
+    if sequenced:
+        @check(backfill_key, "trade_seq_continuity", "trade_seq has no holes after the backfill; "
+                                                     "remaining holes and open gaps listed.")
+        def _continuity(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.trade_seq_continuity(conn, venue, context.partition_key), WARN)
+
+    def coverage(spec: StreamSpec) -> None:
+        @check(backfill_key, "trade_coverage" if len(with_source) == 1 else f"{spec.name}_coverage",
+               f"share of the day's {spec.name} the live stream delivered (source=ws) rather than the "
+               "REST backfill; open and unrecoverable gaps listed.")
+        def _trade_coverage(context: dg.AssetCheckExecutionContext, database: DatabaseResource):
+            with database.connect() as conn:
+                return _result(quality.trade_coverage(conn, venue, spec.table.name, spec.name,
+                                                      context.partition_key), WARN)
+
+    for spec in with_source:
+        coverage(spec)
+    return out
 
 
-# --- on trade_gaps (the live capture of the day) ----------------------------------------------
-
-@dg.asset_check(asset="trade_gaps", partitions_def=daily,
-                description="Newest quote of the day is at most 120 s old (now, or the end of a past day).")
-def quote_freshness(context: dg.AssetCheckExecutionContext,
-                    database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(_merge({v: quality.quote_freshness(conn, v, context.partition_key)
-                               for v in VENUES}), WARN)
-
-
-@dg.asset_check(asset="trade_gaps", partitions_def=daily,
-                description="Every instrument subscribed all day has quotes in >= 98% of its minutes.")
-def quote_coverage(context: dg.AssetCheckExecutionContext,
-                   database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(_merge({v: quality.quote_coverage(conn, v, context.partition_key)
-                               for v in VENUES}), WARN)
-
-
-@dg.asset_check(asset="trade_gaps", partitions_def=daily,
-                description="No quote with best_bid_price > best_ask_price (both sides present).")
-def crossed_quotes(context: dg.AssetCheckExecutionContext,
-                   database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(quality.crossed_quotes(conn, context.partition_key), WARN)
-
-
-@dg.asset_check(asset="trade_gaps", partitions_def=daily,
-                description="Quote prices, amounts, open interest and IVs within sane ranges.")
-def quotes_in_range(context: dg.AssetCheckExecutionContext,
-                    database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(quality.value_ranges(conn, "quotes", context.partition_key), ERROR)
-
-
-@dg.asset_check(asset="trade_gaps", partitions_def=daily,
-                description="No duplicate quotes on the natural key (exchange_ts, instrument_name, venue).")
-def quotes_no_duplicates(context: dg.AssetCheckExecutionContext,
-                         database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(quality.quote_duplicates(conn, context.partition_key), ERROR)
-
-
-@dg.asset_check(asset="trade_gaps", partitions_def=daily, required_resource_keys={"database", *VENUES},
-                description="Current day: sum of open interest of the latest quotes within 5% of the REST book summary.")
-def open_interest_vs_rest(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    now = days.utcnow()
-    start, end = day_window(context.partition_key)
-    if not (start <= now < end):
-        return dg.AssetCheckResult(passed=True, severity=WARN, metadata={
-            "evaluated": False,
-            "note": "REST reports open interest now; the comparison runs for the current UTC day only"})
-    quoted: dict[str, dict] = {}
-    venue_oi: dict[str, dict] = {}
-    for name in VENUES:
-        api = getattr(context.resources, name)
-
-        async def snapshot():
-            async with api.client() as rest:
-                return await api.registered.open_interest(rest, api.settings())
-
-        rest_oi = asyncio.run(snapshot())
-        if rest_oi is None:          # the venue offers no open interest snapshot
-            continue
-        with context.resources.database.connect() as conn:
-            quoted[name] = quality.latest_open_interest(conn, name, max(start, now - timedelta(minutes=15)), now)
-        venue_oi[name] = rest_oi
-
-    def keyed(per_venue: dict[str, dict]) -> dict:
-        # instrument names may repeat across venues (option names): prefix when several compare
-        if len(per_venue) == 1:
-            return next(iter(per_venue.values()))
-        return {f"{v}:{k}": x for v, d in per_venue.items() for k, x in d.items()}
-
-    outcome = quality.open_interest_vs_rest(keyed(quoted), keyed(venue_oi))
-    outcome.metadata["evaluated"] = True
-    outcome.metadata["venues"] = sorted(venue_oi)
-    return _result(outcome, WARN)
-
-
-# --- on trades_backfill (trades of the day after recovery) ------------------------------------
-
-@dg.asset_check(asset="trades_backfill", partitions_def=daily,
-                description="No duplicate trades: (venue, instrument, trade_id) and (venue, instrument, trade_seq) unique.")
-def trades_no_duplicates(context: dg.AssetCheckExecutionContext,
-                         database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(quality.trade_duplicates(conn, context.partition_key), ERROR)
-
-
-@dg.asset_check(asset="trades_backfill", partitions_def=daily,
-                description="trade_seq has no holes after the backfill; remaining holes and open gaps listed.")
-def trade_seq_continuity(context: dg.AssetCheckExecutionContext,
-                         database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(_merge({v: quality.trade_seq_continuity(conn, v, context.partition_key)
-                               for v in VENUES}), WARN)
-
-
-@dg.asset_check(asset="trades_backfill", partitions_def=daily,
-                description="Trade prices, amounts and IVs within sane ranges.")
-def trades_in_range(context: dg.AssetCheckExecutionContext,
-                    database: DatabaseResource) -> dg.AssetCheckResult:
-    with database.connect() as conn:
-        return _result(quality.value_ranges(conn, "trades", context.partition_key), ERROR)
+#: The checks of every recorded venue's daily assets.
+VENUE_CHECKS: list[dg.AssetChecksDefinition] = [c for v in VENUES for c in build_venue_checks(v)]
 
 
 # --- on candles -------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ from datetime import timedelta
 import dagster as dg
 
 from orchestration.defs.jobs import (
-    gap_audit_job, nightly_export_job, nightly_job, retention_job, universe_job,
+    PRIVATE_JOBS, gap_audit_job, nightly_export_job, nightly_job, retention_job, universe_job,
 )
 from orchestration.lib.export import EXPORT_TABLES
+from orchestration.partitions import accounts_partitions
 
 RUNNING = dg.DefaultScheduleStatus.RUNNING
 
@@ -45,6 +46,31 @@ def nightly_export_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.Ru
                           partition_key=dg.MultiPartitionKey({"date": day, "table": table}))
             for table in EXPORT_TABLES]
 
+
+def build_private_nightly(venue: str) -> dg.ScheduleDefinition:
+    """``<venue>_private_reconciliation_nightly``: at 01:00 UTC, one run of
+    ``<venue>_private_reconciliation_job`` per account partition for yesterday (the accounts
+    the ``accounts_partitions`` sensor registered); run key ``<venue>:<label>:<day>``."""
+
+    @dg.schedule(name=f"{venue}_private_reconciliation_nightly", job=PRIVATE_JOBS[venue],
+                 cron_schedule="0 1 * * *", execution_timezone="UTC", default_status=RUNNING,
+                 description=f"At 01:00 UTC: reconcile yesterday of every {venue} account over REST.")
+    def _nightly(context: dg.ScheduleEvaluationContext):
+        day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+        labels = context.instance.get_dynamic_partitions(accounts_partitions(venue).name)
+        if not labels:
+            return dg.SkipReason(f"no {venue} account partition (the accounts_partitions sensor adds "
+                                 "the enabled accounts)")
+        return [dg.RunRequest(run_key=f"{venue}:{label}:{day}",
+                              partition_key=dg.MultiPartitionKey({"date": day, "account": label}),
+                              tags={"tickvault/trigger": "schedule"})
+                for label in sorted(labels)]
+
+    return _nightly
+
+
+#: One nightly private reconciliation per venue with private data.
+PRIVATE_SCHEDULES: list[dg.ScheduleDefinition] = [build_private_nightly(v) for v in PRIVATE_JOBS]
 
 daily_retention_schedule = dg.ScheduleDefinition(
     name="daily_retention_schedule", job=retention_job, cron_schedule="0 3 * * *",

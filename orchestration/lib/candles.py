@@ -1,13 +1,21 @@
-"""OHLCV candles from ``trades`` for one UTC day, upserted into ``candles``, for every venue.
+"""OHLCV candles from every venue's trades for one UTC day, upserted into ``candles``.
+
+Each registered venue's trades come from its ``trades`` stream's table
+(:meth:`collector_daemon.venues.Venue.trades_table`: the shared ``trades`` for Deribit and
+Kraken, ``bybit_trades`` for Bybit), read with the columns every such table has (``venue``,
+``instrument_name``, ``exchange_ts``, ``price``, ``amount``) and ordered within a millisecond by
+the venue's :attr:`~collector_daemon.venues.Venue.trade_order` (Deribit and Kraken
+``trade_seq, trade_id``; Bybit ``cross_seq, trade_id``).
 
 Intervals (:data:`INTERVALS`): 1m, 5m, 15m, 30m, 1h, 4h, 12h, 1d and 1w. 1m candles are computed
 from the trades of the day; 5m .. 1d are rolled up from the day's 1m rows (a day is a whole
 number of each width, so a day partition is self-contained); 1w (weeks start Monday 00:00 UTC)
 is rolled up from the 1d rows of the day's week, so every day's run refreshes its week. Per
-bucket: open/close = price of the first/last trade ordered by (exchange_ts, trade_seq,
-trade_id) (deterministic when several trades share a millisecond, which TimescaleDB's
+bucket: open/close = price of the first/last trade ordered by (exchange_ts, the venue's
+trade_order) (deterministic when several trades share a millisecond, which TimescaleDB's
 ``first()``/``last()`` are not), high/low = max/min price, volume = sum(amount), notional =
-sum(price * amount), vwap = notional / volume, trade_count, first/last trade time. Only buckets
+sum(price * amount), vwap = notional / volume (computed in the trades' own type: exact
+``numeric`` for Bybit's decimal strings, then stored as double precision), trade_count, first/last trade time. Only buckets
 with trades exist. The rollups sum volume and notional (exact sums over the bucket's trades, up
 to floating-point association), so a wide bucket's VWAP is its trades' Σ(price·amount)/Σ(amount),
 never an average of narrower VWAPs.
@@ -31,8 +39,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import psycopg
+from psycopg import sql
 
 from collector_daemon.core.days import day_window
+from collector_daemon.venues import venues
 
 #: Candle interval label -> PostgreSQL interval. 1m first: the day's others roll up from it,
 #: 1w last: it rolls up from 1d.
@@ -51,6 +61,51 @@ _UPDATE = ("open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, clos
            "last_trade_ts = EXCLUDED.last_trade_ts, updated_at = EXCLUDED.updated_at")
 _COLS = ("venue, instrument_name, interval, bucket_start, open, high, low, close, volume, notional, "
          "vwap, trade_count, first_trade_ts, last_trade_ts, updated_at")
+
+
+@dataclass(frozen=True)
+class TradeSource:
+    """One trades table the candles read, with the venues whose trades it holds.
+
+    Attributes:
+        table: table name (a venue's ``trades`` stream table).
+        order: columns ordering trades within one ``exchange_ts`` (the venues' ``trade_order``).
+        venues: the registered venues whose ``trades`` stream writes ``table``.
+    """
+
+    table: str
+    order: tuple[str, ...]
+    venues: tuple[str, ...]
+
+    def select(self, columns: str) -> sql.Composed:
+        """``SELECT columns FROM table WHERE venue IN venues AND exchange_ts >= %(start)s AND
+        exchange_ts < %(end)s`` (bind ``start``, ``end``: UTC datetimes)."""
+        return sql.SQL("SELECT {} FROM {} WHERE venue = ANY({}) AND exchange_ts >= %(start)s "
+                       "AND exchange_ts < %(end)s").format(
+            sql.SQL(columns), sql.Identifier(self.table), sql.Literal(list(self.venues)))
+
+
+def trade_sources() -> list[TradeSource]:
+    """The registered venues' trades tables, venues sharing a table (and order) together.
+
+    Raises:
+        ValueError: two venues write one table but order its trades differently.
+    """
+    by_table: dict[str, TradeSource] = {}
+    for name, venue in sorted(venues().items()):
+        table = venue.trades_table()
+        if table is None:
+            continue
+        order = tuple(venue.trade_order)
+        missing = [c for c in ("price", "amount", *order) if c not in table.columns]
+        if missing:
+            raise ValueError(f"venue {name}: trades table {table.name} lacks {missing}")
+        prev = by_table.get(table.name)
+        if prev is not None and prev.order != order:
+            raise ValueError(f"venues {prev.venues} and {name} order {table.name} differently")
+        by_table[table.name] = TradeSource(table.name, order,
+                                           (*(prev.venues if prev else ()), name))
+    return list(by_table.values())
 
 
 def _rollup(conn: psycopg.Connection, label: str, source: str, ts: bool, window: dict) -> int:
@@ -102,10 +157,11 @@ class CandleError(RuntimeError):
 
 
 def build_candles(conn: psycopg.Connection, day: str | date) -> CandleReport:
-    """Compute and upsert every candle interval of ``day`` (all venues and instruments).
+    """Compute and upsert every candle interval of ``day`` (all venues and instruments, from
+    each venue's trades table: :func:`trade_sources`).
 
     Raises:
-        CandleError: the day's trades were exported with more rows than the database holds now
+        CandleError: a venue's trades of the day were exported with more rows than the database holds now
             (retention dropped them; a later backfill added a few back): rebuilding would replace
             the day's candles with candles of those few trades. Nothing is changed.
     """
@@ -117,29 +173,36 @@ def build_candles(conn: psycopg.Connection, day: str | date) -> CandleReport:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickvault_candles:' || %s))",
                      (start.date().isoformat(),))
-        report.trades, report.instruments = conn.execute(
-            "SELECT count(*), count(DISTINCT (venue, instrument_name)) FROM trades "
-            "WHERE exchange_ts >= %(start)s AND exchange_ts < %(end)s", p).fetchone()
-        exported = conn.execute(
-            "SELECT coalesce(sum(source_rows), 0) FROM export_manifest "
-            "WHERE table_name = 'trades' AND day = %(day)s", {"day": start.date()}).fetchone()[0]
-        if exported > report.trades:
-            raise CandleError(
-                f"candles of {start.date()}: the day's trades were exported with {exported} rows but "
-                f"the database holds {report.trades} now (dropped by retention); not rebuilding "
-                "candles from a partial day")
-        report.rows["1m"] = conn.execute(f"""
-            INSERT INTO candles ({_COLS})
-            SELECT venue, instrument_name, '1m', {bucket_expr('1 minute', 'exchange_ts', ts)} AS b,
-                   (array_agg(price ORDER BY exchange_ts, trade_seq, trade_id))[1],
-                   max(price), min(price),
-                   (array_agg(price ORDER BY exchange_ts DESC, trade_seq DESC, trade_id DESC))[1],
-                   sum(amount), sum(price * amount), sum(price * amount) / nullif(sum(amount), 0),
-                   count(*), min(exchange_ts), max(exchange_ts), now()
-            FROM trades WHERE exchange_ts >= %(start)s AND exchange_ts < %(end)s
-            GROUP BY venue, instrument_name, b
-            ON CONFLICT (venue, instrument_name, interval, bucket_start) DO UPDATE SET {_UPDATE}
-            """, p).rowcount
+        report.rows["1m"] = 0
+        for src in trade_sources():
+            n, k = conn.execute(src.select("count(*), count(DISTINCT (venue, instrument_name))"),
+                                p).fetchone()
+            report.trades += n
+            report.instruments += k
+            per_venue = dict(conn.execute(src.select("venue, count(*)") + sql.SQL(" GROUP BY venue"),
+                                          p).fetchall())
+            for venue, exported in conn.execute(
+                    "SELECT venue, sum(source_rows) FROM export_manifest WHERE table_name = %s "
+                    "AND day = %s AND venue = ANY(%s) GROUP BY venue",
+                    (src.table, start.date(), list(src.venues))).fetchall():
+                if exported > per_venue.get(venue, 0):
+                    raise CandleError(
+                        f"candles of {start.date()}: {venue}'s {src.table} of the day were exported "
+                        f"with {exported} rows but the database holds {per_venue.get(venue, 0)} now "
+                        "(dropped by retention); not rebuilding candles from a partial day")
+            asc = ", ".join(["exchange_ts", *src.order])
+            desc = ", ".join(f"{c} DESC" for c in ["exchange_ts", *src.order])
+            report.rows["1m"] += conn.execute(sql.SQL(f"""
+                INSERT INTO candles ({_COLS})
+                {{}}
+                GROUP BY venue, instrument_name, b
+                ON CONFLICT (venue, instrument_name, interval, bucket_start) DO UPDATE SET {_UPDATE}
+                """).format(src.select(f"""
+                venue, instrument_name, '1m', {bucket_expr('1 minute', 'exchange_ts', ts)} AS b,
+                (array_agg(price ORDER BY {asc}))[1], max(price), min(price),
+                (array_agg(price ORDER BY {desc}))[1],
+                sum(amount), sum(price * amount), sum(price * amount) / nullif(sum(amount), 0),
+                count(*), min(exchange_ts), max(exchange_ts), now()""")), p).rowcount
         # Stale 1m rows must go before the rollups read them.
         report.deleted = conn.execute(
             "DELETE FROM candles WHERE interval = '1m' AND bucket_start >= %(start)s "

@@ -6,7 +6,9 @@
   The hole belongs to the day of the trade *after* it; the trade before it may be up to
   ``SilenceRule.trade_lookback_s`` earlier. ``seq_from``/``seq_to`` are the missing numbers
   (inclusive); ``gap_start``/``gap_end`` the exchange times of the trades around the hole.
-* disconnect windows from ``connection_events``: a ``subscribed`` event with
+* disconnect windows from ``connection_events`` of the venue's public connections (an account's
+  private connection, ``<venue>-private-<label>``, never makes a public gap: its windows are
+  reported per account, :func:`private_windows`): a ``subscribed`` event with
   ``window_start``/``window_end`` (data lost by a reconnect), clipped to the day; and a
   ``disconnect`` not followed by any ``subscribed`` event before the end of the day (window from
   the disconnect to the end of the day, or to now for the current day). Instrument ``*``; the
@@ -52,6 +54,7 @@ import asyncpg
 import psycopg
 
 from collector_daemon.core import days
+from collector_daemon.core.accounts import account_of_connection, private_connection_prefix
 from collector_daemon.core.days import day_window, from_us, to_us
 from collector_daemon.core.gaps import Gap, GapStatus, insert_gaps_sync
 from collector_daemon.core.recovery import open_gaps
@@ -141,9 +144,19 @@ class AuditReport:
     quotes_seen: int
     trades_seen: int
 
+    #: Per account label: what its private connection lost (:func:`private_windows`).
+    accounts: dict[str, dict] = field(default_factory=dict)
+
     def counts(self) -> dict[str, int]:
         """Findings per kind."""
         return dict(Counter(audit_kind(f.reason) for f in self.findings))
+
+    def by_stream(self) -> dict[str, dict[str, int]]:
+        """Findings per stream, then per kind: ``{"trades": {"disconnect": 2}, ...}``."""
+        out: dict[str, Counter] = {}
+        for f in self.findings:
+            out.setdefault(f.stream, Counter())[audit_kind(f.reason)] += 1
+        return {stream: dict(c) for stream, c in sorted(out.items())}
 
 
 def expected_instruments(conn: psycopg.Connection, venue: str, start: datetime,
@@ -245,8 +258,10 @@ def _disconnects(conn, venue, start, end) -> list[Gap]:
         WHERE venue = %(venue)s AND event = 'subscribed'
           AND window_start IS NOT NULL AND window_end IS NOT NULL
           AND window_start < %(end)s AND window_end > %(start)s
+          AND left(connection_id, length(%(private)s)) <> %(private)s
         ORDER BY window_start, connection_id
-        """, {"venue": venue, "start": start, "end": end}).fetchall()
+        """, {"venue": venue, "start": start, "end": end,
+              "private": private_connection_prefix(venue)}).fetchall()
     for conn_id, channels, ws, we in windows:
         if we <= ws:
             continue
@@ -259,16 +274,20 @@ def _disconnects(conn, venue, start, end) -> list[Gap]:
         FROM connection_events d
         WHERE d.venue = %(venue)s AND d.event = 'disconnect'
           AND d.event_ts >= %(start)s AND d.event_ts < %(end)s
+          AND left(d.connection_id, length(%(private)s)) <> %(private)s
           AND NOT EXISTS (
               SELECT 1 FROM connection_events s
               WHERE s.venue = %(venue)s AND s.event = 'subscribed'
+                AND left(s.connection_id, length(%(private)s)) <> %(private)s
                 AND s.event_ts > d.event_ts AND s.event_ts < %(end)s)
           AND NOT EXISTS (
               SELECT 1 FROM connection_events s
               WHERE s.venue = %(venue)s AND s.event = 'subscribed'
+                AND left(s.connection_id, length(%(private)s)) <> %(private)s
                 AND s.window_start <= d.event_ts AND s.window_end >= d.event_ts)
         ORDER BY d.event_ts
-        """, {"venue": venue, "start": start, "end": end}).fetchall()
+        """, {"venue": venue, "start": start, "end": end,
+              "private": private_connection_prefix(venue)}).fetchall()
     for conn_id, ts, reason in unresolved:
         if ts >= end:
             continue
@@ -278,6 +297,55 @@ def _disconnects(conn, venue, start, end) -> list[Gap]:
                 venue, stream, "*", ts, end, None, None,
                 f"unresolved_disconnect: connection {conn_id} disconnected{why} and nothing was "
                 f"resubscribed before the end of the audited window"))
+    return out
+
+
+def private_windows(conn: psycopg.Connection, venue: str, start: datetime,
+                    end: datetime) -> dict[str, dict]:
+    """What each account's private connection (``<venue>-private-<label>``) lost in ``[start,
+    end)``, per account label: ``disconnects`` (disconnect events other than a shutdown),
+    ``lost_windows`` and ``lost_s`` (windows between the last frame before a disconnect and the
+    confirmed resubscription, clipped to the window, seconds), ``unresolved`` (disconnects not
+    followed by a resubscription of the same connection before ``end``) and ``channels`` (the
+    private topics its subscriptions carried, e.g. Bybit's ``execution``, ``wallet``). Empty for a venue without
+    private connections. The audit reports them only: the collector itself writes each lost
+    window to ``data_gaps`` per account and private stream and resolves it by the REST
+    reconciliation after the reconnect (``collector_daemon.core.accounts.PrivateSession``), and
+    the daily ``private_reconciliation`` asset redoes any day."""
+    prefix = private_connection_prefix(venue)
+    rows = conn.execute(
+        """
+        SELECT e.connection_id, e.event, e.event_ts, e.channels, e.reason,
+               greatest(e.window_start, %(start)s), least(e.window_end, %(end)s),
+               EXISTS (SELECT 1 FROM connection_events s
+                       WHERE s.venue = e.venue AND s.connection_id = e.connection_id
+                         AND s.event = 'subscribed' AND s.event_ts > e.event_ts
+                         AND s.event_ts < %(end)s)
+        FROM connection_events e
+        WHERE e.venue = %(venue)s AND left(e.connection_id, length(%(p)s)) = %(p)s
+          AND ((e.event = 'disconnect' AND e.event_ts >= %(start)s AND e.event_ts < %(end)s)
+               OR (e.event = 'subscribed' AND ((e.event_ts >= %(start)s AND e.event_ts < %(end)s)
+                   OR (e.window_start < %(end)s AND e.window_end > %(start)s))))
+        ORDER BY e.event_ts, e.event_id
+        """, {"venue": venue, "start": start, "end": end, "p": prefix}).fetchall()
+    out: dict[str, dict] = {}
+    for conn_id, event, _ts, channels, reason, ws, we, resubscribed in rows:
+        label = account_of_connection(venue, conn_id)
+        acc = out.setdefault(label, {"connection_id": conn_id, "disconnects": 0, "lost_windows": 0,
+                                     "lost_s": 0.0, "unresolved": 0, "channels": []})
+        if event == "disconnect":
+            if reason != "shutdown":
+                acc["disconnects"] += 1
+                acc["unresolved"] += 0 if resubscribed else 1
+            continue
+        for ch in channels or ():
+            if ch not in acc["channels"]:
+                acc["channels"].append(ch)
+        if ws is not None and we is not None and we > ws:
+            acc["lost_windows"] += 1
+            acc["lost_s"] = round(acc["lost_s"] + (we - ws).total_seconds(), 3)
+    for acc in out.values():
+        acc["channels"].sort()
     return out
 
 
@@ -433,7 +501,8 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
                                "no_capture: no quote, no live trade and no connection event")
                     for s in sorted((spec.name for spec in _specs(venue)), reverse=True)]
         findings += _trade_seq_holes(conn, venue, start, end, rule)  # REST-filled days too
-        return AuditReport(venue, d, start, end, findings, basis, 0, 0, trades_n)
+        return AuditReport(venue, d, start, end, findings, basis, 0, 0, trades_n,
+                           private_windows(conn, venue, start, end))
     findings = _trade_seq_holes(conn, venue, start, end, rule)
     findings += _disconnects(conn, venue, start, end)
     quoted = quotes_seen = 0
@@ -445,7 +514,8 @@ def audit_day(conn: psycopg.Connection, venue: str, day: str | date, *,
         quoted, quotes_seen = quoted + n_quoted, quotes_seen + n_seen
     if expected is not None:
         findings += _no_rows(conn, venue, start, end, expected)
-    return AuditReport(venue, d, start, end, findings, basis, quoted, quotes_seen, trades_n)
+    return AuditReport(venue, d, start, end, findings, basis, quoted, quotes_seen, trades_n,
+                       private_windows(conn, venue, start, end))
 
 
 @dataclass(frozen=True)

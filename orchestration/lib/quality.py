@@ -1,7 +1,7 @@
 """Data-quality checks over one UTC day, run straight against the database.
 
 Every function returns a :class:`CheckOutcome` (pass/fail, numbers, a few sample rows); the
-Dagster asset checks only wrap them. ``venue`` None means every venue.
+Dagster asset checks only wrap them (per venue). ``venue`` None means every venue.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from collector_daemon.core import days
 from collector_daemon.core.days import day_window, from_us
-from orchestration.lib.candles import DAY_INTERVALS
+from orchestration.lib.candles import DAY_INTERVALS, trade_sources
 from orchestration.lib.gaps import SilenceRule, _trade_seq_holes, expected_instruments
 
 
@@ -38,22 +39,24 @@ def _window(day: str | date, now: datetime | None) -> tuple[datetime, datetime]:
 
 # --- duplicates -------------------------------------------------------------------------------
 
-def trade_duplicates(conn: psycopg.Connection, day: str | date, *, samples: int = 10) -> CheckOutcome:
-    """Trades of the day sharing (venue, instrument_name, trade_id) — the natural identity of a
-    trade whatever its timestamp — or (venue, instrument_name, trade_seq) with different ids.
-    Passes when both are 0."""
+def trade_duplicates(conn: psycopg.Connection, day: str | date, *, venue: str | None = None,
+                     samples: int = 10) -> CheckOutcome:
+    """Trades of the day (of ``venue``; None = every venue) sharing (venue, instrument_name,
+    trade_id) — the natural identity of a trade whatever its timestamp — or (venue,
+    instrument_name, trade_seq) with different ids. Passes when both are 0."""
     start, end = day_window(day)
-    p = {"s": start, "e": end, "n": samples}
+    p = {"s": start, "e": end, "n": samples, "v": venue}
     by_id = conn.execute(
         "SELECT venue, instrument_name, trade_id, count(*) FROM trades "
-        "WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s "
+        "WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s AND venue = coalesce(%(v)s, venue) "
         "GROUP BY 1, 2, 3 HAVING count(*) > 1 ORDER BY 4 DESC, 1, 2, 3", p).fetchall()
     by_seq = conn.execute(
         "SELECT venue, instrument_name, trade_seq, count(DISTINCT trade_id) FROM trades "
-        "WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s AND trade_seq IS NOT NULL "
+        "WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s AND venue = coalesce(%(v)s, venue) "
+        "AND trade_seq IS NOT NULL "
         "GROUP BY 1, 2, 3 HAVING count(DISTINCT trade_id) > 1 ORDER BY 4 DESC, 1, 2, 3", p).fetchall()
-    total = conn.execute("SELECT count(*) FROM trades WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s",
-                         p).fetchone()[0]
+    total = conn.execute("SELECT count(*) FROM trades WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s "
+                         "AND venue = coalesce(%(v)s, venue)", p).fetchone()[0]
     return CheckOutcome(not by_id and not by_seq, {
         "trades": total,
         "duplicate_trade_ids": len(by_id),
@@ -63,16 +66,18 @@ def trade_duplicates(conn: psycopg.Connection, day: str | date, *, samples: int 
     })
 
 
-def quote_duplicates(conn: psycopg.Connection, day: str | date, *, samples: int = 10) -> CheckOutcome:
-    """Quotes of the day sharing the natural key (exchange_ts, instrument_name, venue). Passes
-    when 0 (the unique constraint should make it so; this verifies it on the data)."""
+def quote_duplicates(conn: psycopg.Connection, day: str | date, *, venue: str | None = None,
+                     samples: int = 10) -> CheckOutcome:
+    """Quotes of the day (of ``venue``; None = every venue) sharing the natural key (exchange_ts,
+    instrument_name, venue). Passes when 0 (the unique constraint should make it so; this
+    verifies it on the data)."""
     start, end = day_window(day)
     dup = conn.execute(
         "SELECT venue, instrument_name, exchange_ts, count(*) FROM quotes "
-        "WHERE exchange_ts >= %s AND exchange_ts < %s GROUP BY 1, 2, 3 HAVING count(*) > 1 "
-        "ORDER BY 4 DESC LIMIT 1000", (start, end)).fetchall()
-    total = conn.execute("SELECT count(*) FROM quotes WHERE exchange_ts >= %s AND exchange_ts < %s",
-                         (start, end)).fetchone()[0]
+        "WHERE exchange_ts >= %s AND exchange_ts < %s AND venue = coalesce(%s, venue) "
+        "GROUP BY 1, 2, 3 HAVING count(*) > 1 ORDER BY 4 DESC LIMIT 1000", (start, end, venue)).fetchall()
+    total = conn.execute("SELECT count(*) FROM quotes WHERE exchange_ts >= %s AND exchange_ts < %s "
+                         "AND venue = coalesce(%s, venue)", (start, end, venue)).fetchone()[0]
     return CheckOutcome(not dup, {"quotes": total, "duplicate_keys": len(dup),
                                   "samples": _rows(dup[:samples], ["venue", "instrument_name",
                                                                    "exchange_ts", "copies"])})
@@ -197,13 +202,16 @@ def quote_coverage(conn: psycopg.Connection, venue: str, day: str | date, *,
     })
 
 
-def crossed_quotes(conn: psycopg.Connection, day: str | date, *, samples: int = 10) -> CheckOutcome:
-    """Quotes with best_bid_price > best_ask_price where both sides are present (Deribit sends
-    price 0 / amount 0 for an empty side; those are not crossed). Passes when none."""
+def crossed_quotes(conn: psycopg.Connection, day: str | date, *, venue: str | None = None,
+                   samples: int = 10) -> CheckOutcome:
+    """Quotes (of ``venue``; None = every venue) with best_bid_price > best_ask_price where both
+    sides are present (Deribit sends price 0 / amount 0 for an empty side; those are not
+    crossed). Passes when none."""
     start, end = day_window(day)
     where = ("exchange_ts >= %(s)s AND exchange_ts < %(e)s AND best_bid_price > best_ask_price "
-             "AND best_ask_price > 0 AND best_bid_amount > 0 AND best_ask_amount > 0")
-    p = {"s": start, "e": end, "n": samples}
+             "AND best_ask_price > 0 AND best_bid_amount > 0 AND best_ask_amount > 0 "
+             "AND venue = coalesce(%(v)s, venue)")
+    p = {"s": start, "e": end, "n": samples, "v": venue}
     per = conn.execute(f"SELECT venue, instrument_name, count(*) FROM quotes WHERE {where} "
                        "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2", p).fetchall()
     sample = conn.execute(f"SELECT venue, instrument_name, exchange_ts, best_bid_price, best_ask_price "
@@ -230,25 +238,26 @@ QUOTE_RANGES: list[tuple[str, float, float]] = [
 ]
 
 
-def value_ranges(conn: psycopg.Connection, table: str, day: str | date, *,
+def value_ranges(conn: psycopg.Connection, table: str, day: str | date, *, venue: str | None = None,
                  samples: int = 10) -> CheckOutcome:
-    """Rows of ``trades`` or ``quotes`` of the day with a value outside :data:`TRADE_RANGES` /
-    :data:`QUOTE_RANGES` (NaN and infinities included). NULLs are allowed. Passes when none."""
+    """Rows of ``trades`` or ``quotes`` of the day (of ``venue``; None = every venue) with a
+    value outside :data:`TRADE_RANGES` / :data:`QUOTE_RANGES` (NaN and infinities included).
+    NULLs are allowed. Passes when none."""
     ranges = {"trades": TRADE_RANGES, "quotes": QUOTE_RANGES}[table]
     start, end = day_window(day)
     counts = {}
     bad_any = " OR ".join(f"NOT ({c} BETWEEN {lo!r} AND {hi!r})" for c, lo, hi in ranges)
     sel = ", ".join(f"count(*) FILTER (WHERE NOT ({c} BETWEEN {lo!r} AND {hi!r}))" for c, lo, hi in ranges)
-    row = conn.execute(f"SELECT count(*), {sel} FROM {table} WHERE exchange_ts >= %s AND exchange_ts < %s",
-                       (start, end)).fetchone()
+    row = conn.execute(f"SELECT count(*), {sel} FROM {table} WHERE exchange_ts >= %s AND exchange_ts < %s "
+                       "AND venue = coalesce(%s, venue)", (start, end, venue)).fetchone()
     total = row[0]
     for (c, lo, hi), n in zip(ranges, row[1:]):
         if n:
             counts[f"{c} outside [{lo:g}, {hi:g}]"] = n
     cols = ["venue", "instrument_name", "exchange_ts"] + [c for c, _, _ in ranges]
     sample = conn.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE exchange_ts >= %s "
-                          f"AND exchange_ts < %s AND ({bad_any}) ORDER BY exchange_ts LIMIT %s",
-                          (start, end, samples)).fetchall() if counts else []
+                          f"AND exchange_ts < %s AND venue = coalesce(%s, venue) AND ({bad_any}) "
+                          "ORDER BY exchange_ts LIMIT %s", (start, end, venue, samples)).fetchall() if counts else []
     return CheckOutcome(not counts, {"rows": total, "violations": counts,
                                      "samples": _rows(sample, cols)})
 
@@ -290,18 +299,19 @@ def open_interest_vs_rest(quoted: dict[str, float], rest: dict[str, float], *,
 
 def candles_match_trades(conn: psycopg.Connection, day: str | date, *, rel_tol: float = 1e-9,
                          samples: int = 10) -> CheckOutcome:
-    """For every instrument traded that day and every interval within the day (1m .. 1d; the
-    week's candle spans other days): candle trade counts sum to the trade count and candle
+    """For every instrument traded that day (in every venue's trades table,
+    :func:`~orchestration.lib.candles.trade_sources`) and every interval within the day (1m ..
+    1d; the week's candle spans other days): candle trade counts sum to the trade count and candle
     volumes to the traded amount. Passes when all match."""
     start, end = day_window(day)
-    rows = conn.execute(
+    trades = sql.SQL(" UNION ALL ").join(
+        src.select("venue, instrument_name, count(*) AS n, sum(amount)::float8 AS vol")
+        + sql.SQL(" GROUP BY 1, 2") for src in trade_sources())
+    rows = conn.execute(sql.SQL(
         """
-        WITH t AS (
-            SELECT venue, instrument_name, count(*) AS n, sum(amount) AS vol FROM trades
-            WHERE exchange_ts >= %(s)s AND exchange_ts < %(e)s GROUP BY 1, 2
-        ), c AS (
+        WITH t AS ({}), c AS (
             SELECT venue, instrument_name, interval, sum(trade_count) AS n, sum(volume) AS vol
-            FROM candles WHERE bucket_start >= %(s)s AND bucket_start < %(e)s
+            FROM candles WHERE bucket_start >= %(start)s AND bucket_start < %(end)s
               AND interval = ANY(%(intervals)s) GROUP BY 1, 2, 3
         ), i AS (SELECT unnest(%(intervals)s::text[]) AS interval)
         SELECT t.venue, t.instrument_name, i.interval, t.n, coalesce(c.n, 0), t.vol, coalesce(c.vol, 0)
@@ -310,7 +320,7 @@ def candles_match_trades(conn: psycopg.Connection, day: str | date, *, rel_tol: 
         UNION ALL
         SELECT c.venue, c.instrument_name, c.interval, 0, c.n, 0, c.vol FROM c
         WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.venue = c.venue AND t.instrument_name = c.instrument_name)
-        """, {"s": start, "e": end, "intervals": list(DAY_INTERVALS)}).fetchall()
+        """).format(trades), {"start": start, "end": end, "intervals": list(DAY_INTERVALS)}).fetchall()
     bad = [r for r in rows if r[3] != r[4] or abs(r[5] - r[6]) > rel_tol * max(abs(r[5]), 1e-12)]
     return CheckOutcome(not bad, {
         "instruments": len({(r[0], r[1]) for r in rows}),
@@ -378,3 +388,95 @@ def exchange_candles_agree(conn: psycopg.Connection, day: str | date, *, rel_tol
         "disagreements": len(bad),
         "samples": bad[:samples],
     })
+
+
+# --- public trade coverage --------------------------------------------------------------------
+
+def trade_coverage(conn: psycopg.Connection, venue: str, table: str, stream: str, day: str | date, *,
+                   min_share: float = 0.99, samples: int = 20) -> CheckOutcome:
+    """The share of the day's public trades of ``venue`` (in ``table``, a stream table with a
+    ``source`` column) that the live stream delivered (``source='ws'``) rather than the REST
+    backfill (``rest``) or an imported file (``csv``), overall and per instrument. Passes when
+    the overall share is at least ``min_share``.
+
+    The denominator is what is stored: trades lost in a window REST could not reach are in
+    neither count, so the metadata also lists the day's ``stream`` gaps still ``open`` or
+    ``unrecoverable`` in ``data_gaps`` (``complete`` is False while any exists): the share is
+    then an upper bound, never a claim of completeness.
+    """
+    start, end = day_window(day)
+    rows = conn.execute(
+        f"SELECT instrument_name, count(*) FILTER (WHERE source = 'ws'), "
+        f"count(*) FILTER (WHERE source = 'rest'), count(*) FILTER (WHERE source NOT IN ('ws', 'rest')) "
+        f"FROM {table} WHERE venue = %s AND exchange_ts >= %s AND exchange_ts < %s "
+        "GROUP BY 1 ORDER BY 1", (venue, start, end)).fetchall()
+    unresolved = dict(conn.execute(
+        "SELECT status, count(*) FROM data_gaps WHERE venue = %s AND stream = %s "
+        "AND status IN ('open', 'unrecoverable') AND gap_start < %s AND gap_end > %s GROUP BY 1",
+        (venue, stream, end, start)).fetchall())
+    ws, rest, other = (sum(r[i] for r in rows) for i in (1, 2, 3))
+    total = ws + rest + other
+    share = ws / total if total else None
+    per = sorted(((r[0], r[1] / (r[1] + r[2] + r[3])) for r in rows), key=lambda x: (x[1], x[0]))
+    return CheckOutcome(share is not None and share >= min_share, {
+        "trades": total,
+        "from_stream": ws,
+        "from_rest": rest,
+        "from_files": other,
+        "stream_share": round(share, 6) if share is not None else None,
+        "min_share": min_share,
+        "instruments": len(rows),
+        "lowest_shares": {n: round(c, 6) for n, c in per[:samples]},
+        "open_gaps": unresolved.get("open", 0),
+        "unrecoverable_gaps": unresolved.get("unrecoverable", 0),
+        "complete": not unresolved,
+        **({} if total else {"note": "no trade stored for the day"}),
+    })
+
+
+# --- private data of trading accounts ---------------------------------------------------------
+
+def executions_unique(conn: psycopg.Connection, tables: list[str], account_id: int, day: str | date, *,
+                      samples: int = 10) -> CheckOutcome:
+    """Fills of ``account_id`` on the UTC ``day`` stored twice under one ``(account_id, exec_id)``
+    in any of ``tables`` (the venue's execution tables; an execution's time is part of the
+    tables' key, so a fill re-sent with another time would be a second row). Passes when none."""
+    start, end = day_window(day)
+    dup: dict[str, int] = {}
+    rows: list[dict] = []
+    for t in tables:
+        found = conn.execute(
+            f"SELECT exec_id, count(*) FROM {t} WHERE account_id = %s AND exchange_ts >= %s "
+            "AND exchange_ts < %s GROUP BY 1 HAVING count(*) > 1 ORDER BY 2 DESC, 1",
+            (account_id, start, end)).fetchall()
+        dup[t] = len(found)
+        rows += [{"table": t, "exec_id": e, "copies": n} for e, n in found[:samples]]
+    return CheckOutcome(not any(dup.values()), {"duplicates": dup, "samples": rows[:samples]})
+
+
+def positions_wallet_fresh(conn: psycopg.Connection, tables: list[str], account_id: int,
+                           day: str | date, *, now: datetime | None = None,
+                           max_age_s: float = 86_400.0) -> CheckOutcome:
+    """How old the newest position and wallet snapshot of ``account_id`` is at the reference
+    time (now for the current day, the day's end for a past day), per table in ``tables`` (the
+    venue's snapshot tables, e.g. ``bybit_positions``, ``bybit_wallet``). Snapshots come from the
+    stream (quiet when nothing changes) and from REST at every reconciliation (collector start,
+    reconnects, the asset on the current day). Passes when every table holds one at most
+    ``max_age_s`` old; a table without any is stale.
+    """
+    now = now or days.utcnow()
+    start, end = day_window(day)
+    ref = min(now, end)
+    if ref <= start:
+        return CheckOutcome(True, {"evaluated": False, "note": "the day has not started"})
+    per: dict[str, dict] = {}
+    for t in tables:
+        newest = conn.execute(f"SELECT max(exchange_ts) FROM {t} WHERE account_id = %s AND exchange_ts <= %s",
+                              (account_id, ref)).fetchone()[0]
+        age = (ref - newest).total_seconds() if newest is not None else None
+        per[t] = {"newest": newest.isoformat() if newest else None,
+                  "age_s": round(age, 3) if age is not None else None,
+                  "fresh": age is not None and age <= max_age_s}
+    return CheckOutcome(all(p["fresh"] for p in per.values()), {
+        "reference_time": ref.isoformat(), "max_age_s": max_age_s, "tables": per,
+        "stale": sorted(t for t, p in per.items() if not p["fresh"])})

@@ -3,9 +3,9 @@
 import dagster as dg
 
 from orchestration.defs.assets.gaps import ONE_DAY_PER_RUN
-from orchestration.defs.assets.stream import trades
-from orchestration.lib.candles import INTERVALS, build_candles
-from orchestration.partitions import daily
+from orchestration.defs.assets.stream import stream_specs_of
+from orchestration.lib.candles import INTERVALS, build_candles, trade_sources
+from orchestration.partitions import VENUES, daily, venue_key
 from orchestration.resources import DatabaseResource
 
 CANDLES_GROUP = "candles"
@@ -14,14 +14,17 @@ CANDLES_GROUP = "candles"
 @dg.asset(
     partitions_def=daily,
     backfill_policy=ONE_DAY_PER_RUN,
-    deps=[trades, "trades_backfill"],
+    deps=[*{s.key: s for v in VENUES for s in stream_specs_of(v)
+            if s.metadata["table"] in {src.table for src in trade_sources()}}.values(),
+          *(venue_key(v, "trades_backfill") for v in VENUES)],
     group_name=CANDLES_GROUP,
     kinds={"sql", "timescaledb"},
     owners=["team:tickvault"],
-    metadata={"table": "candles", "intervals": ", ".join(INTERVALS)},
+    metadata={"table": "candles", "intervals": ", ".join(INTERVALS),
+              "trades_tables": ", ".join(src.table for src in trade_sources())},
 )
 def candles(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.MaterializeResult:
-    """1m OHLCV, trade count and VWAP per instrument from trades, rolled up to 5m..1d and the week."""
+    """1m OHLCV, trade count and VWAP per instrument from every venue's trades, rolled up to 5m..1d and the week."""
     with database.connect() as conn:
         report = build_candles(conn, context.partition_key)
     context.log.info(f"candles {report.day}: {report.rows} from {report.trades} trades of "

@@ -3,8 +3,10 @@ local directory when no bucket is configured), with its checks (its job, schedul
 are in ``defs/jobs.py``, ``schedules.py`` and ``sensors.py``, with the others).
 
 Partitions: date (UTC day, ``orchestration.partitions.daily``) x table (static, the tables in
-``orchestration.lib.export.EXPORT_TABLES``). A run exports one table for one day; venues are the
-``venue=`` level of the object layout, not a partition dimension. A table that does not exist in
+``orchestration.lib.export.EXPORT_TABLES``: quotes, trades, candles and the tables the recorded
+venues declare, e.g. Bybit's tickers, trades and private tables). A run exports one table for one
+day; venues (and, for a private table, accounts) are levels of the object layout
+(``venue=<v>/account=<id>/``), not partition dimensions. A table that does not exist in
 the database yields no materialization (the run succeeds, says so, and its checks pass as
 skipped).
 
@@ -105,7 +107,9 @@ def parquet_export(context: dg.AssetExecutionContext, config: ExportConfig,
             "rows": rows,
             "bytes": size,
             "bytes_per_million_rows": round(size * 1e6 / rows) if rows else 0,
-            "venues": [e.venue for e in exports],
+            "venues": sorted({e.venue for e in exports}),
+            **({"accounts": [f"{e.venue}/{e.account_id}" for e in exports]}
+               if any(e.account_id is not None for e in exports) else {}),
             "objects": [f.key for e in exports for f in e.files],
             "manifests": [e.manifest_key for e in exports],
             "storage_url": store.url,

@@ -4,10 +4,16 @@ Object layout (Hive style, so polars, DuckDB and Spark prune on venue, table and
 
     <prefix>/venue=<venue>/table=<table>/date=<YYYY-MM-DD>/part-<n>.parquet
     <prefix>/venue=<venue>/table=<table>/date=<YYYY-MM-DD>/_manifest.json
+    <prefix>/venue=<venue>/account=<account_id>/table=<table>/date=<YYYY-MM-DD>/...  (private)
 
-One *partition* is one (venue, table, UTC day). The export of a (table, day) writes one partition
-per venue found in that day's rows. The files hold the table's columns except ``venue`` (it is
-the path's ``venue=`` level; Spark refuses a data column that is also a partition column).
+One *partition* is one (venue, table, UTC day); for a private table (one with an ``account_id``
+column: a trading account's executions, orders, positions, wallet) one (venue, account, table,
+UTC day), so that ``venue=<venue>/account=<id>/`` holds one account's files and nothing else.
+The export of a (table, day) writes one partition per venue (or venue and account) found in that
+day's rows. The tables are the core ones and those each venue declares
+(``Venue.export_tables``). The files hold the table's columns except ``venue`` (it is the path's
+``venue=`` level; Spark refuses a data column that is also a partition column); numeric columns
+hold exact decimal text, json/jsonb columns JSON text (:mod:`.layout`).
 
 How a partition is written (:func:`export_table_day`):
 
@@ -53,12 +59,14 @@ Modules: :mod:`.layout` (format version, table layouts, object keys, UTC days),
 """
 
 from orchestration.lib.export.layout import (
+    CORE_EXPORT_TABLES,
     EXPORT_TABLES,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     ExportError,
     TableLayout,
     day_filter,
+    export_tables,
     partition_prefix,
     quote_ident,
     table_layout,
@@ -83,6 +91,7 @@ from orchestration.lib.export.write import ExportSettings, export_table_day
 
 __all__ = [
     "CHECKS",
+    "CORE_EXPORT_TABLES",
     "EXPORT_TABLES",
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
@@ -99,6 +108,7 @@ __all__ = [
     "TableLayout",
     "day_filter",
     "export_table_day",
+    "export_tables",
     "make_store",
     "manifest_rows",
     "partition_prefix",

@@ -1,5 +1,7 @@
 """What an export records: the ``_manifest.json`` document written into each partition folder
-and the ``export_manifest`` row (schema/0007.export_manifest.sql) of each (venue, table, day)."""
+and the ``export_manifest`` row (schema/0007.export_manifest.sql, account_id from
+0013.export_manifest_accounts.sql) of each (venue, table, day) or, for a private table, each
+(venue, account, table, day)."""
 
 import json
 from dataclasses import dataclass
@@ -9,7 +11,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from orchestration.lib.export.layout import MANIFEST_NAME, SCHEMA_VERSION
+from orchestration.lib.export.layout import MANIFEST_NAME, SCHEMA_VERSION, Unit
 from orchestration.lib.export.objectstore import ObjectStore
 
 
@@ -27,9 +29,10 @@ class ExportedFile:
 
 @dataclass(frozen=True)
 class PartitionExport:
-    """The outcome of exporting one (venue, table, day): what ``_manifest.json`` and the
-    ``export_manifest`` row record. ``source_rows`` is the database's count in the export's
-    snapshot; ``rows`` what the files hold (always equal: the export fails otherwise)."""
+    """The outcome of exporting one (venue, table, day), or one (venue, account, table, day) of
+    a private table: what ``_manifest.json`` and the ``export_manifest`` row record.
+    ``source_rows`` is the database's count in the export's snapshot; ``rows`` what the files
+    hold (always equal: the export fails otherwise); ``account_id`` None for a public table."""
 
     venue: str
     table: str
@@ -42,6 +45,12 @@ class PartitionExport:
     exported_at: datetime
     schema: pa.Schema
     sort_key: tuple[str, ...]
+    account_id: int | None = None
+
+    @property
+    def unit(self) -> Unit:
+        """(venue, account_id): the partition unit."""
+        return self.venue, self.account_id
 
     @property
     def rows(self) -> int:
@@ -60,6 +69,7 @@ class PartitionExport:
             "schema_version": SCHEMA_VERSION,
             "export_id": self.export_id,
             "venue": self.venue,
+            **({"account_id": self.account_id} if self.account_id is not None else {}),
             "table": self.table,
             "date": self.day.isoformat(),
             "exported_at": self.exported_at.isoformat(),
@@ -87,18 +97,19 @@ def stored_manifest(store: ObjectStore, folder: str) -> dict[str, Any] | None:
 def record_export(conn: psycopg.Connection, export: PartitionExport) -> None:
     """Insert or replace the ``export_manifest`` row of the partition (``verified_at`` NULL)."""
     conn.execute(
-        "INSERT INTO export_manifest (venue, table_name, day, export_id, schema_version, "
-        "  source_rows, rows, bytes, object_keys, object_bytes, object_sha256, object_etags, "
-        "  manifest_key, storage_url, exported_at, verified_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL) "
-        "ON CONFLICT (table_name, day, venue) DO UPDATE SET "
+        "INSERT INTO export_manifest (venue, account_id, table_name, day, export_id, "
+        "  schema_version, source_rows, rows, bytes, object_keys, object_bytes, object_sha256, "
+        "  object_etags, manifest_key, storage_url, exported_at, verified_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL) "
+        "ON CONFLICT (table_name, day, venue, account_id) DO UPDATE SET "
         "  export_id = EXCLUDED.export_id, schema_version = EXCLUDED.schema_version, "
         "  source_rows = EXCLUDED.source_rows, rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, "
         "  object_keys = EXCLUDED.object_keys, object_bytes = EXCLUDED.object_bytes, "
         "  object_sha256 = EXCLUDED.object_sha256, object_etags = EXCLUDED.object_etags, "
         "  manifest_key = EXCLUDED.manifest_key, storage_url = EXCLUDED.storage_url, "
         "  exported_at = EXCLUDED.exported_at, verified_at = NULL",
-        (export.venue, export.table, export.day, export.export_id, SCHEMA_VERSION,
+        (export.venue, export.account_id, export.table, export.day, export.export_id,
+         SCHEMA_VERSION,
          export.source_rows, export.rows, export.bytes, [f.key for f in export.files],
          [f.bytes for f in export.files], [f.sha256 for f in export.files],
          [f.etag for f in export.files], export.manifest_key, export.storage_url,
@@ -107,7 +118,8 @@ def record_export(conn: psycopg.Connection, export: PartitionExport) -> None:
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One ``export_manifest`` row (see the migration for the columns' meaning)."""
+    """One ``export_manifest`` row (see the migrations for the columns' meaning);
+    ``account_id`` None for a public table's partition."""
 
     venue: str
     table: str
@@ -124,14 +136,21 @@ class ManifestRow:
     storage_url: str
     exported_at: datetime
     verified_at: datetime | None
+    account_id: int | None = None
+
+    @property
+    def unit(self) -> Unit:
+        """(venue, account_id): the partition unit."""
+        return self.venue, self.account_id
 
 
 def manifest_rows(conn: psycopg.Connection, table: str, day: date) -> list[ManifestRow]:
-    """The ``export_manifest`` rows of (table, day), one per venue, by venue."""
+    """The ``export_manifest`` rows of (table, day), one per venue (per venue and account for
+    a private table), by venue then account."""
     rows = conn.execute(
         "SELECT venue, table_name, day, export_id, source_rows, rows, bytes, object_keys, "
         "object_bytes, object_sha256, object_etags, manifest_key, storage_url, exported_at, "
-        "verified_at FROM export_manifest WHERE table_name = %s AND day = %s ORDER BY venue",
-        (table, day)).fetchall()
+        "verified_at, account_id FROM export_manifest WHERE table_name = %s AND day = %s "
+        "ORDER BY venue, account_id", (table, day)).fetchall()
     return [ManifestRow(*r) for r in rows]
 

@@ -20,7 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from orchestration.lib.export.layout import TableLayout, day_filter, quote_ident, start_of_day_us
+from orchestration.lib.export.layout import (
+    TableLayout,
+    Unit,
+    day_filter,
+    quote_ident,
+    start_of_day_us,
+    unit_order,
+)
 
 #: One day in µs.
 DAY_US = 86_400_000_000
@@ -28,12 +35,12 @@ DAY_US = 86_400_000_000
 
 @dataclass
 class Range:
-    """Rows of one venue sorted together in memory: consecutive instruments (byte order) or,
-    when ``sliced``, one time slice of a single busy instrument. ``rows`` is the expected count
-    (from the snapshot's counts; approximate for slices), ``path`` its spill file (None while
-    no row went to it)."""
+    """Rows of one partition unit (venue, account_id; account_id None for a public table) sorted
+    together in memory: consecutive instruments (byte order) or, when ``sliced``, one time slice
+    of a single busy instrument. ``rows`` is the expected count (from the snapshot's counts;
+    approximate for slices), ``path`` its spill file (None while no row went to it)."""
 
-    venue: str
+    unit: Unit
     names: list[str | None] = field(default_factory=list)
     rows: int = 0
     sliced: bool = False
@@ -45,37 +52,40 @@ def _name_order(name: str | None) -> tuple[bool, str]:
     return name is None, name or ""
 
 
-def _plan(counts: list[tuple[str, str | None, int]], chunk_rows: int, sliceable: bool):
-    """Ranges over the day's (venue, instrument, rows) counts, and the routing arrays. An
+def _plan(counts: list[tuple[Unit, str | None, int]], chunk_rows: int, sliceable: bool):
+    """Ranges over the day's (unit, instrument, rows) counts, and the routing arrays. An
     instrument with more than ``chunk_rows`` rows is cut into time slices when ``sliceable``
     (:attr:`TableLayout.time_sliceable`), else it gets a range of its own.
 
-    Returns (ranges, venues, names, base, slices): a row whose venue and instrument have the
-    ordinals v, g in ``venues`` / ``names`` goes to range ``base[c] + min(slices[c] - 1,
-    offset_us * slices[c] // DAY_US)`` with ``c = v * len(names) + g`` and ``offset_us`` its time
-    since the start of the day.
+    Returns (ranges, venues, accounts, names, base, slices): a row whose venue, account and
+    instrument have the ordinals v, a, g in ``venues`` / ``accounts`` / ``names`` goes to range
+    ``base[c] + min(slices[c] - 1, offset_us * slices[c] // DAY_US)`` with
+    ``c = (v * len(accounts) + a) * len(names) + g`` and ``offset_us`` its time since the start
+    of the day (``accounts`` is ``[None]`` for a public table: a = 0).
     """
-    venues = sorted({v for v, _, _ in counts})
+    venues = sorted({u[0] for u, _, _ in counts})
+    accounts = sorted({u[1] for u, _, _ in counts}, key=lambda a: -1 if a is None else a)
     names = sorted({g for _, g, _ in counts}, key=_name_order)
     vi = {v: i for i, v in enumerate(venues)}
+    ai = {a: i for i, a in enumerate(accounts)}
     gi = {g: i for i, g in enumerate(names)}
-    base = [0] * (len(venues) * len(names))
+    base = [0] * (len(venues) * len(accounts) * len(names))
     slices = [1] * len(base)
     ranges: list[Range] = []
-    for venue, group, n in sorted(counts, key=lambda c: (c[0], *_name_order(c[1]))):
-        cell = vi[venue] * len(names) + gi[group]
+    for unit, group, n in sorted(counts, key=lambda c: (unit_order(c[0]), _name_order(c[1]))):
+        cell = (vi[unit[0]] * len(accounts) + ai[unit[1]]) * len(names) + gi[group]
         if n > chunk_rows and sliceable:
             k = -(-n // chunk_rows)
             base[cell], slices[cell] = len(ranges), k
-            ranges.extend(Range(venue, [group], n // k, sliced=True) for _ in range(k))
+            ranges.extend(Range(unit, [group], n // k, sliced=True) for _ in range(k))
             continue
         last = ranges[-1] if ranges else None
-        if last is None or last.sliced or last.venue != venue or last.rows + n > chunk_rows:
-            ranges.append(Range(venue))
+        if last is None or last.sliced or last.unit != unit or last.rows + n > chunk_rows:
+            ranges.append(Range(unit))
         ranges[-1].names.append(group)
         ranges[-1].rows += n
         base[cell] = len(ranges) - 1
-    return ranges, venues, names, base, slices
+    return ranges, venues, accounts, names, base, slices
 
 
 def plan_passes(ranges: list[Range], passes: int) -> list[range]:
@@ -88,7 +98,7 @@ def plan_passes(ranges: list[Range], passes: int) -> list[range]:
         acc += rng.rows
         following = ranges[i + 1] if i + 1 < len(ranges) else None
         same_instrument = (following is not None and rng.sliced and following.sliced
-                           and (following.venue, following.names) == (rng.venue, rng.names))
+                           and (following.unit, following.names) == (rng.unit, rng.names))
         if following is not None and acc >= target and not same_instrument:
             cuts.append(i + 1)
             acc = 0
@@ -103,16 +113,18 @@ def _literal(text: str) -> str:
 
 def pass_filter(layout: TableLayout, ranges: list[Range]) -> str:
     """SQL condition selecting the rows of ``ranges`` (consecutive, whole instruments): per
-    venue, instrument_name between the first and last name in byte order (``COLLATE "C"``,
-    the order of :func:`_name_order`; a NULL name sorts last)."""
+    unit (venue and account), instrument_name between the first and last name in byte order
+    (``COLLATE "C"``, the order of :func:`_name_order`; a NULL name sorts last)."""
     g = quote_ident(layout.group_column)
-    bounds: dict[str, list[str | None]] = {}
+    bounds: dict[Unit, list[str | None]] = {}
     for rng in ranges:
         for name in rng.names:
-            bounds.setdefault(rng.venue, [name, name])[1] = name
+            bounds.setdefault(rng.unit, [name, name])[1] = name
     parts = []
-    for venue, (lo, hi) in bounds.items():
+    for (venue, account), (lo, hi) in bounds.items():
         cond = [f"venue = {_literal(venue)}"]
+        if account is not None:
+            cond.append(f"{quote_ident(layout.account_column)} = {int(account)}")
         if lo is None:
             cond.append(f"{g} IS NULL")
         elif hi is None:
@@ -128,8 +140,9 @@ class DaySpill:
     files; the streaming runs on a thread of its own (:meth:`start`).
 
     Usage: construct with an open ADBC connection (``adbc_driver_postgresql.dbapi``); this
-    starts the REPEATABLE READ snapshot and counts the day's rows per (venue, instrument):
-    ``ranges`` and ``source_rows`` (rows per venue) are known then. :meth:`start` streams the
+    starts the REPEATABLE READ snapshot and counts the day's rows per (venue, account,
+    instrument): ``ranges`` and ``source_rows`` (rows per unit: (venue, account_id), account_id
+    None for a public table) are known then. :meth:`start` streams the
     passes; :meth:`ready` blocks until a range's spill file is complete; :meth:`close` stops
     the stream (on error), waits for the thread and re-raises its error.
 
@@ -149,17 +162,20 @@ class DaySpill:
         self._cur = conn.cursor()
         self._cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         group = quote_ident(layout.group_column) if layout.group_column else "NULL::text"
-        self._cur.execute(f"SELECT venue, {group} AS g, count(*) AS n "
+        account = quote_ident(layout.account_column) if layout.account_column else "NULL::bigint"
+        self._cur.execute(f"SELECT venue, {account} AS a, {group} AS g, count(*) AS n "
                           f"FROM {quote_ident(layout.table)} WHERE {day_filter(layout, day)} "
-                          "GROUP BY 1, 2")
-        counts = [(r["venue"], r["g"], r["n"]) for r in self._cur.fetch_arrow_table().to_pylist()]
-        self.ranges, venues, names, base, slices = _plan(counts, chunk_rows,
-                                                         layout.time_sliceable)
-        self.source_rows: dict[str, int] = {}
-        for venue, _, n in counts:
-            self.source_rows[venue] = self.source_rows.get(venue, 0) + n
-        self._n_names = len(names)
+                          "GROUP BY 1, 2, 3")
+        counts = [((r["venue"], r["a"]), r["g"], r["n"])
+                  for r in self._cur.fetch_arrow_table().to_pylist()]
+        self.ranges, venues, accounts, names, base, slices = _plan(counts, chunk_rows,
+                                                                   layout.time_sliceable)
+        self.source_rows: dict[Unit, int] = {}
+        for unit, _, n in sorted(counts, key=lambda c: unit_order(c[0])):
+            self.source_rows[unit] = self.source_rows.get(unit, 0) + n
+        self._n_names, self._n_accounts = len(names), len(accounts)
         self._venue_set, self._name_set = pa.array(venues, pa.string()), pa.array(names, pa.string())
+        self._account_set = pa.array(accounts, pa.int64()) if layout.account_column else None
         self._base, self._slices = pa.array(base, pa.int64()), pa.array(slices, pa.int64())
         self.passes = plan_passes(self.ranges, passes if layout.group_column else 1)
         self._done = 0  # ranges[:_done] have complete spill files
@@ -250,19 +266,22 @@ class DaySpill:
         where = day_filter(layout, self.day)
         if len(self.passes) > 1:
             where += f" AND ({pass_filter(layout, self.ranges[rng_ids.start:rng_ids.stop])})"
-        columns = ", ".join(quote_ident(n) for n in layout.schema.names)
         day_start_us = start_of_day_us(self.day)
         writers: dict[int, ipc.RecordBatchStreamWriter] = {}
         try:
-            for batch in self._batches(f"SELECT {columns} FROM {quote_ident(layout.table)} "
-                                       f"WHERE {where}"):
+            for batch in self._batches(f"SELECT {layout.select_list()} "
+                                       f"FROM {quote_ident(layout.table)} WHERE {where}"):
                 if self._stop:
                     raise _Stopped("export stopped")
                 batch = batch.cast(layout.schema)
-                v = pc.index_in(batch.column("venue"), value_set=self._venue_set)
+                unit = pc.index_in(batch.column("venue"), value_set=self._venue_set).cast(pa.int64())
+                if self._account_set is not None:
+                    a = pc.index_in(batch.column(layout.account_column),
+                                    value_set=self._account_set).cast(pa.int64())
+                    unit = pc.add(pc.multiply(unit, self._n_accounts), a)
                 g = (pc.index_in(batch.column(layout.group_column), value_set=self._name_set)
                      if layout.group_column else pa.repeat(0, batch.num_rows).cast(pa.int32()))
-                cell = pc.add(pc.multiply(v.cast(pa.int64()), self._n_names), g.cast(pa.int64()))
+                cell = pc.add(pc.multiply(unit, self._n_names), g.cast(pa.int64()))
                 n_slices = pc.take(self._slices, cell)
                 offset = pc.subtract(batch.column(layout.time_column).cast(pa.int64()),
                                      day_start_us)
@@ -293,18 +312,17 @@ class _Stopped(Exception):
     """The consumer stopped the stream (:meth:`DaySpill.close` before the end)."""
 
 
-def sorted_range(layout: TableLayout, rng: Range, day_start_us: int) -> pa.Table:
-    """Read a range's spill file and sort it by the layout's sort key. Instrument names become
-    ordinal codes (byte order); when the time column follows, code and time since the start of
-    the day fold into one int64 key (code * 2^37 + µs; a day is < 2^37 µs), the fastest sort."""
-    with ipc.open_stream(rng.path) as reader:
-        table = reader.read_all()
-    rng.path.unlink()
+def _sort_order(layout: TableLayout, table: pa.Table, names: list[str | None],
+                day_start_us: int) -> pa.Array:
+    """Indices that sort ``table`` (one range's rows) by the layout's sort key. Instrument names
+    become ordinal codes in ``names`` (the range's instruments, byte order); when the time
+    column follows, code and time since the start of the day fold into one int64 key
+    (code * 2^37 + µs; a day is < 2^37 µs), the fastest sort."""
     columns = {c: table.column(c) for c in layout.sort_key}
     keys = list(layout.sort_key)
     if layout.group_column:
-        names = pa.array(sorted(rng.names, key=_name_order), pa.string())
-        code = pc.index_in(table.column(layout.group_column), value_set=names).cast(pa.int64())
+        value_set = pa.array(sorted(names, key=_name_order), pa.string())
+        code = pc.index_in(table.column(layout.group_column), value_set=value_set).cast(pa.int64())
         if len(keys) > 1 and keys[1] == layout.time_column:
             offset = pc.subtract(table.column(layout.time_column).cast(pa.int64()), day_start_us)
             columns["_key"] = pc.add(pc.shift_left(code, 37), offset)
@@ -312,6 +330,19 @@ def sorted_range(layout: TableLayout, rng: Range, day_start_us: int) -> pa.Table
         else:
             columns["_key"] = code
             keys[0] = "_key"
-    order = pc.sort_indices(pa.table({c: columns[c] for c in keys}),
-                            sort_keys=[(c, "ascending") for c in keys])
-    return table.take(order)
+    return pc.sort_indices(pa.table({c: columns[c] for c in keys}),
+                           sort_keys=[(c, "ascending") for c in keys])
+
+
+def sorted_range(layout: TableLayout, rng: Range, day_start_us: int) -> pa.Table:
+    """A range's rows sorted by the layout's sort key, with the file's columns (``venue``
+    dropped before the sort's ``take``, so it is never copied); its spill file is removed.
+
+    The spill file is read into memory, not memory-mapped: with a mapping the ``take`` faults
+    the pages in one by one, and in the same-run comparison with main (docs/benchmarks.md,
+    2026-12-06) that was no faster in CPU and slower in wall time on a loaded machine."""
+    with ipc.open_stream(rng.path) as reader:
+        table = reader.read_all()
+    rng.path.unlink()
+    order = _sort_order(layout, table, rng.names, day_start_us)
+    return table.drop_columns(["venue"]).take(order)

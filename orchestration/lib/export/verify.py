@@ -14,9 +14,12 @@ from orchestration.lib.export.layout import (
     SCHEMA_VERSION,
     ExportError,
     TableLayout,
+    Unit,
     day_filter,
     quote_ident,
     table_layout,
+    unit_name,
+    unit_order,
 )
 from orchestration.lib.export.manifest import ManifestRow, manifest_rows
 from orchestration.lib.export.objectstore import ObjectStore
@@ -24,7 +27,8 @@ from orchestration.lib.export.objectstore import ObjectStore
 #: The checks :func:`verify_export` runs, with what each asserts.
 CHECKS: dict[str, str] = {
     "row_count": "Rows in the Parquet files (footers, read from the store) equal the rows in "
-                 "the database for that day, per venue.",
+                 "the database for that day, per venue (per venue and account for a private "
+                 "table).",
     "objects": "Every object in the manifest exists with the recorded size and ETag (and, in a "
                "deep verification, sha256).",
     "schema": "Every file's schema equals the declared one (from the catalog) and carries the "
@@ -54,10 +58,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _db_counts(conn: psycopg.Connection, layout: TableLayout, day: date) -> dict[str, int]:
-    return dict(conn.execute(
-        f"SELECT venue, count(*) FROM {quote_ident(layout.table)} WHERE {day_filter(layout, day)} "
-        "GROUP BY venue").fetchall())
+def _db_counts(conn: psycopg.Connection, layout: TableLayout, day: date) -> dict[Unit, int]:
+    """Rows of the day per unit (venue, account_id; account_id None for a public table)."""
+    account = quote_ident(layout.account_column) if layout.account_column else "NULL::bigint"
+    return {(venue, acc): n for venue, acc, n in conn.execute(
+        f"SELECT venue, {account}, count(*) FROM {quote_ident(layout.table)} "
+        f"WHERE {day_filter(layout, day)} GROUP BY 1, 2").fetchall()}
 
 
 def _sample_db_rows(conn: psycopg.Connection, layout: TableLayout, day: date,
@@ -69,7 +75,8 @@ def _sample_db_rows(conn: psycopg.Connection, layout: TableLayout, day: date,
     key_cols = ", ".join(quote_ident(c) for c in layout.key)
     arrays = ", ".join(f"%s::{types[c]}[]" for c in layout.key)
     cur = conn.execute(
-        f"SELECT * FROM {quote_ident(layout.table)} WHERE {day_filter(layout, day)} "
+        f"SELECT {layout.select_list()} FROM {quote_ident(layout.table)} "
+        f"WHERE {day_filter(layout, day)} "
         f"AND ({key_cols}) IN (SELECT * FROM unnest({arrays}))",
         [list(column) for column in zip(*keys)])
     names = [d.name for d in cur.description]
@@ -84,12 +91,14 @@ def verify_export(dsn: str, store: ObjectStore, table: str, day: date, *, deep: 
                   sample_rows: int = 200) -> dict[str, CheckOutcome]:
     """Check the export of (table, day) against the database; see :data:`CHECKS`.
 
-    Sets ``export_manifest.verified_at`` to now for every venue whose checks all pass and clears
-    it for the others. ``deep`` downloads every object to compare its sha256 (otherwise size and
-    ETag only). ``sample_rows`` rows per venue are compared column by column.
+    Every partition is checked on its own: per venue, and for a private table per (venue,
+    account). Sets ``export_manifest.verified_at`` to now for every partition whose checks all
+    pass and clears it for the others. ``deep`` downloads every object to compare its sha256
+    (otherwise size and ETag only). ``sample_rows`` rows per partition are compared column by
+    column (numeric and json columns as their PostgreSQL text, as the files hold them).
 
     Returns:
-        check name -> outcome, over all venues of the day.
+        check name -> outcome, over all partitions of the day.
 
     Raises:
         ExportError: the table does not exist.
@@ -100,27 +109,28 @@ def verify_export(dsn: str, store: ObjectStore, table: str, day: date, *, deep: 
         if layout is None:
             raise ExportError(f"table {table} does not exist")
         db_counts = _db_counts(conn, layout, day)
-        manifests = {m.venue: m for m in manifest_rows(conn, table, day)}
-        venue_ok: dict[str, bool] = {}
-        for venue in sorted(set(db_counts) | set(manifests)):
+        manifests = {m.unit: m for m in manifest_rows(conn, table, day)}
+        unit_ok: dict[Unit, bool] = {}
+        for unit in sorted(set(db_counts) | set(manifests), key=unit_order):
             failed_before = {n: len(o.failures) for n, o in outcomes.items()}
-            _verify_venue(conn, store, layout, day, venue, db_counts.get(venue, 0),
-                          manifests.get(venue), outcomes, deep, sample_rows)
-            venue_ok[venue] = all(len(o.failures) == failed_before[n]
-                                  for n, o in outcomes.items())
-        for venue, m in manifests.items():
+            _verify_unit(conn, store, layout, day, unit, db_counts.get(unit, 0),
+                         manifests.get(unit), outcomes, deep, sample_rows)
+            unit_ok[unit] = all(len(o.failures) == failed_before[n]
+                                for n, o in outcomes.items())
+        for unit, m in manifests.items():
             conn.execute(
                 "UPDATE export_manifest SET verified_at = CASE WHEN %s THEN now() END "
-                "WHERE table_name = %s AND day = %s AND venue = %s AND export_id = %s",
-                (venue_ok[venue], table, day, venue, m.export_id))
+                "WHERE table_name = %s AND day = %s AND venue = %s "
+                "AND account_id IS NOT DISTINCT FROM %s AND export_id = %s",
+                (unit_ok[unit], table, day, unit[0], unit[1], m.export_id))
     outcomes["row_count"].metadata["database_rows"] = sum(db_counts.values())
     return outcomes
 
 
-def _verify_venue(conn: psycopg.Connection, store: ObjectStore, layout: TableLayout, day: date,
-                  venue: str, db_rows: int, manifest: ManifestRow | None,
-                  outcomes: dict[str, CheckOutcome], deep: bool, sample_rows: int) -> None:
-    where = f"{venue}/{layout.table}/{day}"
+def _verify_unit(conn: psycopg.Connection, store: ObjectStore, layout: TableLayout, day: date,
+                 unit: Unit, db_rows: int, manifest: ManifestRow | None,
+                 outcomes: dict[str, CheckOutcome], deep: bool, sample_rows: int) -> None:
+    where = f"{unit_name(unit)}/{layout.table}/{day}"
     count, objects, schema_check, sample = (outcomes[n] for n in CHECKS)
     if manifest is None:
         count.fail(f"{where}: {db_rows} rows in the database, no export")
@@ -159,8 +169,8 @@ def _verify_venue(conn: psycopg.Connection, store: ObjectStore, layout: TableLay
                    f"{manifest.source_rows} at export time")
     count.metadata["parquet_rows"] = count.metadata.get("parquet_rows", 0) + parquet_rows
     if files and sample_rows > 0:
-        _compare_sample(conn, store, layout, day, venue, files, manifest.export_id, sample_rows,
-                        sample)
+        _compare_sample(conn, store, layout, day, unit[0], files, manifest.export_id,
+                        sample_rows, sample)
 
 
 def _compare_sample(conn: psycopg.Connection, store: ObjectStore, layout: TableLayout, day: date,

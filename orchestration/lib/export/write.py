@@ -22,10 +22,12 @@ from orchestration.lib.export.layout import (
     MANIFEST_NAME,
     ExportError,
     TableLayout,
+    Unit,
     day_bounds,
     partition_prefix,
     start_of_day_us,
     table_layout,
+    unit_name,
 )
 from orchestration.lib.export.manifest import (
     ExportedFile,
@@ -88,7 +90,7 @@ def _prepared(spill: DaySpill, ids: list[int], layout: TableLayout,
         rng = spill.ready(i)
         if rng.path is None:
             return rng, None
-        return rng, sorted_range(layout, rng, day_start_us).drop_columns(["venue"])
+        return rng, sorted_range(layout, rng, day_start_us)
 
     if not ids:
         return
@@ -151,16 +153,18 @@ def _write_files(store: ObjectStore, folder: str, number: int, schema: pa.Schema
 def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day: date,
                      settings: ExportSettings = ExportSettings(),
                      now: datetime | None = None) -> list[PartitionExport] | None:
-    """Export one UTC day of ``table``: one partition per venue with rows that day.
+    """Export one UTC day of ``table``: one partition per venue with rows that day, or for a
+    private table (an ``account_id`` column) one per (venue, account) with rows that day, under
+    ``venue=<venue>/account=<account_id>/`` (one account's files share nothing with another's).
 
-    Replaces any earlier export of those partitions: first every venue's new objects are
-    uploaded, then the venues' manifests are written, then their ``export_manifest`` rows
+    Replaces any earlier export of those partitions: first every partition's new objects are
+    uploaded, then the manifests are written, then their ``export_manifest`` rows
     (``verified_at`` NULL), then their previous objects are deleted. Returns None when the table
     does not exist, [] when it has no rows that day.
 
     Raises:
         ExportError: the day has not ended (``now``, default the current time), the table's
-            shape is not exportable, or a venue's export in force (its ``_manifest.json`` or
+            shape is not exportable, or a partition's export in force (its ``_manifest.json`` or
             ``export_manifest`` row) holds more rows than the database holds now: retention
             dropped the day since, and replacing the archive would lose those rows (checked
             before anything is uploaded; the message names the partition and both counts). On
@@ -182,10 +186,10 @@ def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day:
                              settings.read_passes)
             try:
                 source_rows = spill.source_rows
-                folders = {v: partition_prefix(prefix, v, layout.table, day)
-                           for v in sorted(source_rows)}
+                folders = {u: partition_prefix(prefix, u[0], layout.table, day, u[1])
+                           for u in source_rows}
                 _refuse_shrinking(dsn, store, layout, day, folders, source_rows)
-                previous = {v: store.list_keys(folder) for v, folder in folders.items()}
+                previous = {u: store.list_keys(folder) for u, folder in folders.items()}
                 spill.start()
                 exports = _upload(store, layout, day, folders, previous, spill, settings)
             finally:
@@ -197,12 +201,12 @@ def export_table_day(dsn: str, store: ObjectStore, prefix: str, table: str, day:
             record_export(conn, export)
     for export in exports:
         keep = {f.key for f in export.files} | {export.manifest_key}
-        store.delete([k for k in previous[export.venue] if k not in keep])
+        store.delete([k for k in previous[export.unit] if k not in keep])
     return exports
 
 
 def _refuse_shrinking(dsn: str, store: ObjectStore, layout: TableLayout, day: date,
-                      folders: dict[str, str], source_rows: dict[str, int]) -> None:
+                      folders: dict[Unit, str], source_rows: dict[Unit, int]) -> None:
     """Raise ExportError when the export in force of a partition (its ``_manifest.json`` or its
     ``export_manifest`` row, whichever holds more) has more rows than the database holds now.
 
@@ -211,53 +215,53 @@ def _refuse_shrinking(dsn: str, store: ObjectStore, layout: TableLayout, day: da
     and replacing the archive with what is left would delete the dropped rows for good.
     """
     with psycopg.connect(dsn) as conn:
-        recorded = {m.venue: m.rows for m in manifest_rows(conn, layout.table, day)}
-    for venue, folder in folders.items():
+        recorded = {m.unit: m.rows for m in manifest_rows(conn, layout.table, day)}
+    for unit, folder in folders.items():
         in_store = (stored_manifest(store, folder) or {}).get("rows", 0)
-        archived = max(in_store, recorded.get(venue, 0))
-        if archived > source_rows[venue]:
+        archived = max(in_store, recorded.get(unit, 0))
+        if archived > source_rows[unit]:
             raise ExportError(
                 f"{folder}: refusing to replace the export in force ({archived} rows: "
-                f"{folder}{MANIFEST_NAME} {in_store}, export_manifest {recorded.get(venue, 0)}) "
-                f"with the {source_rows[venue]} rows the database holds now; rows of the day "
+                f"{folder}{MANIFEST_NAME} {in_store}, export_manifest {recorded.get(unit, 0)}) "
+                f"with the {source_rows[unit]} rows the database holds now; rows of the day "
                 f"were dropped since (retention), re-exporting would lose them. To replace it "
                 f"anyway, delete the partition's {MANIFEST_NAME} and export_manifest row first.")
 
 
-def _upload(store: ObjectStore, layout: TableLayout, day: date, folders: dict[str, str],
-            previous: dict[str, list[str]], spill: DaySpill,
+def _upload(store: ObjectStore, layout: TableLayout, day: date, folders: dict[Unit, str],
+            previous: dict[Unit, list[str]], spill: DaySpill,
             settings: ExportSettings) -> list[PartitionExport]:
-    """Upload every venue's files (as the spill's ranges become ready), then write every
-    venue's manifest; on an error delete this run's objects of each venue whose manifest in
-    force is not this run's, and re-raise."""
+    """Upload every partition's files (as the spill's ranges become ready), then write every
+    partition's manifest; on an error delete this run's objects of each partition whose
+    manifest in force is not this run's, and re-raise."""
     source_rows = spill.source_rows
-    export_ids = {venue: uuid.uuid4().hex for venue in folders}
-    written: dict[str, list[ExportedFile]] = {venue: [] for venue in folders}
+    export_ids = {unit: uuid.uuid4().hex for unit in folders}
+    written: dict[Unit, list[ExportedFile]] = {unit: [] for unit in folders}
     exports: list[PartitionExport] = []
     try:
-        for venue, folder in folders.items():
-            ids = [i for i, r in enumerate(spill.ranges) if r.venue == venue]
-            _write_files(store, folder, _next_part_number(previous[venue]),
-                         layout.schema_for(venue, day), layout,
-                         _prepared(spill, ids, layout, day), settings, written[venue])
+        for unit, folder in folders.items():
+            ids = [i for i, r in enumerate(spill.ranges) if r.unit == unit]
+            _write_files(store, folder, _next_part_number(previous[unit]),
+                         layout.schema_for(unit[0], day, unit[1]), layout,
+                         _prepared(spill, ids, layout, day), settings, written[unit])
             export = PartitionExport(
-                venue, layout.table, day, export_ids[venue], source_rows[venue],
-                tuple(written[venue]), folder + MANIFEST_NAME, store.url, datetime.now(UTC),
-                layout.file_schema, layout.sort_key)
-            if export.rows != source_rows[venue]:
-                raise ExportError(f"{venue}/{layout.table}/{day}: wrote {export.rows} rows, the "
-                                  f"database snapshot had {source_rows[venue]}")
+                unit[0], layout.table, day, export_ids[unit], source_rows[unit],
+                tuple(written[unit]), folder + MANIFEST_NAME, store.url, datetime.now(UTC),
+                layout.file_schema, layout.sort_key, account_id=unit[1])
+            if export.rows != source_rows[unit]:
+                raise ExportError(f"{unit_name(unit)}/{layout.table}/{day}: wrote {export.rows} "
+                                  f"rows, the database snapshot had {source_rows[unit]}")
             exports.append(export)
         for export in exports:
             store.put_bytes(export.manifest_key,
                             json.dumps(export.manifest(), indent=1).encode())
     except BaseException as exc:
-        for venue, folder in folders.items():
+        for unit, folder in folders.items():
             try:
                 # Unless the manifest got written after all (a lost response), this run's
                 # objects are garbage: the previous manifest stays in force and names none.
-                if (stored_manifest(store, folder) or {}).get("export_id") != export_ids[venue]:
-                    store.delete([f.key for f in written[venue]])
+                if (stored_manifest(store, folder) or {}).get("export_id") != export_ids[unit]:
+                    store.delete([f.key for f in written[unit]])
             except Exception as cleanup:
                 exc.add_note(f"{folder}: objects of the failed export left in place ({cleanup!r});"
                              " the next export of the partition deletes them")
