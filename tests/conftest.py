@@ -65,6 +65,20 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: The order of the test folders: quick and CPU-light first, the compose stack last. CI
+#: (.ci/run) builds the stack's images in the background while the others run, so the stack's
+#: tests find them built instead of waiting ~4 min for them.
+FOLDER_ORDER = ("unit", "integration", "history", "emulator", "orchestration", "fake_venue", "e2e",
+                "faults", "deployment")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        parts = item.path.relative_to(REPO_ROOT / "tests").parts
+        return FOLDER_ORDER.index(parts[0]) if len(parts) > 1 and parts[0] in FOLDER_ORDER else 0
+    items.sort(key=rank)   # stable: the order within a folder is pytest's
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # A test marked realdata needs the captures even if it does not take real_data_dir.
     if item.get_closest_marker("realdata") is not None:

@@ -47,6 +47,15 @@ def test_three_accounts_30_drops_every_execution_once(migrated_db_url, tmp_path,
         events = server.replayer.events
         events += emu.private_events(list(SECRETS), COPIES, events[0].ts, events[-1].ts)
         events.sort(key=lambda e: e.ts)
+        replayer, dispatch = server.replayer, server.replayer._dispatch
+
+        def dispatch_noting_lost(ev):   # an execution played while its account had no live subscription
+            if ev.kind == "private" and ev.data["topic"] == "execution" and not any(
+                    not c.blocked for route in ev.routes for members in replayer._index.get(route, {}).values()
+                    for c in members):
+                lost.update((ids[ev.instrument], d["execId"]) for d in ev.data["data"])
+            dispatch(ev)
+        replayer._dispatch = dispatch_noting_lost
         await server.start()
         settings = load_settings(**{
             "database_url": migrated_db_url, "venue": "bybit", "categories": "linear", "linear_symbols": "BTCUSDT",
@@ -78,6 +87,7 @@ def test_three_accounts_30_drops_every_execution_once(migrated_db_url, tmp_path,
             await asyncio.wait_for(run, 60)
             await server.stop()
 
+    lost: set[tuple[int, str]] = set()
     stats, private_drops, reconciled = asyncio.run(scenario())
     assert stats["totals"]["drops"] == DROPS
     assert private_drops >= 5                          # the private connections were among those dropped
@@ -91,5 +101,7 @@ def test_three_accounts_30_drops_every_execution_once(migrated_db_url, tmp_path,
         mine = [r[1] for r in rows if r[0] == account_id]
         assert sorted(mine) == sorted(f"{fill['execId']}-{key}-t{k}" for k in range(COPIES))   # once each
     assert len(rows) == COPIES * len(SECRETS)                                                # nothing else
-    assert {r[2] for r in rows} == {"ws", "rest"}     # lost frames came back through the reconciliation
+    # what no connection received came back through the reconciliation (how many depends on where the
+    # seeded drops fall against the private traffic: often none; test_bybit_accounts loses some for sure)
+    assert lost <= {(r[0], r[1]) for r in rows if r[2] == "rest"}
     assert sorted(orders) == sorted((i, COPIES) for i in ids.values())

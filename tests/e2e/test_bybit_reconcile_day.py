@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -24,13 +25,19 @@ DAY = "2026-11-30"
 HOUR_MS = 3_600_000
 
 
-def test_reconcile_day_per_account(migrated_db_url, real_data_dir, monkeypatch) -> None:
+def _alpha_and_beta(dsn: str, monkeypatch, *, beta_secret: str) -> dict[str, int]:
+    """Accounts alpha (key-a, its right secret) and beta (key-b, ``beta_secret``: the emulator
+    knows ``secret-bbbb``); label -> account_id."""
     monkeypatch.setenv("TV_A", "secret-aaaa")
-    monkeypatch.setenv("TV_B", "not-the-secret-bbbb")
-    with psycopg.connect(migrated_db_url) as conn:
-        ids = dict(conn.execute("INSERT INTO accounts (label, venue, key_id, secret_ref) VALUES "
-                                "('alpha', 'bybit', 'key-a', 'env:TV_A'), ('beta', 'bybit', 'key-b', 'env:TV_B') "
-                                "RETURNING label, account_id").fetchall())
+    monkeypatch.setenv("TV_B", beta_secret)
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("INSERT INTO accounts (label, venue, key_id, secret_ref) VALUES "
+                                 "('alpha', 'bybit', 'key-a', 'env:TV_A'), ('beta', 'bybit', 'key-b', 'env:TV_B') "
+                                 "RETURNING label, account_id").fetchall())
+
+
+def test_reconcile_day_per_account(migrated_db_url, real_data_dir, monkeypatch) -> None:
+    ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="not-the-secret-bbbb")
     day_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000)
 
     async def scenario():
@@ -67,56 +74,119 @@ def test_reconcile_day_per_account(migrated_db_url, real_data_dir, monkeypatch) 
 
 
 def test_private_reconciliation_asset(migrated_db_url, real_data_dir, monkeypatch) -> None:
-    """The asset materialised in process for a deployment recording Bybit (TICKVAULT_VENUES
-    read when its module loads): metadata per account and both checks."""
-    import importlib
-    import os
+    """``bybit/private_reconciliation`` materialised in process for one day x account (partition
+    ``alpha|2026-11-30``): only alpha is reconciled (beta's rows stay untouched), its metadata
+    and the three inline checks, and the rows it stored."""
     import threading
 
     import dagster as dg
 
-    from orchestration import partitions
-    from orchestration.defs.assets import private   # (and what it imports) as the session has them
+    from orchestration.defs.assets.private import build_private_reconciliation
     from orchestration.resources import DatabaseResource, VenueApiResource
 
-    monkeypatch.setenv("TV_A", "secret-aaaa")
+    ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="secret-bbbb")
     with psycopg.connect(migrated_db_url) as conn:
-        conn.execute("INSERT INTO accounts (label, venue, key_id, secret_ref) VALUES ('alpha', 'bybit', 'key-a', 'env:TV_A')")
+        # a wallet snapshot of the evening: positions_wallet_fresh then fails on positions only
+        conn.execute("INSERT INTO bybit_wallet (venue, account_id, account_type, coin, exchange_ts, receive_ts, "
+                     "source) VALUES ('bybit', %s, 'UNIFIED', 'USDT', %s, %s, 'ws')",
+                     (ids["alpha"], f"{DAY} 22:00+00", f"{DAY} 22:00+00"))
     day_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
     async def boot():
         server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
-        server.venue.accounts = {"key-a": "secret-aaaa"}
+        server.venue.accounts = {"key-a": "secret-aaaa", "key-b": "secret-bbbb"}
         server.venue.private_frames = [json.loads((real_data_dir / f).read_text()) for f in FRAMES]
         server.venue.private_copies, server.venue.private_rest_only = 0, 4
         server.venue.private_start_ms, server.venue.private_step_ms = day_ms, 5 * HOUR_MS
         await server.start()
         return server
     server = asyncio.run_coroutine_threadsafe(boot(), loop).result(60)
-    venues = os.environ.get("TICKVAULT_VENUES")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("bybit_accounts", ["alpha", "beta"])
     try:
-        os.environ["TICKVAULT_VENUES"] = "bybit"   # only this module is reloaded with it
-        importlib.reload(partitions)
-        module = importlib.reload(private)
-        result = dg.materialize([module.private_reconciliation], partition_key=DAY, resources={
-            "database": DatabaseResource(url=migrated_db_url),
-            "bybit": VenueApiResource(venue="bybit", base_url=server.rest_url,
-                                      options={"private_categories": "linear"})})
+        result = dg.materialize(
+            [build_private_reconciliation("bybit")], partition_key=f"alpha|{DAY}", instance=instance,
+            resources={"database": DatabaseResource(url=migrated_db_url),
+                       "bybit": VenueApiResource(venue="bybit", base_url=server.rest_url, max_concurrency=2,
+                                                 options={"private_categories": "linear"})})
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
-        if venues is None:
-            os.environ.pop("TICKVAULT_VENUES", None)
-        else:
-            os.environ["TICKVAULT_VENUES"] = venues
-        importlib.reload(partitions)
-        importlib.reload(private)
     assert result.success
-    mat = result.asset_materializations_for_node("private_reconciliation")[0]
+    [mat] = [e.materialization for e in result.get_asset_materialization_events()]
+    assert mat.asset_key == dg.AssetKey(["bybit", "private_reconciliation"])
+    assert mat.partition == f"alpha|{DAY}"
     meta = {k: getattr(v, "value", getattr(v, "data", v)) for k, v in mat.metadata.items()}
-    assert (meta["accounts"], meta["executions_rest"], meta["executions_stored"]) == (1, 4, 4)
-    assert meta["per_account"]["bybit/alpha"]["inserted"] == {"bybit_executions": 4, "bybit_orders": 4}
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"executions_unique": True, "executions_match_rest": True}
+    assert (meta["account"], meta["account_id"], meta["executions_rest"], meta["executions_stored"]) == (
+        "alpha", ids["alpha"], 4, 4)
+    assert meta["inserted"] == {"bybit_executions": 4, "bybit_orders": 4}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert {n: c.passed for n, c in checks.items()} == {
+        "executions_unique": True, "executions_match_rest": True, "positions_wallet_fresh": False}
+    fresh = {k: v.value for k, v in checks["positions_wallet_fresh"].metadata.items()}
+    assert fresh["stale"] == ["bybit_positions"]
+    assert fresh["tables"]["bybit_wallet"]["age_s"] == 7200.0
+    with psycopg.connect(migrated_db_url) as conn:
+        stored = conn.execute("SELECT account_id, count(*) FROM bybit_executions GROUP BY 1").fetchall()
+        orders = conn.execute("SELECT account_id, count(*) FROM bybit_orders GROUP BY 1").fetchall()
+    assert stored == [(ids["alpha"], 4)] and orders == [(ids["alpha"], 4)]
+
+
+def test_reconcile_day_resolves_the_accounts_open_private_gaps(migrated_db_url, real_data_dir, monkeypatch) -> None:
+    """Open private gaps whose reconciliations all failed are settled by the day's: inside a
+    past day executions ``backfilled``, orders ``unrecoverable`` (REST keeps an order's latest
+    state only), positions and wallet ``unrecoverable`` (a current snapshot only); on the
+    current day positions ``backfilled`` (its snapshot was taken); an account whose
+    reconciliation fails, another day and a window across midnight stay open."""
+    from collector_daemon.core.gaps import Gap, GapStatus, insert_gaps_sync
+
+    ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="not-the-secret-bbbb")
+    day_us = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1e6)
+    today = datetime.now(UTC).date()
+    today_us = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1e6)
+    while time.time() * 1e6 < today_us + 2e6:   # the current day's window must have ended
+        time.sleep(0.5)
+    windows = {   # name -> (account, stream, start µs, end µs)
+        **{f"day-{s}": ("alpha", s, day_us + 3 * HOUR_MS * 1000, day_us + 3 * HOUR_MS * 1000 + 60e6)
+           for s in ("executions", "orders", "positions", "wallet")},
+        "beta-day": ("beta", "executions", day_us + 3 * HOUR_MS * 1000, day_us + 3 * HOUR_MS * 1000 + 60e6),
+        "next-day": ("alpha", "executions", day_us + 26 * HOUR_MS * 1000, day_us + 26 * HOUR_MS * 1000 + 60e6),
+        "midnight": ("alpha", "executions", day_us + 24 * HOUR_MS * 1000 - 30e6, day_us + 24 * HOUR_MS * 1000 + 30e6),
+        "today-positions": ("alpha", "positions", today_us, today_us + 1e6),
+    }
+    with psycopg.connect(migrated_db_url) as conn:
+        insert_gaps_sync(conn, [Gap("bybit", stream, "*", int(a), int(b), None, None, "disconnect", GapStatus.OPEN,
+                                    name, account_id=ids[label]) for name, (label, stream, a, b) in windows.items()])
+
+    async def scenario():
+        server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
+        server.venue.accounts = {"key-a": "secret-aaaa", "key-b": "secret-bbbb"}
+        server.venue.private_frames = [json.loads((real_data_dir / f).read_text()) for f in FRAMES]
+        await server.start()
+        try:
+            venue = get_venue("bybit")
+            settings = venue.load_settings(rest_url=server.rest_url, private_categories="linear")
+            return (await reconcile_day(migrated_db_url, venue, settings, DAY),
+                    await reconcile_day(migrated_db_url, venue, settings, today.isoformat(), labels=["alpha"]))
+        finally:
+            await server.stop()
+
+    (alpha, beta), (alpha_today,) = asyncio.run(scenario())
+    assert alpha.gaps_resolved == {"executions": {"backfilled": 1}, "orders": {"unrecoverable": 1},
+                                   "positions": {"unrecoverable": 1}, "wallet": {"unrecoverable": 1}}
+    assert beta.error is not None and beta.gaps_resolved == {}
+    assert alpha_today.gaps_resolved == {"positions": {"backfilled": 1}}
+    with psycopg.connect(migrated_db_url) as conn:
+        gaps = {r[0]: r[1:] for r in conn.execute(
+            "SELECT reason, status, resolved_at IS NOT NULL FROM data_gaps").fetchall()}
+        reasons = dict(conn.execute("SELECT stream, reason FROM data_gaps WHERE status = 'unrecoverable'").fetchall())
+    assert gaps == {   # an unrecoverable gap's reason is the stream's; the others keep the recorded one
+        "day-executions": ("backfilled", True), reasons["orders"]: ("unrecoverable", True),
+        reasons["positions"]: ("unrecoverable", True), reasons["wallet"]: ("unrecoverable", True),
+        "beta-day": ("open", False), "next-day": ("open", False), "midnight": ("open", False),
+        "today-positions": ("backfilled", True)}
+    assert reasons["orders"].startswith("Bybit's /v5/order/history returns each order's latest state only")
+    assert reasons["positions"] == ("bybit REST serves positions as the current snapshot only, and no "
+                                    "reconciliation succeeded while this window's day was current")

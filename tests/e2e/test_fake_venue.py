@@ -160,16 +160,16 @@ def test_a_fake_venue_plugs_in_everywhere(db_url, tmp_path) -> None:
 import json, dagster as dg
 from orchestration.definitions import defs
 from orchestration.partitions import VENUES
-from orchestration.defs.assets.backfill import trades_backfill
-from orchestration.defs.assets.gaps import trade_gaps
+from orchestration.defs.assets.backfill import BACKFILL_ASSETS
+from orchestration.defs.assets.gaps import GAP_ASSETS
 from orchestration.resources import DatabaseResource, VenueApiResource
 d = defs()
 res = {{"database": DatabaseResource(url={db_url!r}), **{{n: VenueApiResource(venue=n) for n in VENUES}}}}
-r = dg.materialize([trade_gaps, trades_backfill], partition_key={day!r}, resources=res)
+r = dg.materialize([*GAP_ASSETS, *BACKFILL_ASSETS], partition_key={day!r}, resources=res)
 meta = {{k: v.value for e in r.get_asset_materialization_events()
          for k, v in e.materialization.metadata.items()}}
 print(json.dumps({{"resources": sorted(d.resources), "ok": r.success,
-                   "by_kind": meta.get("fakex/by_kind")}}))
+                   "by_kind": meta.get("by_kind")}}))
 """
         # the deployment records the fake venue only (TICKVAULT_VENUES), so Dagster audits and
         # backfills nothing else (Deribit's REST is not reachable here)

@@ -25,20 +25,23 @@ SCRIPT = f"""
 import json, dagster as dg
 from orchestration.definitions import defs
 from orchestration.partitions import VENUES
-from orchestration.defs.assets.universe import instrument_universe
-from orchestration.defs.assets.gaps import trade_gaps
-from orchestration.defs.assets.backfill import trades_backfill
+from orchestration.defs.assets.universe import UNIVERSE_ASSETS
+from orchestration.defs.assets.gaps import GAP_ASSETS
+from orchestration.defs.assets.backfill import BACKFILL_ASSETS
 from orchestration.resources import DatabaseResource, VenueApiResource
 import os
 d = defs()
 res = {{"database": DatabaseResource(url=os.environ["TICKVAULT_DATABASE_URL"]),
         **{{n: VenueApiResource(venue=n) for n in VENUES}}}}
-u = dg.materialize([instrument_universe], resources=res)
-r = dg.materialize([trade_gaps, trades_backfill], partition_key={DAY!r}, resources=res)
-meta = {{e.asset_key.path[-1]: {{k: str(v.value) for k, v in e.materialization.metadata.items()}}
+u = dg.materialize(UNIVERSE_ASSETS, resources=res)
+r = dg.materialize([*GAP_ASSETS, *BACKFILL_ASSETS], partition_key={DAY!r}, resources=res)
+meta = {{e.asset_key.to_user_string(): {{k: str(v.value) for k, v in e.materialization.metadata.items()}}
          for e in r.get_asset_materialization_events()}}
+keys = sorted(k.to_user_string() for k in d.resolve_asset_graph().get_all_asset_keys()
+              if k.path[0] == "kraken")
+groups = sorted({{d.resolve_asset_graph().get(dg.AssetKey.from_user_string(k)).group_name for k in keys}})
 print(json.dumps({{"venues": list(VENUES), "resources": sorted(d.resources), "ok": u.success and r.success,
-                   "meta": meta}}))
+                   "meta": meta, "kraken_assets": keys, "groups": groups}}))
 """
 
 
@@ -73,6 +76,9 @@ def test_kraken_universe_gap_audit_and_backfill_through_the_registry(migrated_db
     assert rc == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result["ok"] and result["venues"] == ["kraken"] and "kraken" in result["resources"]
+    assert result["kraken_assets"] == ["kraken/instrument_universe", "kraken/trade_gaps", "kraken/trades_backfill"]
+    assert result["groups"] == ["kraken"]
+    assert result["meta"]["kraken/trade_gaps"]["by_stream"] == "{'trades': {'trade_seq': 1}}"
     with psycopg.connect(migrated_db_url) as conn:
         instruments = conn.execute("SELECT instrument_name, kind, base_currency, quote_currency, tick_size "
                                    "FROM instruments WHERE venue = 'kraken'").fetchall()

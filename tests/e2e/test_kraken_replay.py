@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import psycopg
@@ -174,3 +175,40 @@ def test_maintenance_paces_reconnects_and_malformed_frames_are_kept(migrated_db_
     # (positions played while the socket was down reach nobody)
     assert rejected == summary.rejected == stats["totals"]["malformed_sent"] >= 1
     assert set(stored_trades(migrated_db_url)) == set(real_trades(real_data_dir))
+
+
+def test_disconnect_candles_refetched_from_rest_ohlc(migrated_db_url, tmp_path, real_data_dir):
+    """The emulator drops the WebSocket once while trades and one-minute candles stream: the
+    ``ohlc`` updates sent while it was down reach nobody. The disconnect window's recovery
+    refetches the candles from REST OHLC, so exchange_candles has every real candle once, with
+    REST's values, closed (all but the newest), and those of the window come from REST."""
+    summary, stats = asyncio.run(replay(migrated_db_url, tmp_path, real_data_dir,
+                                        faults=Faults(seed=5, drop_every=500, drop_count=1),
+                                        speed=20_000))
+    assert stats["totals"]["drops"] == summary.reconnects == 1
+    with psycopg.connect(migrated_db_url) as conn:
+        candles = conn.execute(
+            "SELECT (extract(epoch FROM interval_begin))::bigint, open, high, low, close, vwap, volume, "
+            "trade_count, closed, source FROM exchange_candles WHERE venue = 'kraken' "
+            "AND instrument_name = %s AND interval_minutes = 1 ORDER BY interval_begin", (SYMBOL,)).fetchall()
+        window = conn.execute(
+            "SELECT extract(epoch FROM gap_start)::float8, extract(epoch FROM gap_end)::float8, status, "
+            "reason FROM data_gaps WHERE detected_by = 'disconnect'").fetchall()
+    expected = real_candles(real_data_dir)
+    assert [c[:8] for c in candles] == [
+        (c[0], float(c[1]), float(c[2]), float(c[3]), float(c[4]), float(c[5]) if c[7] else None,
+         float(c[6]), c[7])
+        for c in expected]
+    assert [c[8] for c in candles] == [True] * 720 + [False]
+    assert len(window) == 1 and window[0][2] == "backfilled", window
+    start, end, _, reason = window[0]
+    first = int(start) // 60 * 60 - 60      # the candle before the one holding the window's start
+    from_rest = [c[0] for c in candles if c[9] == "rest"]
+    assert len(from_rest) >= 2, "the drop made the stream miss candles, refetched from REST"
+    assert all(b >= first for b in from_rest), (start, end, from_rest)
+    # REST served the closed candles from `first` to the call (its newest, open, left to the
+    # stream): as many as the real ones from `first` up to a candle after the window's end
+    fetched, written = map(int, re.search(r"exchange_candles: (\d+) fetched, (\d+) written", reason).groups())
+    newest = first + 60 * (fetched - 1)
+    assert newest >= end - 60 and written >= len(from_rest)
+    assert fetched == len([c for c in expected if first <= c[0] <= newest])

@@ -204,8 +204,8 @@ def test_run_replay_brings_up_the_platform_and_ctrl_c_stops_it_all(db_url, tmp_p
         url = re.search(r"Dagster UI at (http://\S+) ", text)[1]
         nodes = _gql(url + "/graphql", ASSETS)["assetNodes"]
         keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
-        assert {"quotes", "trades", "instrument_universe", "trade_gaps", "trades_backfill",
-                "candles", "parquet_export"} <= keys, keys
+        assert {"quotes", "trades", "deribit/instrument_universe", "deribit/trade_gaps",
+                "deribit/trades_backfill", "candles", "parquet_export"} <= keys, keys
         text = wait_log(log, r"the replay is over", proc)
         assert "quotes: 197 rows written of 197 received" in text
         assert "exchange->receive" not in text            # meaningless in a replay: left out

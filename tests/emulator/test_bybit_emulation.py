@@ -180,3 +180,32 @@ def test_cli_emulate_venue_bybit(capture: Path) -> None:
         assert path in banner
     assert "replay finished: 959/959 events" in proc.stdout
     assert "totals: 0 clients" in proc.stdout
+
+
+def test_fanout_rekeys_linear_symbols(capture: Path) -> None:
+    """``fanout=3``: each of the capture's 4 linear symbols gets copies X1/X2, listed like the
+    original and sent every message of the original with the symbol re-keyed (loop suffixes
+    kept); spot is not fanned out."""
+    from collector_daemon.venues.bybit.emulation import BybitEmulation
+
+    emu = BybitEmulation(fanout=3)
+    events = emu.load(capture, None)
+    assert emu.copies == {s: [f"X1{s}", f"X2{s}"] for s in ("BTCUSDT", "DOGEUSDT", "ETHUSDT", "SOLUSDT")}
+    listed = {i["symbol"]: i for i in emu.instruments["linear"]}
+    assert len(listed) == 800 + 8 and listed["X2SOLUSDT"] == {**listed["SOLUSDT"], "symbol": "X2SOLUSDT"}
+    trade = next(e for e in events if e.kind == "trades" and e.routes[0] == "linear|publicTrade.BTCUSDT")
+    original, *copies = emu.instantiate(trade, 1)
+    assert [c.routes for c in copies] == [("linear|publicTrade.X1BTCUSDT",), ("linear|publicTrade.X2BTCUSDT",)]
+    for c in copies:
+        assert c.data["topic"] == c.routes[0].split("|")[1] and {t["s"] for t in c.data["data"]} == {c.instrument}
+        assert [t["i"] for t in c.data["data"]] == [t["i"] for t in original.data["data"]]
+        assert [tid for _, tid in c.trade_ids] == [tid for _, tid in original.trade_ids]
+        assert all(tid.endswith("-L1") for _, tid in c.trade_ids)
+        assert [{k: v for k, v in t.items() if k != "s"} for t in c.data["data"]] == \
+            [{k: v for k, v in t.items() if k != "s"} for t in original.data["data"]]
+    ticker = next(e for e in events if e.kind == "tickers" and e.routes[0].startswith("linear|"))
+    copy = emu.instantiate(ticker, 0)[1]
+    assert copy.data["data"] == {**ticker.data["data"], "symbol": "X1" + ticker.data["data"]["symbol"]}
+    assert emu.route("linear|tickers.X2DOGEUSDT") == "linear|tickers.X2DOGEUSDT"
+    spot = next(e for e in events if e.routes[0].startswith("spot|"))
+    assert emu.instantiate(spot, 0) == (spot,)

@@ -13,19 +13,17 @@ import csv
 import gzip
 import json
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import psutil
-import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from collector_daemon.emulator.replay import Faults
-from faults.conftest import RssSampler, collector_env, emulator_process, tickvault
+from faults.conftest import RssSampler, collector_env, counts, emulator_process, stop_collector, tickvault
 from replay_helpers import CAPTURE, TRADES_CSV, capture_tickers, db_quotes, replay
 
 pytestmark = pytest.mark.realdata
@@ -34,11 +32,6 @@ pytestmark = pytest.mark.realdata
 def option_trades(real: Path) -> dict[str, dict]:
     with gzip.open(real / TRADES_CSV, "rt") as fh:
         return {r["id"]: r for r in csv.DictReader(fh) if r["instrument_name"].endswith(("-C", "-P"))}
-
-
-def counts(dsn: str, sql: str, *args) -> list[tuple]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def sent_tickers(stats: dict) -> int:
@@ -107,12 +100,6 @@ def wait_replay_finished(stats_url: str, timeout: float = 120) -> None:
     while httpx.get(stats_url).json()["replay"]["state"] != "finished":
         assert time.monotonic() < deadline, "replay did not finish"
         time.sleep(0.5)
-
-
-def stop_collector(proc: subprocess.Popen, log: Path) -> None:
-    """SIGTERM and expect a clean exit (everything flushed)."""
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
 
 
 # 1 + 8 ------------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ import dagster as dg
 import psycopg
 
 from orchestration.defs import checks
-from orchestration.defs.assets.backfill import trades_backfill
+from orchestration.defs.assets.backfill import build_trades_backfill
 from orchestration.defs.assets.candles import candles
-from orchestration.defs.assets.gaps import trade_gaps
-from orchestration.defs.assets.universe import instrument_universe
+from orchestration.defs.assets.gaps import build_trade_gaps
+from orchestration.defs.assets.universe import build_instrument_universe
 from collector_daemon.core import recovery
 from collector_daemon.core.days import to_us
 from collector_daemon.venues import get_venue
@@ -20,7 +20,13 @@ from orchestration.resources import DatabaseResource, VenueApiResource
 #: A REST URL nothing listens on (for assets that must not call REST).
 NO_REST = "http://127.0.0.1:9/api/v2"
 
-ALL_CHECKS = [v for v in vars(checks).values() if isinstance(v, dg.AssetChecksDefinition)]
+#: Deribit's assets (``deribit/...``), whatever TICKVAULT_VENUES the session has.
+instrument_universe = build_instrument_universe("deribit")
+trade_gaps = build_trade_gaps("deribit")
+trades_backfill = build_trades_backfill("deribit")
+
+ALL_CHECKS = ([v for v in vars(checks).values() if isinstance(v, dg.AssetChecksDefinition)]
+              + checks.build_venue_checks("deribit"))
 
 
 def resources(dsn: str, rest_url: str = NO_REST, history_url: str | None = None, **deribit) -> dict:
@@ -57,9 +63,11 @@ def materialize(assets: list, partition: str | None, res: dict, *, with_checks: 
                           instance=instance or dg.DagsterInstance.ephemeral())
 
 
-def mat_metadata(result: dg.ExecuteInProcessResult, asset_key: str) -> dict:
-    """Metadata values of the asset's materialisation in ``result``."""
-    [mat] = result.asset_materializations_for_node(asset_key)
+def mat_metadata(result: dg.ExecuteInProcessResult, name: str) -> dict:
+    """Metadata values of the materialisation in ``result`` of the asset whose key ends with
+    ``name`` (``trade_gaps`` for ``deribit/trade_gaps``)."""
+    [mat] = [e.materialization for e in result.get_asset_materialization_events()
+             if e.asset_key.path[-1] == name]
     return {k: v.value for k, v in mat.metadata.items()}
 
 

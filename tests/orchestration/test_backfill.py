@@ -76,7 +76,7 @@ def test_backfill_closes_seq_holes_and_marks_old_windows(migrated_db_url, trades
 
     # Re-audit: the holes are gone, resolutions stay, nothing recoverable is left open.
     again = materialize([trade_gaps], "2026-08-17", res)
-    assert mat_metadata(again, "trade_gaps")["deribit/findings"] == 1  # the lost window (resolved)
+    assert mat_metadata(again, "trade_gaps")["findings"] == 1  # the lost window (resolved)
     assert mat_metadata(again, "trade_gaps")["recoverable_open_gaps"] == 0
     assert len(gaps(migrated_db_url, "audit_day = '2026-08-17'")) == 4
 
@@ -101,7 +101,7 @@ def test_backfill_day_without_live_capture(migrated_db_url, trades_days, emu_tra
         conn.execute("DELETE FROM connection_events WHERE event_ts < %s", (D0817,))
     res = resources(migrated_db_url, emu_trades.rest_url, history_url=emu_trades.rest_url, **BTC)
     audit = materialize([trade_gaps], "2026-08-16", res)
-    assert mat_metadata(audit, "trade_gaps")["deribit/by_kind"] == {"no_capture": 2}
+    assert mat_metadata(audit, "trade_gaps")["by_kind"] == {"no_capture": 2}
     meta = mat_metadata(materialize([trades_backfill], "2026-08-16", res), "trades_backfill")
     want = _expected(trades_days["full"], D0816, D0817)
     assert meta["trades_inserted"] == len(want) > 0

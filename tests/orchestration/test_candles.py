@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 from collections import defaultdict
 from datetime import UTC, datetime
 
+import polars as pl
 import psycopg
 import pytest
 
@@ -117,3 +119,104 @@ def test_candles_are_not_rebuilt_from_a_day_retention_dropped(migrated_db_url, d
             build_candles(conn, "2026-08-17")
         after = conn.execute("SELECT interval, count(*), sum(trade_count) FROM candles GROUP BY 1 ORDER BY 1").fetchall()
     assert after == before and sum(r[2] for r in before if r[0] == "1d") == len(day17)
+
+
+BYBIT_CAPTURE = ("bybit/cryptofeed_2026-08-09_v5_public_linear+spot_tickers_publicTrade_orderbook_"
+                 "kline+instruments-info.jsonl.gz")
+#: The capture's 347 trades (2026-08-09 21:26:59 .. 21:27:41 UTC) are written again at these
+#: shifts (ms), with the trade id suffixed: once on Saturday 2026-08-08, four times on Sunday
+#: 2026-08-09 (both 12h buckets, several 4h and 1h ones): the week (from Monday 08-03) has both.
+BYBIT_SHIFTS_MS = tuple(h * 3_600_000 for h in (-44, -20, -11, -3, 0))
+BYBIT_DAYS = ("2026-08-08", "2026-08-09")
+
+
+def bybit_capture_trades(path) -> list[tuple[str, str, dict]]:
+    """(category, the capture's raw frame, its parsed message) of every publicTrade frame."""
+    out = []
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["dir"] == "recv" and '"topic":"publicTrade.' in rec["raw"]:
+                out.append((rec["url"].rsplit("/", 1)[-1], rec["raw"], json.loads(rec["raw"])))
+    return out
+
+
+def expected_bybit_candles(frames) -> pl.DataFrame:
+    """The candles straight from the frames' JSON with polars (not through our decoder or SQL):
+    one row per (instrument_name, interval, bucket_start ms) with open, high, low, close,
+    volume, trade_count and vwap; trades ordered by (T, seq, i) within a bucket."""
+    raw = pl.DataFrame([
+        {"instrument_name": t["s"] + ("-SPOT" if category == "spot" else ""), "T": t["T"] + shift,
+         "seq": t["seq"], "i": f"{t['i']}-{k}", "p": float(t["p"]), "v": float(t["v"])}
+        for k, shift in enumerate(BYBIT_SHIFTS_MS) for category, _, msg in frames for t in msg["data"]])
+    raw = raw.sort("T", "seq", "i")
+    out = []
+    for label, width in WIDTH_MS.items():
+        origin = MONDAY_MS if label == "1w" else 0
+        out.append(raw.with_columns(bucket_start=pl.col("T") - (pl.col("T") - origin) % width)
+                   .group_by("instrument_name", "bucket_start", maintain_order=True)
+                   .agg(open=pl.col("p").first(), high=pl.col("p").max(), low=pl.col("p").min(),
+                        close=pl.col("p").last(), volume=pl.col("v").sum(),
+                        trade_count=pl.len(), vwap=(pl.col("p") * pl.col("v")).sum() / pl.col("v").sum())
+                   .with_columns(interval=pl.lit(label)))
+    return pl.concat(out)
+
+
+@pytest.mark.parametrize("dsn_fixture", ["migrated_db_url", "migrated_plain_db_url"])
+def test_bybit_trades_get_candles(dsn_fixture, request, real_data_dir):
+    """Bybit's trades (bybit_trades, decoded from the real 2026-08-09 v5 capture by the venue's
+    own decoder) get candles 1m .. 1w equal to those polars computes from the frames' JSON, on
+    TimescaleDB and on plain PostgreSQL; the candle check passes on them."""
+    from collector_daemon.venues.bybit import messages as bm
+    from collector_daemon.venues.bybit.protocol import BybitDecoder
+
+    dsn = request.getfixturevalue(dsn_fixture)
+    frames = bybit_capture_trades(real_data_dir / BYBIT_CAPTURE)
+    decoders = {c: BybitDecoder(c) for c in {c for c, _, _ in frames}}
+    assert set(decoders) == {"linear", "spot"}
+    cols = bm.TRADES.columns
+    rows = []
+    for k, shift in enumerate(BYBIT_SHIFTS_MS):
+        for category, raw, _ in frames:
+            for r in decoders[category].decode(raw, 0).rows:
+                d = dict(zip(cols, r))
+                d["exchange_ts"] += shift * 1000
+                d["receive_ts"] = d["exchange_ts"] + 20_000
+                d["trade_id"] = f"{d['trade_id']}-{k}"
+                rows.append(tuple(d[c] for c in cols))
+    assert write(dsn, bm.TRADES, rows) == len(rows) > 400
+
+    res = resources(dsn)
+    for day in BYBIT_DAYS:
+        result = materialize([candles], day, res, with_checks=True)
+        assert result.success and check_results(result)["candles_match_trades"].passed
+    meta = mat_metadata(result, "candles")
+    assert meta["trades"] == 4 * 347 == 4 * len(rows) // len(BYBIT_SHIFTS_MS)   # 2026-08-09
+
+    with psycopg.connect(dsn) as conn:
+        got = pl.DataFrame(conn.execute(
+            "SELECT venue, instrument_name, interval, (extract(epoch FROM bucket_start) * 1000)::bigint, "
+            "open, high, low, close, volume, trade_count, vwap FROM candles").fetchall(),
+            schema=["venue", "instrument_name", "interval", "bucket_start", "open", "high", "low",
+                    "close", "volume", "trade_count", "vwap"], orient="row")
+    assert set(got["venue"]) == {"bybit"}
+    want = expected_bybit_candles(frames)
+    key = ["instrument_name", "interval", "bucket_start"]
+    joined = want.join(got, on=key, how="full", suffix="_got", coalesce=True)
+    assert len(joined) == len(want) == len(got)
+    assert set(want["instrument_name"]) == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT",
+                                            "BTCUSDT-SPOT", "ETHUSDT-SPOT"}
+    assert sorted(want.group_by("interval").len().rows()) == sorted(got.group_by("interval").len().rows())
+    for r in joined.iter_rows(named=True):
+        k = (r["instrument_name"], r["interval"], r["bucket_start"])
+        assert (r["open_got"], r["high_got"], r["low_got"], r["close_got"], r["trade_count_got"]) == (
+            r["open"], r["high"], r["low"], r["close"], r["trade_count"]), k
+        assert r["volume_got"] == pytest.approx(r["volume"], rel=1e-12), k
+        assert r["vwap_got"] == pytest.approx(r["vwap"], rel=1e-12), k
+    # the perpetual's days, spelled out: one copy of the capture on 2026-08-08, four on the 9th;
+    # the week's candle holds both
+    perp = got.filter(pl.col("instrument_name") == "BTCUSDT").sort("bucket_start")
+    n = perp.filter(pl.col("interval") == "1d")["trade_count"].to_list()
+    assert n == [n[0], 4 * n[0]] and n[0] > 50
+    assert perp.filter(pl.col("interval") == "1w")["trade_count"].to_list() == [5 * n[0]]
+    assert perp.filter(pl.col("interval") == "12h")["trade_count"].to_list() == [n[0], 2 * n[0], 2 * n[0]]

@@ -13,12 +13,12 @@ import pytest
 from collector_daemon.rows import QUOTES, TRADES
 from collector_daemon.venues.deribit import messages as m
 from orch_dagster import (
-    check_results, materialize, resources, trade_gaps, trades_backfill,
+    check_results, checks_of, materialize, resources, trade_gaps, trades_backfill,
 )
 from orch_data import (
     CAPTURE_0405, D0405, D0406, D0817, Q_INSTR, Q_TS, capture_quote_rows, dt_us, trade_rows, write,
 )
-from orchestration.defs.checks import quotes_no_duplicates
+
 from collector_daemon.core import days
 from orchestration.lib import quality
 
@@ -43,13 +43,13 @@ def test_quote_checks_on_captured_day(migrated_db_url, quotes_day, deribit_dir):
 
     fresh = checks["quote_freshness"]
     assert not fresh.passed and fresh.severity == WARN
-    assert _meta(fresh)["deribit/age_s"] == round((D0406 - stored[1]).total_seconds(), 3)
-    assert _meta(fresh)["deribit/current_day"] is False
+    assert _meta(fresh)["age_s"] == round((D0406 - stored[1]).total_seconds(), 3)
+    assert _meta(fresh)["current_day"] is False
 
     cov = checks["quote_coverage"]
     assert not cov.passed and cov.severity == WARN
     meta = _meta(cov)
-    assert meta["deribit/basis"] == "universe_versions" and meta["deribit/instruments"] == 11
+    assert meta["basis"] == "universe_versions" and meta["instruments"] == 11
     minutes = defaultdict(set)
     for r in rows:
         minutes[r[Q_INSTR]].add(r[Q_TS] // 60_000_000)
@@ -58,8 +58,8 @@ def test_quote_checks_on_captured_day(migrated_db_url, quotes_day, deribit_dir):
         per = dict(conn.execute("SELECT instrument_name, count(DISTINCT date_trunc('minute', exchange_ts)) "
                                 "FROM quotes GROUP BY 1").fetchall())
     expected = {n: round(per.get(n, 0) / 1440, 6) for n in list(minutes) + ["ETH-9APR21-2000-C"]}
-    assert meta["deribit/coverage"] == expected
-    assert meta["deribit/min_coverage"] == 0.0 and meta["deribit/below_threshold"] == 11
+    assert meta["coverage"] == expected
+    assert meta["min_coverage"] == 0.0 and meta["below_threshold"] == 11
 
     assert checks["crossed_quotes"].passed and checks["crossed_quotes"].severity == WARN
     assert _meta(checks["crossed_quotes"])["crossed"] == 0
@@ -107,8 +107,8 @@ def test_quote_checks_on_synthetic_day(migrated_db_url, synthetic_day):
     checks = check_results(result)
     cov = _meta(checks["quote_coverage"])
     assert not checks["quote_coverage"].passed
-    assert cov["deribit/instruments"] == 2 and cov["deribit/below_threshold"] == 1
-    assert cov["deribit/coverage"] == {"ETH-16APR21-1600-C": round(synthetic_day["half_minutes"] / 1440, 6)}
+    assert cov["instruments"] == 2 and cov["below_threshold"] == 1
+    assert cov["coverage"] == {"ETH-16APR21-1600-C": round(synthetic_day["half_minutes"] / 1440, 6)}
     assert 0.45 < synthetic_day["half_minutes"] / 1440 < 0.55
 
     crossed = checks["crossed_quotes"]
@@ -137,19 +137,35 @@ def test_trade_checks_after_backfill(migrated_db_url, trades_days, emu_trades):
     materialize([trade_gaps], "2026-08-17", res)
     result = materialize([trades_backfill], "2026-08-17", res, with_checks=True)
     checks = check_results(result)
-    assert set(checks) == {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range"}
+    assert set(checks) == {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range", "trade_coverage"}
     dup = checks["trades_no_duplicates"]
     assert dup.passed and dup.severity == ERROR
     assert checks["trades_in_range"].passed
 
+    # trade_coverage: the day's trades the stream delivered vs those the backfill added
+    with psycopg.connect(migrated_db_url) as conn:
+        ws, rest = conn.execute(
+            "SELECT count(*) FILTER (WHERE source = 'ws'), count(*) FILTER (WHERE source = 'rest') "
+            "FROM trades WHERE venue = 'deribit' AND exchange_ts >= %s AND exchange_ts < %s",
+            (D0817, D0817 + timedelta(days=1))).fetchone()
+        lost = conn.execute("SELECT count(*) FROM data_gaps WHERE venue = 'deribit' AND stream = 'trades' "
+                            "AND status = 'unrecoverable' AND gap_start < %s AND gap_end > %s",
+                            (D0817 + timedelta(days=1), D0817)).fetchone()[0]
+    cov = _meta(checks["trade_coverage"])
+    assert rest > 0 and (cov["from_stream"], cov["from_rest"], cov["trades"]) == (ws, rest, ws + rest)
+    assert cov["stream_share"] == round(ws / (ws + rest), 6)
+    assert checks["trade_coverage"].passed == (ws / (ws + rest) >= 0.99)
+    assert checks["trade_coverage"].severity == WARN
+    assert cov["unrecoverable_gaps"] == lost >= 1 and cov["complete"] is False   # the ghost's hole
+
     cont = checks["trade_seq_continuity"]
     assert not cont.passed and cont.severity == WARN
     meta = _meta(cont)
-    assert (meta["deribit/holes"], meta["deribit/missing_trades"], meta["deribit/unrecoverable_holes"]) == (1, 4, 1)
-    [hole] = meta["deribit/holes_list"]
+    assert (meta["holes"], meta["missing_trades"], meta["unrecoverable_holes"]) == (1, 4, 1)
+    [hole] = meta["holes_list"]
     assert (hole["instrument_name"], hole["seq_from"], hole["seq_to"], hole["status"]) == (
         "BTC-PERPETUAL", last.trade_seq + 1, last.trade_seq + 4, "unrecoverable")
-    assert meta["deribit/open_trade_gaps"] == 0
+    assert meta["open_trade_gaps"] == 0
 
     # Rows the natural key (exchange_ts, venue, instrument, trade_id) lets in but the checks
     # catch: the same trade id again 1 ms later, another trade id with an existing trade_seq,
@@ -187,6 +203,8 @@ def test_quote_duplicates_fail_the_check(migrated_db_url, quotes_day):
             "INSERT INTO quotes SELECT * FROM (SELECT * FROM quotes ORDER BY exchange_ts, "
             "instrument_name LIMIT 3) q RETURNING instrument_name, exchange_ts").fetchall()
         total = conn.execute("SELECT count(*) FROM quotes").fetchone()[0]
+    [quotes_no_duplicates] = [c for c in checks_of("deribit/trade_gaps")
+                              if {k.name for k in c.check_keys} == {"quotes_no_duplicates"}]
     result = dg.materialize([trade_gaps, quotes_no_duplicates], partition_key="2021-04-05",
                             resources=resources(migrated_db_url),
                             instance=dg.DagsterInstance.ephemeral())
@@ -215,9 +233,9 @@ def test_open_interest_vs_rest_current_day(migrated_db_url, deribit_dir, emu_tra
     assert oi["instruments_compared"] == len(eth) == 7
     assert oi["relative_difference"] == 0.0
     fresh = _meta(checks["quote_freshness"])
-    assert checks["quote_freshness"].passed and fresh["deribit/current_day"] is True
-    assert fresh["deribit/age_s"] == 20.0
-    assert fresh["deribit/reference_time"] == now.isoformat()
+    assert checks["quote_freshness"].passed and fresh["current_day"] is True
+    assert fresh["age_s"] == 20.0
+    assert fresh["reference_time"] == now.isoformat()
 
     # The comparison itself: 10 % more open interest at the venue fails a 5 % tolerance.
     with psycopg.connect(migrated_db_url) as conn:

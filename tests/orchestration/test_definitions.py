@@ -5,20 +5,21 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+# The session records Deribit only (tests/orchestration/conftest.py: TICKVAULT_VENUES=deribit);
+# tests/orchestration/test_venue_assets.py loads the code location with every venue.
 EXPECTED_PARENTS = {
     "quotes": set(), "trades": set(), "connection_events": set(), "rejected_messages": set(),
-    "collector_status": set(), "instrument_universe": set(),
-    "trade_gaps": {"quotes", "trades", "connection_events", "instrument_universe"},
-    "trades_backfill": {"trade_gaps"},
-    "candles": {"trades", "trades_backfill"},
-    "private_reconciliation": set(),
+    "collector_status": set(), "deribit/instrument_universe": set(),
+    "deribit/trade_gaps": {"quotes", "trades", "connection_events", "deribit/instrument_universe"},
+    "deribit/trades_backfill": {"deribit/trade_gaps"},
+    "candles": {"trades", "deribit/trades_backfill"},
 }
 EXPECTED_CHECKS = {
-    "trade_gaps": {"quote_freshness", "quote_coverage", "crossed_quotes", "quotes_in_range",
-                   "quotes_no_duplicates", "open_interest_vs_rest"},
-    "trades_backfill": {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range"},
+    "deribit/trade_gaps": {"quote_freshness", "quote_coverage", "crossed_quotes", "quotes_in_range",
+                           "quotes_no_duplicates", "open_interest_vs_rest"},
+    "deribit/trades_backfill": {"trades_no_duplicates", "trade_seq_continuity", "trades_in_range",
+                                "trade_coverage"},
     "candles": {"candles_match_trades", "exchange_candles_agree"},
-    "private_reconciliation": {"executions_unique", "executions_match_rest"},
 }
 
 
@@ -35,15 +36,17 @@ def test_asset_graph(defs):
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert EXPECTED_PARENTS.keys() <= keys
     for key, parents in EXPECTED_PARENTS.items():
-        node = graph.get(dg.AssetKey(key))
+        node = graph.get(dg.AssetKey.from_user_string(key))
         assert {p.to_user_string() for p in node.parent_keys} == parents, key
         assert node.description and "\n" not in node.description.strip(), key
     for key in ("quotes", "trades", "connection_events", "rejected_messages", "collector_status"):
         node = graph.get(dg.AssetKey(key))
         assert not node.is_executable and node.kinds == {"timescaledb"}
         assert node.group_name == "live_capture"
-    for key in ("trade_gaps", "trades_backfill", "candles", "private_reconciliation"):
-        node = graph.get(dg.AssetKey(key))
+    for key in ("deribit/instrument_universe", "deribit/trade_gaps", "deribit/trades_backfill"):
+        assert graph.get(dg.AssetKey.from_user_string(key)).group_name == "deribit"
+    for key in ("deribit/trade_gaps", "deribit/trades_backfill", "candles"):
+        node = graph.get(dg.AssetKey.from_user_string(key))
         assert isinstance(node.partitions_def, dg.DailyPartitionsDefinition)
         assert node.backfill_policy is None  # one run per day, tagged dagster/partition
     checks: dict[str, set] = {}

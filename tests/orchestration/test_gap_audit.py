@@ -28,8 +28,8 @@ def test_audit_quotes_day_exact_findings(migrated_db_url, quotes_day):
     ]
     meta = mat_metadata(result, "trade_gaps")
     assert meta["findings"] == 4
-    assert meta["deribit/by_kind"] == {"unresolved_disconnect": 2, "quote_silence": 1, "no_rows": 1}
-    assert meta["deribit/expected_set_basis"] == "universe_versions"
+    assert meta["by_kind"] == {"unresolved_disconnect": 2, "quote_silence": 1, "no_rows": 1}
+    assert meta["expected_set_basis"] == "universe_versions"
     # Quote gaps cannot be recovered from REST; the trades window is older than 24 h and no
     # history host is configured in this test.
     assert meta["recoverable_open_gaps"] == 0 and meta["unrecoverable_open_gaps"] == 4
@@ -53,8 +53,8 @@ def test_audit_is_idempotent_and_keeps_resolutions(migrated_db_url, quotes_day):
     ids = [r["gap_id"] for r in gaps(migrated_db_url, "detected_by = 'audit'")]
     result = materialize([trade_gaps], "2021-04-05", res)
     meta = mat_metadata(result, "trade_gaps")
-    assert (meta["deribit/inserted"], meta["deribit/updated"], meta["deribit/unchanged"],
-            meta["deribit/deleted_open"], meta["deribit/already_resolved"]) == (0, 0, 3, 0, 1)
+    assert (meta["inserted"], meta["updated"], meta["unchanged"],
+            meta["deleted_open"], meta["already_resolved"]) == (0, 0, 3, 0, 1)
     rows = gaps(migrated_db_url)
     audit = [r for r in rows if r["detected_by"] == "audit"]
     assert _summary(audit) == first  # same findings, no duplicates
@@ -71,7 +71,7 @@ def test_audit_trade_days_exact_findings(migrated_db_url, trades_days):
     rows = gaps(migrated_db_url, "audit_day = '2026-08-17'")
     assert _summary(rows) == trades_days["expected_17"]
     meta = mat_metadata(r17, "trade_gaps")
-    assert meta["deribit/by_kind"] == {"trade_seq": 3, "disconnect": 1}
+    assert meta["by_kind"] == {"trade_seq": 3, "disconnect": 1}
     # seq holes are recoverable by trade_seq whatever their age; the time window is not
     # (older than 24 h, no history host).
     assert meta["recoverable_open_gaps"] == 3 and meta["unrecoverable_open_gaps"] == 1
@@ -82,8 +82,8 @@ def test_audit_trade_days_exact_findings(migrated_db_url, trades_days):
     # hole", their kind is trade_seq: the identity used to differ, so each re-audit replaced them)
     again = gaps(migrated_db_url, "audit_day = '2026-08-17'")
     assert [r["gap_id"] for r in again] == [r["gap_id"] for r in rows]
-    assert (mat_metadata(r17h, "trade_gaps")["deribit/unchanged"],
-            mat_metadata(r17h, "trade_gaps")["deribit/inserted"]) == (4, 0)
+    assert (mat_metadata(r17h, "trade_gaps")["unchanged"],
+            mat_metadata(r17h, "trade_gaps")["inserted"]) == (4, 0)
 
 
 def test_audit_day_without_capture(migrated_db_url):
@@ -92,7 +92,7 @@ def test_audit_day_without_capture(migrated_db_url):
         ("quotes", "*", D0818, D0818 + timedelta(days=1), None, None, "no_capture"),
         ("trades", "*", D0818, D0818 + timedelta(days=1), None, None, "no_capture"),
     ]
-    assert mat_metadata(result, "trade_gaps")["deribit/by_kind"] == {"no_capture": 2}
+    assert mat_metadata(result, "trade_gaps")["by_kind"] == {"no_capture": 2}
 
 
 def test_current_day_without_capture_keeps_its_rows_and_continues_after_resolution(migrated_db_url,

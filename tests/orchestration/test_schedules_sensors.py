@@ -47,8 +47,8 @@ def test_nightly_schedule_targets_yesterday(defs, when, day):
     assert req.partition_key == day and req.run_key == f"nightly:{day}"
     job = defs.resolve_job_def("nightly_job")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
-        "trade_gaps", "trades_backfill", "candles"}
-    assert len(job.asset_layer.asset_graph.asset_check_keys) == 11
+        "deribit/trade_gaps", "deribit/trades_backfill", "candles"}
+    assert len(job.asset_layer.asset_graph.asset_check_keys) == 12   # with deribit's trade_coverage
 
 
 def test_universe_schedule_is_hourly(defs):
@@ -69,7 +69,8 @@ def test_backfill_sensor_requests_days_with_recoverable_gaps(defs, migrated_db_u
     [req] = data.run_requests
     assert req.partition_key == "2026-08-17"
     assert req.tags["tickvault/open_gaps"] == "3"
-    assert req.run_key.startswith("trades_backfill:2026-08-17:")
+    assert req.run_key.startswith("trades_backfill:deribit:2026-08-17:")
+    assert req.asset_selection == [dg.AssetKey(["deribit", "trades_backfill"])]
     assert sensor.job_name == "trades_backfill_job"
     # Next tick from the new cursor: nothing new.
     with dg.build_sensor_context(instance=instance, cursor=data.cursor,
@@ -121,18 +122,18 @@ def test_reaudits_of_today_keep_an_unresolved_disconnect_and_request_one_backfil
     assert meta["recoverable_open_gaps"] == 1 and meta["recoverable_gap_ids"] == [trades_gap]
     [req] = tick().run_requests
     assert req.partition_key == "2021-04-05" and req.tags["tickvault/open_gaps"] == "1"
-    assert req.run_key == f"trades_backfill:2021-04-05:{meta['recoverable_gaps_key']}"
+    assert req.run_key == f"trades_backfill:deribit:2021-04-05:{meta['recoverable_gaps_key']}"
 
     meta, second = audit(now2)
     assert [(r["gap_id"], r["gap_start"], r["gap_end"]) for r in second] == [
         (r["gap_id"], disconnect, now2) for r in first]
     # no_rows also ends at now; the quote silence between two quotes is unchanged.
-    assert (meta["deribit/inserted"], meta["deribit/updated"], meta["deribit/unchanged"],
-            meta["deribit/deleted_open"]) == (0, 3, 1, 0)
+    assert (meta["inserted"], meta["updated"], meta["unchanged"],
+            meta["deleted_open"]) == (0, 3, 1, 0)
     assert len(gaps(migrated_db_url)) == 4
     again = tick()
     assert not again.run_requests
-    assert again.skip_message == "2021-04-05: a backfill of the same 1 open gap(s) was already requested"
+    assert again.skip_message == "deribit 2021-04-05: a backfill of the same 1 open gap(s) was already requested"
 
     # The requested run (the backfill at now2, REST from the emulator) resolves both rows.
     report = backfill_day(migrated_db_url, "deribit", "2021-04-05", rest_url=emu_trades.rest_url,
@@ -144,7 +145,7 @@ def test_reaudits_of_today_keep_an_unresolved_disconnect_and_request_one_backfil
         ("trades", disconnect, now2, "backfilled"), ("trades", now2, now3, "open")]
     assert meta["recoverable_gap_ids"] == [third[3]["gap_id"]]
     [req3] = tick().run_requests
-    assert req3.run_key == f"trades_backfill:2021-04-05:{meta['recoverable_gaps_key']}" != req.run_key
+    assert req3.run_key == f"trades_backfill:deribit:2021-04-05:{meta['recoverable_gaps_key']}" != req.run_key
 
 
 def test_observation_sensor_records_freshness_and_counts(defs, migrated_db_url, trades_days):
@@ -159,7 +160,7 @@ def test_observation_sensor_records_freshness_and_counts(defs, migrated_db_url, 
     assert trades["latest"] == datetime.fromtimestamp(last / 1000, UTC).isoformat()
     assert trades["dagster/last_updated_timestamp"] == pytest.approx(last / 1000)
     assert {k: v.value for k, v in obs["quotes"].metadata.items()} == {
-        "rows_estimate": 0, "rows_last_hour": 0}
+        "rows_estimate": 0, "rows_last_hour": 0, "deribit/rows_last_hour": 0}
     assert {k: v.value for k, v in obs["connection_events"].metadata.items()}["rows_estimate"] == 4
 
 

@@ -113,3 +113,41 @@ def test_universe_all_selects_and_ranks_the_whole_chain(migrated_db_url, emu_uni
                                      resources(migrated_db_url, emu_universe.rest_url, top_n=None)),
                          "instrument_universe")
     assert (again["changed"], again["version"]) == (False, 1)
+
+
+def test_a_group_that_is_not_a_currency_clears_the_ranks_it_dropped(migrated_db_url):
+    """Bybit's "linear" group holds BTCUSDT and ETHUSDT (base coins BTC, ETH): a delisting
+    clears the dropped symbol's rank, and the other groups' ranks stay."""
+    from collector_daemon.core.universe import apply_universe
+    from collector_daemon.storage.writer import init_connection
+    from collector_daemon.venues.bybit.universe import Universe
+
+    def info(symbol, base):
+        return {"symbol": symbol, "baseCoin": base, "quoteCoin": "USDT", "settleCoin": "USDT",
+                "contractType": "LinearPerpetual", "status": "Trading"}
+
+    linear = [info("BTCUSDT", "BTC"), info("ETHUSDT", "ETH")]
+    spot = Universe("spot", [info("SOLUSDT", "SOL")], {}, [])
+
+    async def run():
+        conn = await asyncpg.connect(migrated_db_url)
+        await init_connection(conn)
+        try:
+            spot_names = [r[1] for r in spot.instrument_rows()]
+            spot_set = Universe("spot", spot.instruments, {}, spot_names)
+            await apply_universe(conn, spot_set, venue="bybit", currency="spot", top_n=None, kinds=("spot",))
+            names = [r[1] for r in Universe("linear", linear, {}, []).instrument_rows()]
+            first = await apply_universe(conn, Universe("linear", linear, {}, names), venue="bybit",
+                                         currency="linear", top_n=None, kinds=("perpetual",))
+            second = await apply_universe(conn, Universe("linear", linear[:1], {}, names[:1]),
+                                          venue="bybit", currency="linear", top_n=None,
+                                          kinds=("perpetual",))
+            ranks = dict(await conn.fetch("SELECT instrument_name, subscription_rank FROM instruments "
+                                          "WHERE venue = 'bybit'"))
+            return names, spot_names, first, second, ranks
+        finally:
+            await conn.close()
+
+    names, spot_names, first, second, ranks = asyncio.run(run())
+    assert (first.version, second.version) == (2, 3) and second.removed == [names[1]]
+    assert ranks == {names[0]: 1, names[1]: None, spot_names[0]: 1}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from collector_daemon.rows import QUOTES, TRADES
-from collector_daemon.venues import Control, Data, RejectedFrame, Request, Response
+from collector_daemon.venues import Control, Data, Decoder, RejectedFrame, Request, Response
 from collector_daemon.venues.deribit import messages as m
 from collector_daemon.venues.deribit.protocol import DeribitProtocol
 
@@ -244,3 +244,42 @@ def test_values_the_database_cannot_hold_are_rejected_at_decode() -> None:
     assert proto.decode(ticker % ("I" * 128), RECEIVE_US).rows[0][13] == "I" * 128
     with pytest.raises(RejectedFrame, match="decode error"):
         proto.decode(ticker % ("I" * 129), RECEIVE_US)
+
+
+def test_decode_read_gives_what_decoding_frame_by_frame_gives() -> None:
+    """One read of every kind of frame: the fast path (tickers and trades in Deribit's key order)
+    and the general path (odd key order, heartbeats, responses, bad, binary, oversized frames,
+    data of a channel not accepted, a ticker whose instrument is not its channel's) give the same
+    batch as the frame-by-frame default (``Decoder.decode_read``): rows per table in arrival
+    order, exact values, the same rejection reasons, controls in order."""
+    proto = DeribitProtocol("ETH")
+    tickers, trades = _fixture("ticker"), _fixture("trades")
+    data = [json.loads(f)["params"]["data"] for f in tickers]
+    channels = [json.loads(f)["params"]["channel"] for f in tickers]
+    reordered = json.dumps({"params": {"data": data[0], "channel": channels[0]}, "method": "subscription",
+                            "jsonrpc": "2.0"})
+    stranger = tickers[1].replace(channels[1], "ticker.ETH-NOPE.raw")       # accepted, wrong instrument
+    unknown = tickers[2].replace(channels[2], channels[2].replace(".raw", ".100ms"))   # not accepted
+    empty_trades = '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.option.ETH.100ms","data":[]}}'
+    frames = [tickers[0], trades[0], reordered, '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}',
+              '{"jsonrpc":"2.0","id":7,"result":["ticker.X.100ms"]}', "not json", b"\xffbinary",
+              tickers[1] + " " * 20_000, stranger, unknown, empty_trades, *tickers[1:], *trades[1:]]
+    trade_channels = {json.loads(f)["params"]["channel"] for f in trades}
+    accepting = {*channels, *trade_channels, "trades.option.ETH.100ms", "ticker.ETH-NOPE.raw"}
+    max_chars = 10_000
+    fast = proto.decode_read(frames, RECEIVE_US, accepting, max_chars)
+    slow = Decoder.decode_read(proto, frames, RECEIVE_US, accepting, max_chars)
+    assert fast.tables == slow.tables
+    assert (fast.messages, fast.rejects, fast.controls) == (slow.messages, slow.rejects, slow.controls)
+    quotes, rows = fast.tables["quotes"]
+    assert quotes is QUOTES and len(rows) == 4
+    for row, src in zip(rows, [data[0], data[0], data[1], data[2]], strict=True):
+        _check_quote(row, src)
+    assert fast.tables["trades"] == (TRADES, [r for f in trades for r in proto.decode(f, RECEIVE_US).rows])
+    assert fast.messages == 4 + len(trades) + 1
+    assert [reason.split(":")[0] for _, reason in fast.rejects] == [
+        "decode error", "binary frame", "oversized frame", f"ticker of '{data[1]['instrument_name']}' on channel 'ticker.ETH-NOPE.raw'",
+        "data on a channel not subscribed"]
+    assert fast.rejects[1] == ("\\xffbinary", "binary frame")
+    assert fast.rejects[4] == (unknown, f"data on a channel not subscribed: ticker.{data[2]['instrument_name']}.100ms")
+    assert [type(c) for c in fast.controls] == [Control, Response]

@@ -125,3 +125,25 @@ def test_collector_paces_connects_per_ip(tmp_path):
     kraken = Collector(load_settings(venue="kraken", **base))
     assert (kraken._connect_limiter.max_rate, kraken._connect_limiter.time_period) == (150, 600.0)
     assert Collector(load_settings(venue="deribit", **base))._connect_limiter is None
+
+
+def test_rest_ohlc_rows_exact_and_validated(real_data_dir):
+    """The real REST OHLC answer (Nautilus' http_ohlc.json) -> exchange_candles rows (source
+    rest); an interval without trades has vwap NULL; a malformed row names its field."""
+    raw = json.loads(_json(real_data_dir, "http_ohlc.json"))["result"]["XBTUSDT"]
+    with_trades = next(r for r in raw if r[7] > 0)
+    row = dict(zip(EXCHANGE_CANDLES.columns, m.rest_ohlc_row("BTC/USDT", 1, with_trades, 7, True)))
+    assert row == {"venue": "kraken", "instrument_name": "BTC/USDT", "interval_minutes": 1,
+                   "interval_begin": with_trades[0] * 1_000_000, "open": float(with_trades[1]),
+                   "high": float(with_trades[2]), "low": float(with_trades[3]),
+                   "close": float(with_trades[4]), "vwap": float(with_trades[5]),
+                   "volume": float(with_trades[6]), "trade_count": with_trades[7], "closed": True,
+                   "source": "rest", "receive_ts": 7}
+    empty = m.rest_ohlc_row("BTC/USDT", 1, raw[-1], 7, False)
+    assert raw[-1][7] == 0 and empty[8] is None and empty[9] == 0.0 and empty[11] is False
+    for bad, reason in (([1762820220, "x", "1", "1", "1", "1", "1", 1], "open"),
+                        (["1762820220", "1", "1", "1", "1", "1", "1", 1], "time"),
+                        ([1762820220, "1", "1", "1", "1", "1", "-1", 1], "volume"),
+                        ([1762820220, "1", "1", "1"], "8 fields")):
+        with pytest.raises(m.BadValue, match=reason):
+            m.rest_ohlc_row("BTC/USDT", 1, bad, 7, True)
