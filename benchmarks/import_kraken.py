@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import psutil
 import psycopg
 
 from collector_daemon.storage.localdb import LocalPostgres
@@ -90,13 +91,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_import(dsn: str, path: Path) -> dict:
+def postgres_cpu_s(db: LocalPostgres) -> float:
+    """CPU seconds (user + system) the private server has used so far: the postmaster, its live
+    processes and the backends it has already reaped (a finished connection's CPU is in the
+    postmaster's ``children_*`` times)."""
+    postmaster = psutil.Process(int((db.pgdata / "postmaster.pid").read_text().split()[0]))
+    own = postmaster.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in postmaster.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_import(dsn: str, path: Path, db: LocalPostgres) -> dict:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
+    pg_before = postgres_cpu_s(db)
     child = ctx.Process(target=import_child, args=(dsn, str(path), queue))
     child.start()
     result = queue.get()
     child.join()
+    result["postgres_cpu_s"] = postgres_cpu_s(db) - pg_before
     return result
 
 
@@ -124,12 +143,12 @@ def main() -> int:
         migrate(dsn)
         timescaledb = db.timescaledb_loaded
         load_before = os.getloadavg()
-        first = run_import(dsn, path)
+        first = run_import(dsn, path, db)
         with psycopg.connect(dsn) as conn:
             days = conn.execute("SELECT count(DISTINCT (exchange_ts AT TIME ZONE 'UTC')::date) "
                                 "FROM trades").fetchone()[0]
         print(first["summary"], file=sys.stderr)
-        again = run_import(dsn, path)
+        again = run_import(dsn, path, db)
         print(again["summary"], file=sys.stderr)
     finally:
         db.stop()
@@ -153,11 +172,15 @@ def main() -> int:
         "rejected": first["rejected"],
         "peak_rss_mib": round(first["peak_rss_mib"]),
         "importer_cpu_s": round(first["cpu_s"], 1),
+        "importer_cpu_us_per_row": round(first["cpu_s"] / first["rows"] * 1e6, 2),
+        "postgres_cpu_s": round(first["postgres_cpu_s"], 1),
+        "postgres_cpu_us_per_row": round(first["postgres_cpu_s"] / first["rows"] * 1e6, 2),
         "reimport_s": round(again["seconds"], 1),
         "reimport_rows_per_s": round(again["rows"] / again["seconds"]),
         "reimport_inserted": again["inserted"],
         "reimport_already_present": again["present"],
         "reimport_peak_rss_mib": round(again["peak_rss_mib"]),
+        "reimport_postgres_cpu_us_per_row": round(again["postgres_cpu_s"] / again["rows"] * 1e6, 2),
     }
     print(json.dumps(report, indent=2))
     return 0

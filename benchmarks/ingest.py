@@ -7,6 +7,8 @@ Run by hand (not part of CI). Defaults take about 4 minutes on 2 cores::
     .venv/bin/python benchmarks/ingest.py --mode max --runs 2 --currency BTC      # tickers + trades
     .venv/bin/python benchmarks/ingest.py --mode max --runs 0 --messages 1000000 --profile   # py-spy
     .venv/bin/python benchmarks/ingest.py --mode ceiling --runs 2     # the emulator alone
+    .venv/bin/python benchmarks/ingest.py --venue bybit --mode max --runs 2 --messages 300000  # Bybit linear
+    .venv/bin/python benchmarks/ingest.py --mode max --workers 1,2    # scaling over collect --workers N
 
 Three processes share the cores, as in production on one box:
 
@@ -17,7 +19,9 @@ Three processes share the cores, as in production on one box:
   (about ``--messages`` notifications, or ``--rate`` msg/s for ``--duration`` s);
 * the collector: ``python -m collector_daemon.cli collect`` configured only by ``TICKVAULT_*``
   variables (currency, TOP_N=all, emulator URLs, no metrics port, a private spool, a stats
-  interval longer than the run so its last stats line covers the run), logging to a file;
+  interval longer than the run so its last stats line covers the run, ``TICKVAULT_WORKERS`` from
+  ``--workers``), logging to a file; with N > 1 workers its CPU, RSS and peak RSS are those of
+  the supervisor and its N worker processes together;
 * PostgreSQL + TimescaleDB from ``LocalPostgres`` in a temp directory, ``durable=True`` (fsync,
   synchronous_commit on, full_page_writes: the stock durability), default memory settings, plus
   ``track_commit_timestamp=on`` (see "latency" below). Every run gets a fresh database with the
@@ -27,6 +31,14 @@ Mix: ``--currency ETH`` (default) = the 7 ETH options x 143 = 1,001 instruments,
 (the capture has no ETH trades; live traffic is mostly tickers). ``--currency BTC`` = the 3 BTC
 options' tickers and the 11 traded BTC options, x 71 = 994 instruments, 78% of the frames trades
 (exercises the trades table and the gap detector; not a realistic proportion).
+
+Venues (``--venue``; a :class:`BenchVenue` each: workload, emulator arguments, collector
+environment, tables): ``deribit`` (default, the above) and ``bybit``: the real 2026-08-09 v5
+capture's linear ``tickers`` (snapshot + deltas, merged by the collector) and ``publicTrade``
+messages of BTC/ETH/SOL/DOGEUSDT, every symbol fanned out by the emulator into copies
+(``X{j}BTCUSDT``, about ``--instruments`` symbols in all, 88% ticker frames, 3.2 trades per trade
+frame) into ``bybit_tickers`` and ``bybit_trades``; the emulator starts its clock when the first
+connection has subscribed and no subscribe request came for 3 s (``--start-grace``).
 
 What is measured, per run:
 
@@ -101,10 +113,13 @@ if str(REPO) not in sys.path:
 from collector_daemon.storage.localdb import LocalPostgres  # noqa: E402
 from collector_daemon.storage.migrate import migrate  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "real" / "deribit"
-CAPTURE = DATA / "cryptofeed_2021-04-05_options_ticker_book_ws.jsonl.gz"
-TRADES = DATA / "cyri113_2026-08-17_btc_perpetual+0dte_options_trades_from_sqlite_wal.csv.gz"
+DATA = REPO.parent / "shared" / "data" / "real"
+CAPTURE = DATA / "deribit" / "cryptofeed_2021-04-05_options_ticker_book_ws.jsonl.gz"
+TRADES = DATA / "deribit" / "cyri113_2026-08-17_btc_perpetual+0dte_options_trades_from_sqlite_wal.csv.gz"
+BYBIT_CAPTURE = (DATA / "bybit" / "cryptofeed_2026-08-09_v5_public_linear+spot_tickers_publicTrade_"
+                 "orderbook_kline+instruments-info.jsonl.gz")
 MAX_IDLE_S = 2.0  # the emulator's default cap of one pause (--max-idle)
+BYBIT_START_GRACE_S = 3.0   # emulate --start-grace: the collector subscribes in many requests
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,16 +129,18 @@ MAX_IDLE_S = 2.0  # the emulator's default cap of one pause (--max-idle)
 
 @dataclass
 class Workload:
-    currencies: tuple[str, ...]
+    venue: str
+    groups: tuple[str, ...]     # Deribit: the currencies; Bybit: the capture's linear symbols
     use_trades: bool
     fanout: int
-    instruments: int            # option instruments the collector subscribes (TOP_N=all)
+    instruments: int            # instruments the collector subscribes (after fan-out)
     loop_tickers: int           # ticker notifications per loop (after fan-out)
     loop_trade_frames: int      # trades notifications per loop
     loop_trades: int            # trades (rows) per loop
     loops: int
     speed: str                  # "max" or the factor
     loop_wall_s: float | None   # wall seconds per loop at that speed (paced mode)
+    symbols: tuple[str, ...] = ()   # Bybit: every linear symbol subscribed (originals + copies)
 
     @property
     def loop_frames(self) -> int:
@@ -138,37 +155,16 @@ class Workload:
         return self.loops * (self.loop_tickers + self.loop_trades)
 
 
-def plan(currencies: tuple[str, ...], instruments: int, *, messages: int | None = None,
-         rate: float | None = None, duration: float | None = None,
-         trades: Path | None = TRADES) -> Workload:
-    """Fan-out and loops (and the speed factor for a paced run) for the capture + trade source."""
-    from collector_daemon.venues.deribit.emulation import DeribitEmulation
-
-    emu = DeribitEmulation(1)
-    events = emu.load(CAPTURE, trades, True)
-    opts: set[str] = set()
-    for cur in currencies:
-        opts |= {r["instrument_name"] for r in emu.rest.get_instruments({"currency": cur, "kind": "option"})}
-    channels = {f"trades.option.{c}" for c in currencies}
-    use_trades = any(e.kind == "trades" and channels & set(e.routes) for e in events)
-    if trades is not None and not use_trades:
-        # no trade reaches these currencies: leave the source out (it would only cost emulator CPU
-        # and stretch a paced timeline to the trades' day)
-        return plan(currencies, instruments, messages=messages, rate=rate, duration=duration,
-                    trades=None)
-    fanout = max(1, round(instruments / len(opts)))
-    tickers = sum(1 for e in events if e.kind == "ticker" and e.instrument in opts)
-    t_frames = [e for e in events if e.kind == "trades" and channels & set(e.routes)]
-    w = Workload(currencies, use_trades, fanout, len(opts) * fanout, tickers * fanout,
-                 len(t_frames) * fanout, sum(len(e.data) for e in t_frames) * fanout,
-                 1, "max", None)
+def pace(w: Workload, ts: list[int], shift: int, *, messages: int | None, rate: float | None,
+         duration: float | None) -> Workload:
+    """Loops for ``messages`` notifications (max speed), or the speed factor and loops of a paced
+    run at ``rate`` msg/s for ``duration`` s; ``ts`` = the timeline's event times (ms), ``shift``
+    = how far the emulator moves each loop (ms)."""
     if rate is None:
         w.loops = max(1, math.ceil(messages / w.loop_frames))
         return w
     # paced: the replayer waits min(gap / speed, max_idle) between consecutive events, the last
-    # event of a loop and the first of the next are ts_shift - span ms apart
-    ts = [e.ts for e in events]
-    shift = getattr(emu, "_ts_shift", 0) or (ts[-1] - ts[0] + 1)
+    # event of a loop and the first of the next are shift - span ms apart
     gaps = [b - a for a, b in zip(ts, ts[1:])] + [ts[0] + shift - ts[-1]]
 
     def wall(speed: float) -> float:
@@ -187,6 +183,144 @@ def plan(currencies: tuple[str, ...], instruments: int, *, messages: int | None 
     return w
 
 
+class BenchVenue:
+    """What the benchmark needs of a venue: the workload drawn from its real capture, the
+    emulator's arguments, the collector's environment, and where the rows land.
+
+    Attributes:
+        name: the registered venue.
+        tables: (tickers table, trades table).
+        ticker_kind: the key of the emulator's ``frames_by_instrument`` counting ticker frames.
+        ticker_key: the tickers table's natural key (the duplicate check).
+    """
+
+    name: str
+    tables: tuple[str, str]
+    ticker_kind: str
+    ticker_key: str
+
+    def plan(self, groups: tuple[str, ...], instruments: int, *, messages: int | None = None,
+             rate: float | None = None, duration: float | None = None) -> Workload:
+        raise NotImplementedError
+
+    def emulator_args(self, w: Workload) -> list[str]:
+        """``emulate`` arguments before the speed, loop, fan-out and port ones."""
+        raise NotImplementedError
+
+    def wait_args(self, w: Workload, env: dict[str, str], given: int, workers: int) -> list[str]:
+        """``emulate`` arguments deciding when the replay clock starts (``workers``: the
+        collector's ``TICKVAULT_WORKERS``)."""
+        raise NotImplementedError
+
+    def collector_env(self, w: Workload, port: int) -> dict[str, str]:
+        """The collector's ``TICKVAULT_*`` variables naming the venue, its URLs and its universe."""
+        raise NotImplementedError
+
+    def describe(self, w: Workload) -> str:
+        """The workload in a few words (summary)."""
+        raise NotImplementedError
+
+
+class DeribitBench(BenchVenue):
+    """Deribit options: the 2021-04-05 capture's tickers (and, for BTC, the real 2026-08-17 BTC
+    option trades), every option fanned out by the emulator's ``--fanout`` (re-keyed strikes)."""
+
+    name = "deribit"
+    tables = ("quotes", "trades")
+    ticker_kind = "ticker"
+    ticker_key = "exchange_ts, instrument_name, venue"
+
+    def plan(self, groups, instruments, *, messages=None, rate=None, duration=None,
+             trades: Path | None = TRADES) -> Workload:
+        from collector_daemon.venues.deribit.emulation import DeribitEmulation
+
+        emu = DeribitEmulation(1)
+        events = emu.load(CAPTURE, trades, True)
+        opts: set[str] = set()
+        for cur in groups:
+            opts |= {r["instrument_name"] for r in emu.rest.get_instruments({"currency": cur, "kind": "option"})}
+        channels = {f"trades.option.{c}" for c in groups}
+        use_trades = any(e.kind == "trades" and channels & set(e.routes) for e in events)
+        if trades is not None and not use_trades:
+            # no trade reaches these currencies: leave the source out (it would only cost emulator
+            # CPU and stretch a paced timeline to the trades' day)
+            return self.plan(groups, instruments, messages=messages, rate=rate, duration=duration,
+                             trades=None)
+        fanout = max(1, round(instruments / len(opts)))
+        tickers = sum(1 for e in events if e.kind == "ticker" and e.instrument in opts)
+        t_frames = [e for e in events if e.kind == "trades" and channels & set(e.routes)]
+        w = Workload("deribit", groups, use_trades, fanout, len(opts) * fanout, tickers * fanout,
+                     len(t_frames) * fanout, sum(len(e.data) for e in t_frames) * fanout,
+                     1, "max", None)
+        ts = [e.ts for e in events]
+        shift = getattr(emu, "_ts_shift", 0) or (ts[-1] - ts[0] + 1)
+        return pace(w, ts, shift, messages=messages, rate=rate, duration=duration)
+
+    def emulator_args(self, w):
+        return [str(CAPTURE)] + (["--trades", str(TRADES), "--align-trades"] if w.use_trades else [])
+
+    def wait_args(self, w, env, given, workers):
+        return ["--wait-for-clients", str(given or worker_connections(w, workers, env))]
+
+    def collector_env(self, w, port):
+        return {"TICKVAULT_DERIBIT_WS_URL": f"ws://127.0.0.1:{port}/ws/api/v2",
+                "TICKVAULT_DERIBIT_REST_URL": f"http://127.0.0.1:{port}/api/v2",
+                "TICKVAULT_TOP_N": "all", "TICKVAULT_CURRENCY": ",".join(w.groups)}
+
+    def describe(self, w):
+        return f"{','.join(w.groups)} options"
+
+
+class BybitBench(BenchVenue):
+    """Bybit linear (USDT perpetuals): the 2026-08-09 v5 capture's ``tickers`` (snapshot +
+    deltas) and ``publicTrade`` messages of its 4 linear symbols, each symbol fanned out by the
+    emulator's ``--fanout`` into copies ``X{j}{symbol}`` sent the original's messages re-keyed
+    (:mod:`collector_daemon.venues.bybit.emulation`); the collector subscribes every symbol's
+    ``tickers`` and ``publicTrade`` on the linear endpoint."""
+
+    name = "bybit"
+    tables = ("bybit_tickers", "bybit_trades")
+    ticker_kind = "tickers"
+    ticker_key = "exchange_ts, venue, category, instrument_name"
+
+    def plan(self, groups, instruments, *, messages=None, rate=None, duration=None) -> Workload:
+        from collector_daemon.venues.bybit.emulation import BybitEmulation
+
+        events = BybitEmulation(1).load(BYBIT_CAPTURE, None)
+        linear = [e for e in events if e.routes[0].startswith("linear|")]
+        symbols = tuple(sorted({e.routes[0].split(".", 1)[1] for e in linear}))
+        fanout = max(1, round(instruments / len(symbols)))
+        emu = BybitEmulation(fanout)
+        emu.load(BYBIT_CAPTURE, None)
+        everyone = symbols + tuple(c for s in symbols for c in emu.copies.get(s, ()))
+        t_frames = [e for e in linear if e.kind == "trades"]
+        w = Workload("bybit", symbols, bool(t_frames), fanout, len(everyone),
+                     sum(1 for e in linear if e.kind == "tickers") * fanout, len(t_frames) * fanout,
+                     sum(len(e.data["data"]) for e in t_frames) * fanout, 1, "max", None, everyone)
+        ts = [e.ts for e in events]     # the emulator plays spot too (nobody subscribes it)
+        return pace(w, ts, ts[-1] - ts[0] + 1, messages=messages, rate=rate, duration=duration)
+
+    def emulator_args(self, w):
+        return [str(BYBIT_CAPTURE), "--venue", "bybit"]
+
+    def wait_args(self, w, env, given, workers):
+        # the collector subscribes its thousands of topics 10 per request over several sockets:
+        # start when the first has subscribed and no request came for a while
+        return ["--wait-for-clients", str(given or 1), "--start-grace", str(BYBIT_START_GRACE_S)]
+
+    def collector_env(self, w, port):
+        return {"TICKVAULT_VENUE": "bybit", "TICKVAULT_BYBIT_CATEGORIES": "linear",
+                "TICKVAULT_BYBIT_LINEAR_SYMBOLS": ",".join(w.symbols),
+                "TICKVAULT_BYBIT_LINEAR_WS_URL": f"ws://127.0.0.1:{port}/v5/public/linear",
+                "TICKVAULT_BYBIT_REST_URL": f"http://127.0.0.1:{port}", "TICKVAULT_BYBIT_PRIVATE": "false"}
+
+    def describe(self, w):
+        return f"linear {','.join(w.groups)} (tickers + publicTrade)"
+
+
+BENCH_VENUES: dict[str, BenchVenue] = {v.name: v for v in (DeribitBench(), BybitBench())}
+
+
 # ------------------------------------------------------------------------------------------------
 # Process accounting
 # ------------------------------------------------------------------------------------------------
@@ -200,6 +334,27 @@ def cpu_s(p: psutil.Process | None) -> float:
         return t.user + t.system
     except psutil.Error:
         return float("nan")
+
+
+def tree(p: psutil.Process) -> list[psutil.Process]:
+    """``p`` and its live descendants (the collector's worker processes)."""
+    try:
+        return [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return [p]
+
+
+def tree_cpu_s(p: psutil.Process) -> float:
+    """CPU seconds of ``p`` and its live descendants."""
+    return sum(cpu_s(q) for q in tree(p))
+
+
+def tree_rss_mib(p: psutil.Process) -> float:
+    total = 0.0
+    for q in tree(p):
+        with contextlib.suppress(psutil.Error):
+            total += q.memory_info().rss / 2**20
+    return total
 
 
 class PgCpu:
@@ -268,11 +423,10 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            try:
-                rss = self.collector.memory_info().rss / 2**20
-            except psutil.Error:
+            if not self.collector.is_running():
                 return
-            self.samples.append({"t": time.time(), "rss_mib": rss, "collector_cpu": cpu_s(self.collector),
+            rss = tree_rss_mib(self.collector)
+            self.samples.append({"t": time.time(), "rss_mib": rss, "collector_cpu": tree_cpu_s(self.collector),
                                  "pg_cpu": self.pg.sample()["total"], "emulator_cpu": cpu_s(self.emulator)})
 
 
@@ -323,6 +477,29 @@ def expected_connections(channels: int, env: dict[str, str]) -> int:
         return 1
 
 
+def worker_connections(w: "Workload", workers: int, env: dict[str, str]) -> int:
+    """The sockets ``collect --workers N`` opens in all: each worker's channels (its shard of the
+    fanned-out instruments, plus the chain-wide trades channels in worker 1) at its share of
+    ``TICKVAULT_MAX_CONNECTIONS``."""
+    if workers == 1:
+        return expected_connections(w.instruments + len(w.groups), env)
+    from collector_daemon.settings import Settings
+    from collector_daemon.sharding import shard_of, worker_shard
+    from collector_daemon.venues.deribit.emulation import DeribitEmulation
+    emu = DeribitEmulation(w.fanout)
+    emu.load(CAPTURE, None, True)
+    names = [r["instrument_name"] for cur in w.groups
+             for r in emu.rest.get_instruments({"currency": cur, "kind": "option"})]
+    most = int(env.get("TICKVAULT_MAX_CONNECTIONS") or Settings.model_fields["max_connections"].default)
+    share = dict(env, TICKVAULT_MAX_CONNECTIONS=str(max(1, most // workers)))
+    total = 0
+    for i in range(1, workers + 1):
+        k, n = worker_shard((1, 1), i, workers)
+        mine = sum(1 for name in names if shard_of(name, n) == k)
+        total += expected_connections(mine + (len(w.groups) if i == 1 else 0), share)
+    return total
+
+
 def _reader(stream, log: Path, lines: list[str], ready: threading.Event, done: threading.Event) -> None:
     with open(log, "a") as fh:
         for line in stream:
@@ -356,9 +533,9 @@ def collector_stats_line(log: Path) -> dict[str, Any] | None:
 
 LATENCY_SQL = """
 WITH r AS (
-    SELECT receive_ts, pg_xact_commit_timestamp(xmin) AS committed FROM quotes
+    SELECT receive_ts, pg_xact_commit_timestamp(xmin) AS committed FROM {tickers}
     UNION ALL
-    SELECT receive_ts, pg_xact_commit_timestamp(xmin) FROM trades
+    SELECT receive_ts, pg_xact_commit_timestamp(xmin) FROM {trades}
 ), l AS (SELECT receive_ts, committed, extract(epoch FROM committed - receive_ts) * 1000 AS ms FROM r)
 SELECT count(*), percentile_disc(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY ms), max(ms),
        extract(epoch FROM min(receive_ts)), extract(epoch FROM max(receive_ts)),
@@ -368,9 +545,9 @@ FROM l
 
 PER_MINUTE_SQL = """
 WITH r AS (
-    SELECT receive_ts, pg_xact_commit_timestamp(xmin) AS committed FROM quotes
+    SELECT receive_ts, pg_xact_commit_timestamp(xmin) AS committed FROM {tickers}
     UNION ALL
-    SELECT receive_ts, pg_xact_commit_timestamp(xmin) FROM trades
+    SELECT receive_ts, pg_xact_commit_timestamp(xmin) FROM {trades}
 )
 SELECT floor(extract(epoch FROM receive_ts - %(t0)s::timestamptz) / 60)::int AS minute, count(*),
        percentile_disc(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM committed - receive_ts) * 1000),
@@ -380,11 +557,11 @@ FROM r GROUP BY 1 ORDER BY 1
 
 
 def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str, index: int,
-             out: Path, profile: bool) -> dict[str, Any]:
-    tag = f"{mode}-{index}"
+             out: Path, profile: bool, workers: int = 1) -> dict[str, Any]:
+    tag = f"{mode}-{index}" + (f"-w{workers}" if workers > 1 else "")
     run_dir = out / tag
     run_dir.mkdir(parents=True)
-    db = f"bench_{mode}_{index}"
+    db = f"bench_{mode}_{index}_w{workers}"
     dsn = pg.create_database(db)
     migrate(dsn, Path(args.schema_dir) if args.schema_dir else args.src / "schema")
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -392,14 +569,13 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
     port = free_port()
     python = sys.executable
     src = args.src
-    n_channels = w.instruments + len(w.currencies)
+    bench = BENCH_VENUES[w.venue]
+    tickers_table, trades_table = bench.tables
     extra_env = dict(kv.split("=", 1) for kv in args.collector_env)
-    waits = args.wait_for_clients or expected_connections(n_channels, extra_env)
-    emu_cmd = [python, "-m", "collector_daemon.cli", "emulate", str(CAPTURE)]
-    if w.use_trades:
-        emu_cmd += ["--trades", str(TRADES), "--align-trades"]
+    wait_args = bench.wait_args(w, extra_env, args.wait_for_clients, workers)
+    emu_cmd = [python, "-m", "collector_daemon.cli", "emulate", *bench.emulator_args(w)]
     emu_cmd += ["--speed", w.speed, "--loop", str(w.loops), "--fanout", str(w.fanout),
-                "--port", str(port), "--wait-for-clients", str(waits)]
+                "--port", str(port), *wait_args]
     if args.emulator_path == "fast":
         emu_cmd.append("--fast")
     env_base = {k: v for k, v in os.environ.items() if not k.startswith("TICKVAULT_")}
@@ -413,16 +589,15 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
                                            finished), daemon=True).start()
     col = None
     spy = None
-    result: dict[str, Any] = {"mode": mode, "run": index, "emulator_cmd": " ".join(emu_cmd[1:])}
+    result: dict[str, Any] = {"mode": mode, "run": index, "workers": workers,
+                              "emulator_cmd": " ".join(emu_cmd[1:])}
     try:
         if not ready.wait(120):
             raise RuntimeError(f"emulator did not start; see {run_dir}")
         col_env = dict(env_base, PYTHONPATH=str(src), TICKVAULT_DATABASE_URL=dsn,
-                       TICKVAULT_DERIBIT_WS_URL=f"ws://127.0.0.1:{port}/ws/api/v2",
-                       TICKVAULT_DERIBIT_REST_URL=f"http://127.0.0.1:{port}/api/v2",
-                       TICKVAULT_TOP_N="all", TICKVAULT_CURRENCY=",".join(w.currencies),
                        TICKVAULT_METRICS_PORT="", TICKVAULT_SPOOL_DIR=str(run_dir / "spool"),
-                       TICKVAULT_STATS_INTERVAL_S="100000", TICKVAULT_LOG_LEVEL="INFO")
+                       TICKVAULT_STATS_INTERVAL_S="100000", TICKVAULT_LOG_LEVEL="INFO",
+                       TICKVAULT_WORKERS=str(workers), **bench.collector_env(w, port))
         col_env.update(extra_env)
         col_cmd = [python, "-m", "collector_daemon.cli", "collect"]
         result["collector_cmd"] = "python -m collector_daemon.cli collect"
@@ -438,7 +613,7 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
         deadline = time.time() + 120
         base = None
         while True:
-            snap = {"collector": cpu_s(colp), "pg": pgcpu.sample(), "emulator": cpu_s(emup),
+            snap = {"collector": tree_cpu_s(colp), "pg": pgcpu.sample(), "emulator": cpu_s(emup),
                     "system": system_busy_s(), "me": cpu_s(me), "t": time.time()}
             st = http_json(stats_url)
             if st["replay"]["state"] != "waiting":
@@ -468,14 +643,14 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
             {k: v for k, v in stats.items() if k != "clients"} | {"clients": [
                 {k: v for k, v in c.items() if k not in ("trade_ids", "by_channel", "frames_by_instrument")}
                 for c in stats["clients"]]}, indent=1))
-        tickers = stats["totals"]["frames_by_instrument"].get("ticker", {})
+        tickers = stats["totals"]["frames_by_instrument"].get(bench.ticker_kind, {})
         trade_keys = {tuple(k) for c in stats["clients"] for k in c.get("trade_ids", [])}
         want_q, want_t = sum(tickers.values()), len(trade_keys)
         # wait until every row is committed (or the count stops growing)
         last, last_change, t_done = -1, time.time(), None
         while True:
-            nq = poll.execute("SELECT count(*) FROM quotes").fetchone()[0]
-            nt = poll.execute("SELECT count(*) FROM trades").fetchone()[0]
+            nq = poll.execute(f"SELECT count(*) FROM {tickers_table}").fetchone()[0]
+            nt = poll.execute(f"SELECT count(*) FROM {trades_table}").fetchone()[0]
             if nq + nt != last:
                 last, last_change = nq + nt, time.time()
             if (nq >= want_q and nt >= want_t) or time.time() - last_change > args.settle:
@@ -484,23 +659,24 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
             if col.poll() is not None:
                 raise RuntimeError(f"collector exited with {col.returncode}; see {run_dir}/collector.log")
             time.sleep(0.25)
-        end = {"collector": cpu_s(colp), "pg": pgcpu.sample(), "emulator": cpu_s(emup),
+        end = {"collector": tree_cpu_s(colp), "pg": pgcpu.sample(), "emulator": cpu_s(emup),
                "system": system_busy_s(), "me": cpu_s(me), "t": time.time()}
-        peak = vm_hwm_mib(col.pid)
+        peak = sum(vm_hwm_mib(q.pid) or 0.0 for q in tree(colp))
         sampler.stop()
         if spy is not None:
             result["profile"] = stop_profile(spy, run_dir / "profile.txt", args.top)
             spy = None
         result["load_after"] = os.getloadavg()
         # exact figures from the database
-        row = poll.execute(LATENCY_SQL).fetchone()
+        row = poll.execute(LATENCY_SQL.format(tickers=tickers_table, trades=trades_table)).fetchone()
         n_rows, pct, lat_max, rx_first, rx_last, last_commit, no_ts = row
-        per_inst = dict(poll.execute("SELECT instrument_name, count(*) FROM quotes GROUP BY 1").fetchall())
-        dup_q = poll.execute("SELECT count(*) - count(DISTINCT (exchange_ts, instrument_name, venue)) "
-                             "FROM quotes").fetchone()[0]
+        per_inst = dict(poll.execute(f"SELECT instrument_name, count(*) FROM {tickers_table} GROUP BY 1").fetchall())
+        dup_q = poll.execute(f"SELECT count(*) - count(DISTINCT ({bench.ticker_key})) "
+                             f"FROM {tickers_table}").fetchone()[0]
         per_minute = []
         if mode == "rate":
-            for minute, n, p, mx in poll.execute(PER_MINUTE_SQL, {"t0": datetime.fromtimestamp(
+            for minute, n, p, mx in poll.execute(PER_MINUTE_SQL.format(tickers=tickers_table, trades=trades_table),
+                                                 {"t0": datetime.fromtimestamp(
                     float(rx_first), UTC)}).fetchall():
                 per_minute.append({"minute": minute, "rows": n, "p50_ms": float(p[0]), "p99_ms": float(p[1]),
                                    "max_ms": float(mx)})
@@ -524,10 +700,11 @@ def run_once(args: argparse.Namespace, pg: LocalPostgres, w: Workload, mode: str
         ours = d("collector") + pg_total + d("emulator") + d("me")
         rss = sampler.samples
         result.update({
-            "workload": {"currencies": list(w.currencies), "fanout": w.fanout, "loops": w.loops,
+            "workload": {"venue": w.venue, "describe": bench.describe(w), "groups": list(w.groups),
+                         "fanout": w.fanout, "loops": w.loops,
                          "speed": w.speed, "instruments": w.instruments,
                          "subscribed_channels": sum(len(c["subscriptions"]) for c in stats["clients"]),
-                         "connections": len(stats["clients"]), "wait_for_clients": waits},
+                         "connections": len(stats["clients"]), "wait": " ".join(wait_args)},
             "emulator_path": stats["replay"].get("path"),
             "emulator_fast_fallback": stats["replay"].get("fast_fallback"),
             "sent": {"notifications": stats["totals"]["notifications"], "ticker_frames": want_q,
@@ -635,6 +812,8 @@ def run_ceiling(args: argparse.Namespace, w: Workload, index: int, out: Path) ->
     """The emulator's own maximum send rate for this workload (no collector, no database)."""
     import asyncio
 
+    if w.venue != "deribit":
+        raise RuntimeError("--mode ceiling reads Deribit's protocol only")
     run_dir = out / f"ceiling-{index}"
     run_dir.mkdir(parents=True)
     port = free_port()
@@ -654,10 +833,10 @@ def run_ceiling(args: argparse.Namespace, w: Workload, index: int, out: Path) ->
         if not ready.wait(120):
             raise RuntimeError(f"emulator did not start; see {run_dir}")
         names = []
-        for cur in w.currencies:
+        for cur in w.groups:
             names += [r["instrument_name"] for r in http_json(
                 f"http://127.0.0.1:{port}/api/v2/public/get_instruments?currency={cur}&kind=option")["result"]]
-        channels = [f"trades.option.{c}.100ms" for c in w.currencies] + [f"ticker.{n}.100ms" for n in names]
+        channels = [f"trades.option.{c}.100ms" for c in w.groups] + [f"ticker.{n}.100ms" for n in names]
         emup, me = psutil.Process(emu.pid), psutil.Process()
         base = {"emulator": cpu_s(emup), "me": cpu_s(me), "system": system_busy_s()}
         got = asyncio.run(_raw_ws_reader(port, channels, finished))
@@ -705,8 +884,10 @@ FRAME_RE = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 #: C function (msgspec, asyncpg) counts for the Python code that called it
 BUCKETS = [
     ("garbage collector", ("gc_collect",)),
-    ("JSON decode (msgspec, protocol.decode)", ("msgspec", "deribit/protocol.py:")),
-    ("row tuples (messages.to_row)", ("deribit/messages.py:",)),
+    ("JSON decode (msgspec, protocol.decode)", ("msgspec", "deribit/protocol.py:", "bybit/protocol.py:")),
+    ("row tuples (messages.to_row; Bybit ticker_row/trade_row incl. json.dumps of other)",
+     ("deribit/messages.py:", "bybit/messages.py:")),
+    ("DB write: asyncpg numeric encoding (with --native)", ("numeric_encode", "Decimal", "decimal")),
     ("DB write: asyncpg COPY encode + send, commit", ("asyncpg", "writer.py:", "tenacity")),
     ("latency sampling (daemon._on_written, metrics)", ("daemon.py:_on_written", "metrics.py:")),
     ("trade gap detector (gaps.py)", ("gaps.py:",)),
@@ -833,15 +1014,17 @@ def summary(env: dict[str, Any], results: list[dict[str, Any]], args: argparse.N
            + (f" + {env['collector_daemon_dirty']} uncommitted file(s) in collector_daemon/ "
               f"(diff sha1 {env['collector_daemon_diff_sha1']})" if env["collector_daemon_dirty"] else ""),
            ""]
-    for mode in ("max", "rate"):
-        rs = [r for r in results if r["mode"] == mode and "error" not in r]
+    counts = sorted({r.get("workers", 1) for r in results})
+    for mode, nw in ((m, n) for m in ("max", "rate") for n in counts):
+        rs = [r for r in results if r["mode"] == mode and r.get("workers", 1) == nw and "error" not in r]
         if not rs:
             continue
         plain = [r for r in rs if "profile" not in r] or rs
         r0 = rs[0]
         wl = r0["workload"]
-        out += [f"### {'max speed' if mode == 'max' else 'paced'}: {len(plain)} run(s), median (min-max)", "",
-                f"workload: {','.join(wl['currencies'])} options, fan-out {wl['fanout']} -> "
+        workers = f", {nw} worker process(es) (collect --workers {nw})" if counts != [1] else ""
+        out += [f"### {'max speed' if mode == 'max' else 'paced'}{workers}: {len(plain)} run(s), median (min-max)", "",
+                f"workload: {wl['venue']} {wl['describe']}, fan-out {wl['fanout']} -> "
                 f"{wl['instruments']} instruments ({wl['subscribed_channels']} channels on "
                 f"{wl['connections']} connection(s)), {wl['loops']} loops, speed {wl['speed']}; "
                 f"sent {r0['sent']['notifications']:,} notifications = {r0['sent']['ticker_frames']:,} tickers "
@@ -911,6 +1094,8 @@ def summary(env: dict[str, Any], results: list[dict[str, Any]], args: argparse.N
                 out += [f"| {k} | {v} |" for k, v in p["buckets"]] + ["", "| self time (leaf function) | % |", "|---|---:|"]
                 out += [f"| `{k}` | {v} |" for k, v in p["self"]] + ["", "| inclusive | % |", "|---|---:|"]
                 out += [f"| `{k}` | {v} |" for k, v in p["inclusive"]] + [""]
+    if len(counts) > 1:
+        out += scaling(results, counts)
     cs = [r for r in results if r["mode"] == "ceiling" and "error" not in r]
     if cs:
         out += [f"### emulator ceiling (emulator alone, max speed, a byte-counting client): {len(cs)} run(s)", "",
@@ -926,6 +1111,31 @@ def summary(env: dict[str, Any], results: list[dict[str, Any]], args: argparse.N
     return "\n".join(out)
 
 
+def scaling(results: list[dict[str, Any]], counts: list[int]) -> list[str]:
+    """The ``--workers`` comparison: per mode and worker count, medians of rows/s, CPU per row
+    and peak RSS, and rows/s relative to the fewest workers (the same run's baseline)."""
+    out = ["### workers: scaling (medians of this run)", "",
+           "| mode | workers | complete | rows/s | x fewest | collector µs/row | PostgreSQL µs/row "
+           "| emulator µs/notification | peak RSS MiB (all processes) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for mode in ("max", "rate"):
+        base = None
+        for nw in counts:
+            rs = [r for r in results if r["mode"] == mode and r.get("workers", 1) == nw
+                  and "error" not in r and "profile" not in r]
+            if not rs:
+                continue
+            rate = statistics.median(r["rows_per_s"] for r in rs)
+            base = base or rate
+            m = lambda f: statistics.median(f(r) for r in rs)  # noqa: E731
+            out.append(f"| {mode} | {nw} | {', '.join('yes' if r['complete'] else 'NO' for r in rs)} "
+                       f"| {rate:,.0f} | {rate / base:.2f} "
+                       f"| {m(lambda r: 1e6 * r['cpu_s']['collector'] / r['stored']['rows']):.2f} "
+                       f"| {m(lambda r: 1e6 * r['cpu_s']['postgres'] / r['stored']['rows']):.2f} "
+                       f"| {m(lambda r: 1e6 * r['cpu_s']['emulator'] / r['sent']['notifications']):.2f} "
+                       f"| {m(lambda r: r['peak_rss_mib']):.0f} |")
+    return out + [""]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -936,6 +1146,12 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=20_000, help="rate mode: notifications per second")
     p.add_argument("--duration", type=float, default=120, help="rate mode: seconds")
     p.add_argument("--runs", type=int, default=1, help="repetitions of each mode (interleaved)")
+    p.add_argument("--venue", choices=sorted(BENCH_VENUES), default="deribit",
+                   help="deribit (default): options from the 2021-04-05 capture; bybit: linear "
+                        "tickers + trades from the 2026-08-09 v5 capture, symbols fanned out")
+    p.add_argument("--workers", default="1",
+                   help="collector worker processes (TICKVAULT_WORKERS), comma-separated to compare "
+                        "(e.g. 1,2: each run of each mode with each count, interleaved)")
     p.add_argument("--currency", default="ETH",
                    help="collector currencies (TICKVAULT_CURRENCY): ETH = tickers only (the capture "
                         "has no ETH trades); BTC = BTC tickers + the real BTC option trades")
@@ -969,12 +1185,15 @@ def main() -> int:
         return 0
 
     currencies = tuple(c.strip().upper() for c in args.currency.split(",") if c.strip())
+    bench = BENCH_VENUES[args.venue]
     modes = ["max", "rate"] if args.mode == "both" else [args.mode]
     workloads = {}
     if "max" in modes or "ceiling" in modes or args.profile:
-        workloads["max"] = workloads["ceiling"] = plan(currencies, args.instruments, messages=args.messages)
+        workloads["max"] = workloads["ceiling"] = bench.plan(currencies, args.instruments,
+                                                                     messages=args.messages)
     if "rate" in modes:
-        workloads["rate"] = plan(currencies, args.instruments, rate=args.rate, duration=args.duration)
+        workloads["rate"] = bench.plan(currencies, args.instruments, rate=args.rate,
+                                       duration=args.duration)
     for mode, w in workloads.items():
         if mode not in modes and not (mode == "max" and args.profile):
             continue
@@ -1002,11 +1221,14 @@ def main() -> int:
             env = environment(pg, REPO)   # git state of the code snapshotted right after
             args.src = snapshot(REPO, base / "src")
             env["collector_src"] = f"{REPO} (snapshot at start)"
-        jobs = [(mode, i, False) for i in range(1, args.runs + 1) for mode in modes]
+        counts = [int(n) for n in args.workers.split(",")]
+        jobs = [(mode, i, False, nw) for i in range(1, args.runs + 1) for mode in modes
+                for nw in (counts if mode != "ceiling" else [1])]
         if args.profile:
-            jobs.append(("max", args.runs + 1, True))
-        for mode, i, prof in jobs:
-            print(f"run {mode}-{i}{' (py-spy)' if prof else ''} ...", file=sys.stderr, flush=True)
+            jobs.append(("max", args.runs + 1, True, 1))
+        for mode, i, prof, nw in jobs:
+            print(f"run {mode}-{i}{' (py-spy)' if prof else ''}"
+                  f"{f', {nw} workers' if nw > 1 else ''} ...", file=sys.stderr, flush=True)
             try:
                 if mode == "ceiling":
                     r = run_ceiling(args, workloads[mode], i, out)
@@ -1015,12 +1237,13 @@ def main() -> int:
                           f"CPU µs/msg, others {r['others_cpu_s']:.1f} CPU s", file=sys.stderr)
                     results.append(r)
                     continue
-                r = run_once(args, pg, workloads[mode], mode, i, out, prof)
+                r = run_once(args, pg, workloads[mode], mode, i, out, prof, nw)
             except Exception as exc:  # noqa: BLE001 - report it, go on with the next run
-                r = {"mode": mode, "run": i, "error": f"{type(exc).__name__}: {exc}"}
+                r = {"mode": mode, "run": i, "workers": nw, "error": f"{type(exc).__name__}: {exc}"}
             results.append(r)
-            (out / f"{mode}-{i}" ).mkdir(exist_ok=True)
-            (out / f"{mode}-{i}" / "result.json").write_text(json.dumps(r, indent=1, default=str))
+            tag = f"{mode}-{i}" + (f"-w{nw}" if nw > 1 else "")
+            (out / tag).mkdir(exist_ok=True)
+            (out / tag / "result.json").write_text(json.dumps(r, indent=1, default=str))
             if "error" in r:
                 print(f"  FAILED: {r['error']}", file=sys.stderr)
             else:

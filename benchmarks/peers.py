@@ -61,8 +61,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # noqa: E402
-    CAPTURE, REPO, PgCpu, Workload, _reader, cpu_s, environment, expected_connections, free_port,
-    med, plan, snapshot, vm_hwm_mib,
+    BENCH_VENUES, CAPTURE, REPO, PgCpu, Workload, _reader, cpu_s, environment, expected_connections,
+    free_port, med, snapshot, vm_hwm_mib,
 )
 
 from collector_daemon.rows import QUOTES  # noqa: E402
@@ -72,6 +72,9 @@ from collector_daemon.storage.migrate import migrate  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PEERS_VENV = REPO / ".venv-peers"
 ARMS = ("tickvault", "seed", "cryptofeed")
+#: The workload of every arm: Deribit options (the only venue the seed design and the cryptofeed
+#: arm speak), planned as ``benchmarks/ingest.py`` plans it.
+plan = BENCH_VENUES["deribit"].plan
 #: cryptofeed's tables (its examples/postgres_tables.sql: ticker and trades)
 CRYPTOFEED_DDL = """
 CREATE TABLE IF NOT EXISTS ticker (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,
@@ -185,22 +188,22 @@ def run_arm(args: argparse.Namespace, pg: LocalPostgres, w: Workload, arm: str, 
     ws_url, rest_base = f"wss://127.0.0.1:{port}/ws/api/v2", f"https://127.0.0.1:{port}"
     col_env = dict(env_base, PYTHONPATH=str(src), TICKVAULT_DATABASE_URL=dsn,
                    TICKVAULT_DERIBIT_WS_URL=ws_url, TICKVAULT_DERIBIT_REST_URL=f"{rest_base}/api/v2",
-                   TICKVAULT_TOP_N="all", TICKVAULT_CURRENCY=",".join(w.currencies),
+                   TICKVAULT_TOP_N="all", TICKVAULT_CURRENCY=",".join(w.groups),
                    TICKVAULT_METRICS_PORT="", TICKVAULT_SPOOL_DIR=str(run_dir / "spool"),
                    TICKVAULT_STATS_INTERVAL_S="100000")
     if arm == "tickvault":
-        waits = expected_connections(w.instruments + len(w.currencies), {})
+        waits = expected_connections(w.instruments + len(w.groups), {})
         cmd = [sys.executable, "-m", "collector_daemon.cli", "collect"]
         env, cwd = col_env, src
     elif arm == "seed":
         waits = 1
         cmd = [sys.executable, str(HERE / "seed_design.py"), ws_url, f"{rest_base}/api/v2", dsn,
-               "--currency", ",".join(w.currencies)]
+               "--currency", ",".join(w.groups)]
         env, cwd = dict(env_base, PYTHONPATH=""), run_dir
     else:
         waits = -(-w.instruments // CRYPTOFEED_PER_FEED)
         cmd = [str(args.peers_python), str(HERE / "peers_cryptofeed.py"), "--ws", ws_url, "--rest", rest_base,
-               "--currency", ",".join(w.currencies), "--pg-port", str(pg.port), "--db", db,
+               "--currency", ",".join(w.groups), "--pg-port", str(pg.port), "--db", db,
                "--per-feed", str(CRYPTOFEED_PER_FEED), "--symbols-out", str(run_dir / "symbols.json")]
         env, cwd = dict(env_base, PYTHONPATH=""), run_dir
     emu_cmd = [sys.executable, "-m", "collector_daemon.cli", "emulate", str(CAPTURE), "--speed", "max",
@@ -303,7 +306,7 @@ def summary(env: dict[str, Any], peers: dict[str, str], w: Workload, results: li
            + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
            "cryptofeed arm (.venv-peers): " + ", ".join(f"{k} {v}" for k, v in peers.items()),
            f"PostgreSQL {env['postgresql']}, TimescaleDB {env['timescaledb']} (durable: fsync, synchronous_commit on)",
-           f"workload: {','.join(w.currencies)} options x fan-out {w.fanout} = {w.instruments} instruments, "
+           f"workload: {','.join(w.groups)} options x fan-out {w.fanout} = {w.instruments} instruments, "
            f"{w.loops} loops, {w.loops * w.loop_tickers:,} ticker notifications over wss:// "
            f"(emulator path: {', '.join(sorted({str(r['emulator_path']) for r in ok})) or '-'})", "",
            "| | " + " | ".join(a for a in ARMS if any(r["arm"] == a for r in results)) + " |",

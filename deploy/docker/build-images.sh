@@ -19,8 +19,12 @@
 # Step 1 is skipped when its image exists (FORCE=1 redoes it: e.g. for Debian's point releases);
 # steps 2-5 always run and are build-cache hits (a second or two each) unless their files
 # changed. From nothing: ~4 min on a shared 2-core machine. Needs root (debootstrap), docker.
+# Builds on one machine run one at a time (a lock in /tmp): CI starts one in the background
+# while the tests run, and the stack test's own call waits for it, then finds every image built.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+exec 9>"${TMPDIR:-/tmp}/tickvault-build-images.lock"
+flock 9
 export DOCKER_BUILDKIT=1
 # a docker CLI that builds with BuildKit: a newer CLI needs the buildx plugin for it; Debian's
 # docker.io (20.10) has it built in
