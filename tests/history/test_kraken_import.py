@@ -140,10 +140,12 @@ def test_three_bad_lines_are_rejected_with_their_line_numbers(migrated_db_url, k
     assert (again.inserted, again.already_present, again.rejected) == (0, 197, 3)
 
 
-def test_ids_count_equal_times_across_chunk_borders(migrated_db_url, kraken_dir, tmp_path):
+@pytest.mark.parametrize("connections", [1, 2])
+def test_ids_count_equal_times_across_chunk_borders(migrated_db_url, kraken_dir, tmp_path, connections):
     """A trade's k is its place among the ordered rows of its timestamp: a row rejected for its
     price still takes its place, a row going back in time takes none, and runs of equal times
-    cut by chunk borders (64-byte chunks: one or two lines each) continue across them."""
+    cut by chunk borders (64-byte chunks: one or two lines each) continue across them; the same
+    with two write connections (chunks committed out of order, counts settled in file order)."""
     lines = time_and_sales_lines(real_rest_trades(kraken_dir))[:300]
     times = [us_of(line.split(",")[0]) for line in lines]
     run = next(i for i in range(1, len(times)) if times[i] == times[i - 1])  # 2nd row of a run
@@ -162,12 +164,16 @@ def test_ids_count_equal_times_across_chunk_borders(migrated_db_url, kraken_dir,
         seen[us] = k + 1
         if price != "abc":
             want.append(f"csv:{us}:{k:06d}")
-    s = import_trades(migrated_db_url, path, chunk_bytes=64, rejects_path=tmp_path / "r.csv")
+    s = import_trades(migrated_db_url, path, chunk_bytes=64, rejects_path=tmp_path / "r.csv",
+                      connections=connections)
     assert (s.rows_read, s.inserted, s.rejected) == (301, 299, 2)
     with psycopg.connect(migrated_db_url) as conn:
         got = [r[0] for r in conn.execute("SELECT trade_id FROM trades ORDER BY trade_id").fetchall()]
     assert got == sorted(want) and f"csv:{times[run]}:000001" not in got
     again = import_trades(migrated_db_url, path, rejects_path=tmp_path / "r2.csv")  # one chunk
+    assert (again.inserted, again.already_present, again.rejected) == (0, 299, 2)
+    again = import_trades(migrated_db_url, path, chunk_bytes=64, rejects_path=tmp_path / "r3.csv",
+                          connections=connections)                        # every chunk staged
     assert (again.inserted, again.already_present, again.rejected) == (0, 299, 2)
 
 

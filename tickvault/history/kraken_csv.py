@@ -44,13 +44,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from collector_daemon.rows import EXCHANGE_CANDLES
 from tickvault.history.sources import (
@@ -402,75 +404,91 @@ def _ohlcvt_frame(df: pl.DataFrame, plan: _Plan, ids: _TradeIds, receive_us: int
     return out, rejects
 
 
+def _batches(kind: str, plans: list[_Plan], summary: ImportSummary, rejects: RejectsFile,
+             receive_us: int, chunk_bytes: int) -> Iterator[tuple[pa.Table, int]]:
+    """The import's rows, one Arrow batch per chunk of a file (its columns are the target
+    table's), with the chunk's length in bytes. Rejected lines go to ``rejects``; ``summary``'s
+    files, symbols, rows read and rejected are counted as the chunks are read."""
+    max_us = receive_us + 86_400_000_000
+    transform = _ohlcvt_frame if kind == "ohlcvt" else _trades_frame
+    for plan in plans:
+        summary.files.append(plan.source.label)
+        summary.symbols.add(plan.symbol)
+        names = list(plan.layout.fields)
+        ids = _TradeIds()
+        with plan.source.open() as stream:
+            for first, chunk in read_chunks(stream, chunk_bytes):
+                if plan.layout.header and first == 1:
+                    nl = chunk.find(b"\n")
+                    chunk, first = (chunk[nl + 1:] if nl >= 0 else b""), 2
+                    if not chunk:
+                        continue
+                parsed = parse_chunk(chunk, first, names)
+                empty = pl.all_horizontal([pl.col(n) == "" for n in names])
+                df = pl.from_arrow(parsed.table).with_columns(
+                    line=pl.Series(parsed.lines), empty=empty)
+                rows, bad = transform(df, plan, ids, receive_us, max_us)
+                # The rejected lines' text, rebuilt from the raw strings (only for those).
+                bad = bad.select("line", "reason").join(
+                    df.filter(pl.col("line").is_in(bad["line"].implode())).select(
+                        "line", text=pl.when(pl.col("empty")).then(pl.lit(""))
+                        .otherwise(pl.concat_str(names, separator=","))),
+                    on="line", how="left", maintain_order="left")
+                field_count = f"expected {len(names)} fields ({','.join(names)})"
+                for line, reason, text in sorted(
+                        [(line, field_count, text) for line, text in parsed.bad]
+                        + list(bad.select("line", "reason", "text").iter_rows())):
+                    rejects.add(plan.source.label, line, reason, text)
+                summary.rows_read += parsed.table.num_rows + len(parsed.bad)
+                summary.rejected += len(parsed.bad) + bad.height
+                yield rows.to_arrow(), len(chunk)
+
+
+def _writer(dsn: str, kind: str) -> TableWriter:
+    return (TableWriter(dsn, "exchange_candles", EXCHANGE_CANDLES.upsert) if kind == "ohlcvt"
+            else TableWriter(dsn, "trades"))
+
+
 def _run(dsn: str, kind: str, plans: list[_Plan], rejects_path: Path | None,
-         on_progress: Callable[[int, int, int], None] | None, chunk_bytes: int) -> ImportSummary:
+         on_progress: Callable[[int, int, int], None] | None, chunk_bytes: int,
+         connections: int) -> ImportSummary:
     started = time.monotonic()
     summary = ImportSummary("kraken-ohlcvt" if kind == "ohlcvt" else "kraken-trades")
     receive_us = time.time_ns() // 1000
-    max_us = receive_us + 86_400_000_000
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     rejects = RejectsFile(rejects_path or Path(f"tickvault-rejects-{summary.kind}-{stamp}.csv"))
-    writer = (TableWriter(dsn, "exchange_candles", EXCHANGE_CANDLES.upsert) if kind == "ohlcvt"
-              else TableWriter(dsn, "trades"))
-    transform = _ohlcvt_frame if kind == "ohlcvt" else _trades_frame
+    writers: list[TableWriter] = []
     done_bytes, total = 0, sum(p.source.size for p in plans)
-    # One write in flight while the next chunk is parsed (ADBC's COPY and polars release the
-    # GIL): the database and the parser overlap. Counts are settled when a write completes.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tickvault-import")
-    pending: tuple[Future[int], int, int] | None = None
+    # Up to ``connections`` writes in flight (chunk i on connection i mod n) while the next
+    # chunk is parsed (ADBC's COPY and polars release the GIL): the database and the parser
+    # overlap. Counts are settled in file order when a write completes.
+    pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="tickvault-import")
+    pending: deque[tuple[Future[int], int, int]] = deque()
 
-    def settle() -> None:
-        nonlocal pending
-        if pending is None:
-            return
-        future, height, chunk_len = pending
-        pending = None
+    def settle_oldest() -> None:
+        nonlocal done_bytes
+        future, height, chunk_len = pending.popleft()
         inserted = future.result()
         summary.inserted += inserted
         summary.already_present += height - inserted
-        nonlocal done_bytes
         done_bytes += chunk_len
         if on_progress:
             on_progress(done_bytes, total, summary.rows_read)
 
     try:
-        for plan in plans:
-            summary.files.append(plan.source.label)
-            summary.symbols.add(plan.symbol)
-            names = list(plan.layout.fields)
-            ids = _TradeIds()
-            with plan.source.open() as stream:
-                for first, chunk in read_chunks(stream, chunk_bytes):
-                    if plan.layout.header and first == 1:
-                        nl = chunk.find(b"\n")
-                        chunk, first = (chunk[nl + 1:] if nl >= 0 else b""), 2
-                        if not chunk:
-                            continue
-                    parsed = parse_chunk(chunk, first, names)
-                    empty = pl.all_horizontal([pl.col(n) == "" for n in names])
-                    df = pl.from_arrow(parsed.table).with_columns(
-                        line=pl.Series(parsed.lines), empty=empty)
-                    rows, bad = transform(df, plan, ids, receive_us, max_us)
-                    # The rejected lines' text, rebuilt from the raw strings (only for those).
-                    bad = bad.select("line", "reason").join(
-                        df.filter(pl.col("line").is_in(bad["line"].implode())).select(
-                            "line", text=pl.when(pl.col("empty")).then(pl.lit(""))
-                            .otherwise(pl.concat_str(names, separator=","))),
-                        on="line", how="left", maintain_order="left")
-                    field_count = f"expected {len(names)} fields ({','.join(names)})"
-                    for line, reason, text in sorted(
-                            [(line, field_count, text) for line, text in parsed.bad]
-                            + list(bad.select("line", "reason", "text").iter_rows())):
-                        rejects.add(plan.source.label, line, reason, text)
-                    summary.rows_read += parsed.table.num_rows + len(parsed.bad)
-                    summary.rejected += len(parsed.bad) + bad.height
-                    batch = rows.to_arrow()
-                    settle()
-                    pending = (pool.submit(writer.write, batch), rows.height, len(chunk))
-        settle()
+        writers.extend(_writer(dsn, kind) for _ in range(connections))
+        for i, (batch, chunk_len) in enumerate(
+                _batches(kind, plans, summary, rejects, receive_us, chunk_bytes)):
+            if len(pending) == connections:
+                settle_oldest()          # frees connection i mod n
+            pending.append((pool.submit(writers[i % connections].write, batch), batch.num_rows,
+                            chunk_len))
+        while pending:
+            settle_oldest()
     finally:
         pool.shutdown(wait=True)
-        writer.close()
+        for writer in writers:
+            writer.close()
         rejects.close()
     summary.rejects_path = rejects.path if rejects.count else None
     summary.seconds = time.monotonic() - started
@@ -481,7 +499,7 @@ def import_ohlcvt(dsn: str, path: str | Path, *, symbol: str | None = None,
                   interval: int | None = None, columns: list[str] | None = None,
                   rejects_path: Path | None = None,
                   on_progress: Callable[[int, int, int], None] | None = None,
-                  chunk_bytes: int = CHUNK_BYTES) -> ImportSummary:
+                  chunk_bytes: int = CHUNK_BYTES, connections: int = 1) -> ImportSummary:
     """Import Kraken OHLCVT CSV files into ``exchange_candles``.
 
     Args:
@@ -495,6 +513,9 @@ def import_ohlcvt(dsn: str, path: str | Path, *, symbol: str | None = None,
         rejects_path: where bad lines go (default ``./tickvault-rejects-kraken-ohlcvt-<UTC>.csv``,
             created only when a line is rejected).
         on_progress: called after each chunk with (bytes read, bytes in all files, rows read).
+        chunk_bytes: bytes of CSV per parsed chunk and committed batch.
+        connections: database connections writing chunks concurrently (each chunk is one
+            transaction on one of them; the counts are the same).
 
     Raises:
         SourceError: PATH holds no matching file, a name does not tell the symbol/interval, or a
@@ -502,20 +523,20 @@ def import_ohlcvt(dsn: str, path: str | Path, *, symbol: str | None = None,
         ValueError: ``symbol`` is not a WS v2 symbol.
     """
     plans = _plans(path, "ohlcvt", symbol and check_symbol(symbol), interval, columns)
-    return _run(dsn, "ohlcvt", plans, rejects_path, on_progress, chunk_bytes)
+    return _run(dsn, "ohlcvt", plans, rejects_path, on_progress, chunk_bytes, connections)
 
 
 def import_trades(dsn: str, path: str | Path, *, symbol: str | None = None,
                   columns: list[str] | None = None, rejects_path: Path | None = None,
                   on_progress: Callable[[int, int, int], None] | None = None,
-                  chunk_bytes: int = CHUNK_BYTES) -> ImportSummary:
+                  chunk_bytes: int = CHUNK_BYTES, connections: int = 1) -> ImportSummary:
     """Import Kraken time-and-sales CSV files into ``trades`` (ids: see the module docstring).
 
     Args and Raises: as :func:`import_ohlcvt` (no interval; in a folder or zip, only files
     named ``<PAIR>.csv`` are taken).
     """
     plans = _plans(path, "trades", symbol and check_symbol(symbol), None, columns)
-    return _run(dsn, "trades", plans, rejects_path, on_progress, chunk_bytes)
+    return _run(dsn, "trades", plans, rejects_path, on_progress, chunk_bytes, connections)
 
 
 __all__ = ["ImportSummary", "OHLCVT_INTERVALS", "SourceError", "check_symbol", "import_ohlcvt",
