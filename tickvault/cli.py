@@ -29,6 +29,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                          "Kraken's classic layout nor a header")
         p.add_argument("--rejects", type=Path, help="file for rejected lines "
                                                     "(default ./tickvault-rejects-<kind>-<UTC>.csv)")
+        p.add_argument("--connections", type=_positive_int, default=None, metavar="N",
+                       help="database connections writing at once (default 2)")
 
     hist = sub.add_parser("history", help="an exchange's trade history over REST, resumable")
     hist_kinds = hist.add_subparsers(dest="history_kind", required=True)
@@ -52,6 +54,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--format", choices=("table", "csv", "parquet"), default=None,
                        help="table on a terminal, csv otherwise (default); parquet needs --output")
         p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +121,8 @@ def _import(args: argparse.Namespace) -> int:
     try:
         summary = run_import(args.import_kind, dsn, args.path, symbol=args.symbol,
                              interval=getattr(args, "interval", None), columns=columns,
-                             rejects_path=args.rejects, on_progress=progress)
+                             rejects_path=args.rejects, on_progress=progress,
+                             connections=args.connections)
     except ValueError as exc:   # SourceError too: bad input, nothing written
         print(f"tickvault import: {exc}", file=sys.stderr)
         return 2

@@ -113,8 +113,19 @@ def test_time_and_sales_import(migrated_db_url, kraken_dir, time_and_sales_csv, 
     assert max(seen.values()) > 1  # the real data has trades sharing a timestamp
 
     rc, out, _ = run_cli(monkeypatch, capsys, migrated_db_url, "import", "kraken-trades",
-                         str(time_and_sales_csv))
+                         str(time_and_sales_csv), "--connections", "1")
     assert "1,000 rows read, 0 inserted, 1,000 already present, 0 rejected" in out
+
+
+def test_connections_must_be_positive(migrated_db_url, time_and_sales_csv, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(monkeypatch, capsys, migrated_db_url, "import", "kraken-trades",
+                str(time_and_sales_csv), "--connections", "0")
+    assert exit_.value.code == 2 and "--connections: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="connections must be at least 1, got 0"):
+        import_trades(migrated_db_url, time_and_sales_csv, connections=0)
+    with psycopg.connect(migrated_db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0
 
 
 def test_three_bad_lines_are_rejected_with_their_line_numbers(migrated_db_url, kraken_dir, tmp_path):

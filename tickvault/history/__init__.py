@@ -25,9 +25,11 @@ IMPORTERS: dict[str, str] = {
 def run_import(importer: str, dsn: str, path: str | Path, *, symbol: str | None = None,
                interval: int | None = None, columns: list[str] | None = None,
                rejects_path: Path | None = None,
-               on_progress: Callable[[int, int, int], None] | None = None):
+               on_progress: Callable[[int, int, int], None] | None = None,
+               connections: int | None = None):
     """Run importer ``importer`` (a key of :data:`IMPORTERS`) on ``path``; returns its
-    :class:`~tickvault.history.kraken_csv.ImportSummary`.
+    :class:`~tickvault.history.kraken_csv.ImportSummary`. ``connections``: database connections
+    writing concurrently (default :data:`~tickvault.history.kraken_csv.WRITE_CONNECTIONS`).
 
     Raises:
         ValueError: unknown importer, an interval for an importer without intervals, or what
@@ -37,7 +39,8 @@ def run_import(importer: str, dsn: str, path: str | Path, *, symbol: str | None 
     if importer not in IMPORTERS:
         raise ValueError(f"unknown importer {importer!r}; known: {', '.join(IMPORTERS)}")
     common = {"symbol": symbol, "columns": columns, "rejects_path": rejects_path,
-              "on_progress": on_progress}
+              "on_progress": on_progress,
+              "connections": connections or kraken_csv.WRITE_CONNECTIONS}
     if importer == "kraken-ohlcvt":
         return kraken_csv.import_ohlcvt(dsn, path, interval=interval, **common)
     if interval is not None:

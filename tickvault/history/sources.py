@@ -25,8 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-#: Bytes read per chunk: ~250,000 time-and-sales rows; bounds memory whatever the file size.
-CHUNK_BYTES = 8 * 2**20
+#: Bytes read per chunk (~100,000 time-and-sales rows of ~43 bytes): bounds memory whatever the
+#: file size. With two write connections up to three chunks are in memory at once: 4 MiB keeps
+#: the 10M-row import at ~325 MiB peak RSS (8 MiB: ~465 MiB) at the same speed
+#: (docs/benchmarks.md, "History import").
+CHUNK_BYTES = 4 * 2**20
 
 
 class SourceError(ValueError):
