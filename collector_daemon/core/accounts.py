@@ -361,6 +361,10 @@ class DayReconciliation:
         gaps_resolved: the account's open private gaps (``data_gaps``) inside the day that this
             reconciliation resolved, per stream and new status (``"executions": {"backfilled":
             2}``); empty when it failed.
+        reached_back_us: None, or where the REST window began when an open private gap that
+            ends inside the day began before it (a window across midnight): that gap's start
+            (µs since the epoch, UTC). The rows fetched before the day count in ``fetched`` and
+            ``inserted``, not in ``executions_rest``.
         error: why the account could not be reconciled (names no secret), else None.
     """
 
@@ -371,6 +375,7 @@ class DayReconciliation:
     executions_rest: int = 0
     executions_stored: int = 0
     gaps_resolved: dict[str, dict[str, int]] = field(default_factory=dict)
+    reached_back_us: int | None = None
     error: str | None = None
 
 
@@ -390,8 +395,11 @@ async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day
     cannot restore the stream, ``backfilled`` where it can, except that on a past day a stream
     outside ``Venue.private_history_streams`` (a current snapshot only, e.g. positions) is
     ``unrecoverable``: no snapshot of that day can be had any more. So the gaps of windows whose
-    reconciliations all failed (bad key, REST down) are settled by the day's asset once it runs;
-    a window across midnight stays open (neither day holds it whole).
+    reconciliations all failed (bad key, REST down) are settled by the day's asset once it runs.
+    A window across midnight is settled by the day it ends in: when an open gap that ends inside
+    the day began before it, executions and order updates are first fetched from that gap's
+    start to the day's (a past window: no snapshots), and the gaps inside the whole span are
+    resolved (``reached_back_us``).
 
     Raises:
         asyncpg errors: the database failed (a REST or secret failure is the account's ``error``).
@@ -416,20 +424,30 @@ async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day
                 report = DayReconciliation(account.account_id, account.label)
                 out.append(report)
                 fills: set[str] = set()   # the tables of executions (an exec_id column)
+                async with writer.pool.acquire() as conn:
+                    report.reached_back_us = await conn.fetchval(
+                        "SELECT min(gap_start) FROM data_gaps WHERE venue = $1 AND account_id = $2 "
+                        "AND status = 'open' AND gap_start < $3 AND gap_end > $3 AND gap_end <= $4",
+                        venue.name, account.account_id, start_us, end_us)
+                windows = [(start_us, until_us, True)]
+                if report.reached_back_us is not None:
+                    windows.insert(0, (report.reached_back_us, start_us, False))
                 try:
-                    async for table, rows in venue.reconcile_account(rest, settings, account, start_us, until_us):
-                        report.fetched[table.name] = report.fetched.get(table.name, 0) + len(rows)
-                        report.inserted[table.name] = (report.inserted.get(table.name, 0)
-                                                       + (await writer.write(table, rows) if rows else 0))
-                        if "exec_id" in table.columns:
-                            fills.add(table.name)
-                            report.executions_rest += len(rows)
+                    for since_us, to_us, in_day in windows:
+                        async for table, rows in venue.reconcile_account(rest, settings, account, since_us, to_us):
+                            report.fetched[table.name] = report.fetched.get(table.name, 0) + len(rows)
+                            report.inserted[table.name] = (report.inserted.get(table.name, 0)
+                                                           + (await writer.write(table, rows) if rows else 0))
+                            if "exec_id" in table.columns:
+                                fills.add(table.name)
+                                report.executions_rest += len(rows) if in_day else 0
                 except (*venue.rest_errors, SecretError) as exc:
                     report.error = str(exc)[:500]
                 async with writer.pool.acquire() as conn:
                     if report.error is None:
                         report.gaps_resolved = await _resolve_day_gaps(
-                            conn, venue, account.account_id, start_us, end_us, past=until_us is not None)
+                            conn, venue, account.account_id, report.reached_back_us or start_us, end_us,
+                            past=until_us is not None)
                     report.executions_stored = sum([await conn.fetchval(
                         f"SELECT count(*) FROM {name} WHERE account_id = $1 AND exchange_ts >= $2 "
                         "AND exchange_ts < $3", account.account_id, start_us, end_us) for name in sorted(fills)])
@@ -441,7 +459,8 @@ async def reconcile_day(dsn: str, venue: "Venue", settings: "VenueSettings", day
 async def _resolve_day_gaps(conn: asyncpg.Connection, venue: "Venue", account_id: int, start_us: int,
                             end_us: int, *, past: bool) -> dict[str, dict[str, int]]:
     """Resolve the account's open private gaps inside ``[start_us, end_us)`` (µs since the
-    epoch, UTC; the current day: up to now) after a successful day reconciliation
+    epoch, UTC; the current day: up to now; ``start_us`` before the day when the reconciliation
+    reached back to a gap across midnight) after a successful day reconciliation
     (:func:`reconcile_day`; ``conn`` encodes timestamps as µs integers, as the writer's do); per
     stream, how many became which status."""
     out: dict[str, dict[str, int]] = {}

@@ -1,7 +1,8 @@
 """The daily private reconciliation (the Dagster ``private_reconciliation`` asset's library
 call) against the emulator's signed REST: every fill and order update of the day once per
 account, REST and stored counts agree, a wrong key is that account's error (no secret in it),
-a second run inserts nothing, and the next day holds only its own fill."""
+a second run inserts nothing, the next day holds only its own fill, open private gaps are
+settled, and a gap across midnight by the day it ends in (REST asked from the gap's start)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 
 from collector_daemon.core.accounts import reconcile_day
+from collector_daemon.core.gaps import Gap, GapStatus, insert_gaps_sync
 from collector_daemon.emulator.server import EmulatorConfig, EmulatorServer
 from collector_daemon.venues import get_venue
 
@@ -91,6 +93,9 @@ def test_private_reconciliation_asset(migrated_db_url, real_data_dir, monkeypatc
                      "source) VALUES ('bybit', %s, 'UNIFIED', 'USDT', %s, %s, 'ws')",
                      (ids["alpha"], f"{DAY} 22:00+00", f"{DAY} 22:00+00"))
     day_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000)
+    with psycopg.connect(migrated_db_url) as conn:   # alpha's stream was down across the day's start
+        insert_gaps_sync(conn, [Gap("bybit", "executions", "*", (day_ms - 30_000) * 1000, (day_ms + 30_000) * 1000,
+                                    None, None, "disconnect", GapStatus.OPEN, "midnight", account_id=ids["alpha"])])
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
@@ -122,6 +127,8 @@ def test_private_reconciliation_asset(migrated_db_url, real_data_dir, monkeypatc
     assert (meta["account"], meta["account_id"], meta["executions_rest"], meta["executions_stored"]) == (
         "alpha", ids["alpha"], 4, 4)
     assert meta["inserted"] == {"bybit_executions": 4, "bybit_orders": 4}
+    assert meta["gaps_resolved"] == {"executions": {"backfilled": 1}}
+    assert meta["reached_back_to"] == "2026-11-29T23:59:30+00:00"
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert {n: c.passed for n, c in checks.items()} == {
         "executions_unique": True, "executions_match_rest": True, "positions_wallet_fresh": False}
@@ -139,8 +146,8 @@ def test_reconcile_day_resolves_the_accounts_open_private_gaps(migrated_db_url, 
     past day executions ``backfilled``, orders ``unrecoverable`` (REST keeps an order's latest
     state only), positions and wallet ``unrecoverable`` (a current snapshot only); on the
     current day positions ``backfilled`` (its snapshot was taken); an account whose
-    reconciliation fails, another day and a window across midnight stay open."""
-    from collector_daemon.core.gaps import Gap, GapStatus, insert_gaps_sync
+    reconciliation fails, another day and a window across midnight stay open (the day the
+    window ends in settles it: the next test)."""
 
     ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="not-the-secret-bbbb")
     day_us = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1e6)
@@ -190,3 +197,53 @@ def test_reconcile_day_resolves_the_accounts_open_private_gaps(migrated_db_url, 
     assert reasons["orders"].startswith("Bybit's /v5/order/history returns each order's latest state only")
     assert reasons["positions"] == ("bybit REST serves positions as the current snapshot only, and no "
                                     "reconciliation succeeded while this window's day was current")
+
+
+def test_a_window_across_midnight_is_settled_by_the_day_it_ends_in(migrated_db_url, real_data_dir,
+                                                                    monkeypatch) -> None:
+    """An open private gap from 23:59:30 to 00:00:30 is settled by the reconciliation of the day
+    it ends in: REST is asked from the gap's start (``reached_back_us``), the fill at 23:59:40
+    that only REST knows is stored, the day's own count stays the day's (REST and stored agree),
+    and the gaps resolve (executions ``backfilled``, orders ``unrecoverable``); reconciling the
+    day it began in afterwards inserts nothing."""
+
+    ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="secret-bbbb")
+    midnight_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000) + 24 * HOUR_MS
+    gap_start_us, gap_end_us = (midnight_ms - 30_000) * 1000, (midnight_ms + 30_000) * 1000
+    with psycopg.connect(migrated_db_url) as conn:
+        insert_gaps_sync(conn, [Gap("bybit", stream, "*", gap_start_us, gap_end_us, None, None, "disconnect",
+                                    GapStatus.OPEN, f"midnight-{stream}", account_id=ids["alpha"])
+                                for stream in ("executions", "orders")])
+
+    async def scenario():
+        server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
+        emu = server.venue
+        emu.accounts = {"key-a": "secret-aaaa", "key-b": "secret-bbbb"}
+        emu.private_frames = [json.loads((real_data_dir / f).read_text()) for f in FRAMES]
+        emu.private_copies, emu.private_rest_only = 0, 2      # REST only: 23:59:40 and 00:59:40
+        emu.private_start_ms, emu.private_step_ms = midnight_ms - 20_000, HOUR_MS
+        await server.start()
+        try:
+            venue = get_venue("bybit")
+            settings = venue.load_settings(rest_url=server.rest_url, private_categories="linear")
+            ends_in = await reconcile_day(migrated_db_url, venue, settings, "2026-12-01", labels=["alpha"])
+            began_in = await reconcile_day(migrated_db_url, venue, settings, DAY, labels=["alpha"])
+            return ends_in, began_in
+        finally:
+            await server.stop()
+
+    ([ends_in], [began_in]) = asyncio.run(scenario())
+    assert (ends_in.error, ends_in.reached_back_us) == (None, gap_start_us)
+    assert ends_in.fetched == ends_in.inserted == {"bybit_executions": 2, "bybit_orders": 2}
+    assert ends_in.executions_rest == ends_in.executions_stored == 1
+    assert ends_in.gaps_resolved == {"executions": {"backfilled": 1}, "orders": {"unrecoverable": 1}}
+    assert (began_in.reached_back_us, began_in.gaps_resolved) == (None, {})
+    assert began_in.inserted == {"bybit_executions": 0, "bybit_orders": 0}
+    assert began_in.executions_rest == began_in.executions_stored == 1
+    with psycopg.connect(migrated_db_url) as conn:
+        fills = conn.execute("SELECT exchange_ts, source FROM bybit_executions WHERE account_id = %s "
+                             "ORDER BY exchange_ts", (ids["alpha"],)).fetchall()
+        gaps = dict(conn.execute("SELECT stream, status FROM data_gaps").fetchall())
+    assert fills == [(datetime(2026, 11, 30, 23, 59, 40, tzinfo=UTC), "rest"),
+                     (datetime(2026, 12, 1, 0, 59, 40, tzinfo=UTC), "rest")]
+    assert gaps == {"executions": "backfilled", "orders": "unrecoverable"}

@@ -10,6 +10,7 @@ accounts) or nightly (``<venue>_private_reconciliation_nightly``).
 """
 
 import asyncio
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -84,6 +85,8 @@ def build_private_reconciliation(venue: str) -> dg.AssetsDefinition:
                 "fetched": dg.MetadataValue.json(r.fetched), "inserted": dg.MetadataValue.json(r.inserted),
                 "executions_rest": r.executions_rest, "executions_stored": r.executions_stored,
                 "gaps_resolved": dg.MetadataValue.json(r.gaps_resolved)}
+        if r.reached_back_us is not None:   # an open gap across midnight: REST asked from its start
+            meta["reached_back_to"] = datetime.fromtimestamp(r.reached_back_us / 1e6, UTC).isoformat()
         context.log.info(f"{venue}/{label} {day}: {r.executions_rest} executions listed by REST, "
                          f"{r.executions_stored} stored; inserted {r.inserted}; gaps resolved {r.gaps_resolved}")
         if r.error:
