@@ -38,6 +38,13 @@ def _alpha_and_beta(dsn: str, monkeypatch, *, beta_secret: str) -> dict[str, int
                                  "RETURNING label, account_id").fetchall())
 
 
+def _open_gaps(dsn: str, windows: dict[str, tuple[int, str, float, float]]) -> None:
+    """Record open private lost windows: reason -> (account_id, stream, start µs, end µs)."""
+    with psycopg.connect(dsn) as conn:
+        insert_gaps_sync(conn, [Gap("bybit", stream, "*", int(a), int(b), None, None, "disconnect", GapStatus.OPEN,
+                                    name, account_id=account) for name, (account, stream, a, b) in windows.items()])
+
+
 def test_reconcile_day_per_account(migrated_db_url, real_data_dir, monkeypatch) -> None:
     ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="not-the-secret-bbbb")
     day_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000)
@@ -93,9 +100,9 @@ def test_private_reconciliation_asset(migrated_db_url, real_data_dir, monkeypatc
                      "source) VALUES ('bybit', %s, 'UNIFIED', 'USDT', %s, %s, 'ws')",
                      (ids["alpha"], f"{DAY} 22:00+00", f"{DAY} 22:00+00"))
     day_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000)
-    with psycopg.connect(migrated_db_url) as conn:   # alpha's stream was down across the day's start
-        insert_gaps_sync(conn, [Gap("bybit", "executions", "*", (day_ms - 30_000) * 1000, (day_ms + 30_000) * 1000,
-                                    None, None, "disconnect", GapStatus.OPEN, "midnight", account_id=ids["alpha"])])
+    # alpha's stream was down across the day's start
+    _open_gaps(migrated_db_url, {"midnight": (ids["alpha"], "executions", (day_ms - 30_000) * 1000,
+                                              (day_ms + 30_000) * 1000)})
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
@@ -163,9 +170,7 @@ def test_reconcile_day_resolves_the_accounts_open_private_gaps(migrated_db_url, 
         "midnight": ("alpha", "executions", day_us + 24 * HOUR_MS * 1000 - 30e6, day_us + 24 * HOUR_MS * 1000 + 30e6),
         "today-positions": ("alpha", "positions", today_us, today_us + 1e6),
     }
-    with psycopg.connect(migrated_db_url) as conn:
-        insert_gaps_sync(conn, [Gap("bybit", stream, "*", int(a), int(b), None, None, "disconnect", GapStatus.OPEN,
-                                    name, account_id=ids[label]) for name, (label, stream, a, b) in windows.items()])
+    _open_gaps(migrated_db_url, {name: (ids[label], *rest) for name, (label, *rest) in windows.items()})
 
     async def scenario():
         server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
@@ -210,10 +215,8 @@ def test_a_window_across_midnight_is_settled_by_the_day_it_ends_in(migrated_db_u
     ids = _alpha_and_beta(migrated_db_url, monkeypatch, beta_secret="secret-bbbb")
     midnight_ms = int(datetime.fromisoformat(DAY).replace(tzinfo=UTC).timestamp() * 1000) + 24 * HOUR_MS
     gap_start_us, gap_end_us = (midnight_ms - 30_000) * 1000, (midnight_ms + 30_000) * 1000
-    with psycopg.connect(migrated_db_url) as conn:
-        insert_gaps_sync(conn, [Gap("bybit", stream, "*", gap_start_us, gap_end_us, None, None, "disconnect",
-                                    GapStatus.OPEN, f"midnight-{stream}", account_id=ids["alpha"])
-                                for stream in ("executions", "orders")])
+    _open_gaps(migrated_db_url, {f"midnight-{stream}": (ids["alpha"], stream, gap_start_us, gap_end_us)
+                                 for stream in ("executions", "orders")})
 
     async def scenario():
         server = EmulatorServer(EmulatorConfig(capture=real_data_dir / CAPTURE, venue="bybit", wait_for_clients=0))
